@@ -1,0 +1,1 @@
+"""The provisioning bridge: billing-platform orders in, exactly-once hosting-panel provisioning out."""

@@ -1,0 +1,41 @@
+"""The job queue's interface: wake-ups that say "look at job X now (or after a delay)".
+
+Messages carry a job id and nothing else; the database holds the truth. Losing a
+message only delays work (the scheduler re-enqueues due jobs), and a message
+delivered twice is harmless (the job's lease decides who works on it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+# Called with the job id of each delivered message. Returning acknowledges the
+# message; raising hands it back to the broker (which dead-letters it after too
+# many deliveries).
+WakeUpHandler = Callable[[str], Awaitable[None]]
+
+
+class PublishError(Exception):
+    """The broker did not confirm a message (unreachable, nacked, or returned as unroutable)."""
+
+
+class Consumer(Protocol):
+    async def stop(self) -> None:
+        """Stop taking new messages, then wait for the handlers already running."""
+
+
+class JobQueue(Protocol):
+    async def start(self) -> None:
+        """Connect and declare what the queue needs."""
+
+    async def close(self) -> None: ...
+
+    async def publish(self, job_id: str, delay_s: float = 0.0) -> None:
+        """Return only once the broker has the message safely; raise PublishError otherwise."""
+
+    async def consume(self, handler: WakeUpHandler, prefetch: int) -> Consumer:
+        """Deliver messages to ``handler``, at most ``prefetch`` unacknowledged at a time."""
+
+    async def ping(self) -> bool:
+        """Whether the broker answers now (for readiness checks)."""

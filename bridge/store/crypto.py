@@ -51,7 +51,7 @@ class SecretBox:
         if self._fernet is None:
             raise SecretsUnavailable("BRIDGE_SECRET_KEY is not set: stored secrets cannot be read")
         try:
-            return self._fernet.decrypt(token[len(ENCRYPTED_PREFIX):].encode()).decode()
+            return self._fernet.decrypt(token[len(ENCRYPTED_PREFIX) :].encode()).decode()
         except InvalidToken:
             raise SecretsUnavailable(
                 "a stored secret was encrypted with a key that is no longer in BRIDGE_SECRET_KEY"

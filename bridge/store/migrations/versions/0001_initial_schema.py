@@ -169,9 +169,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_callback_attempts")),
     )
     with op.batch_alter_table("callback_attempts", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_callback_attempts_callback_id"), ["callback_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_callback_attempts_callback_id"), ["callback_id"], unique=False)
 
     op.create_table(
         "compensations",
@@ -184,9 +182,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_compensations_job_id_jobs")),
-        sa.ForeignKeyConstraint(
-            ["step_id"], ["steps.id"], name=op.f("fk_compensations_step_id_steps")
-        ),
+        sa.ForeignKeyConstraint(["step_id"], ["steps.id"], name=op.f("fk_compensations_step_id_steps")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_compensations")),
     )
     with op.batch_alter_table("compensations", schema=None) as batch_op:

@@ -27,14 +27,16 @@ class _Message:
 class InProcessQueue:
     """A :class:`~bridge.broker.base.JobQueue` living in the event loop.
 
-    ``delivery_limit`` is how many times a message is handed to a handler before
-    it is moved to :attr:`dead_letters`; ``redelivery_delay_s`` is the pause
-    before a failed message is offered again.
+    ``delivery_limit`` is how many times a message whose handler raised is
+    redelivered; when it fails once more it is moved to :attr:`dead_letters`
+    (so at most ``delivery_limit + 1`` deliveries, as with RabbitMQ's
+    ``x-delivery-limit``). ``redelivery_delay_s`` is the pause before a failed
+    message is offered again.
     """
 
     def __init__(self, delivery_limit: int = 5, redelivery_delay_s: float = 0.1) -> None:
-        if delivery_limit < 1:
-            raise ValueError("delivery_limit must be at least 1")
+        if delivery_limit < 0:
+            raise ValueError("delivery_limit must not be negative")
         self.delivery_limit = delivery_limit
         self.redelivery_delay_s = redelivery_delay_s
         self.dead_letters: list[str] = []
@@ -122,7 +124,7 @@ class InProcessQueue:
 
     def _failed(self, message: _Message) -> None:
         """Offer a failed message again after a pause, or dead-letter it."""
-        if message.deliveries >= self.delivery_limit:
+        if message.deliveries > self.delivery_limit:
             log.warning(
                 "job %s dead-lettered after %d failed deliveries",
                 message.job_id,

@@ -1,0 +1,281 @@
+"""The job queue on RabbitMQ, through aio-pika.
+
+Topology (declared on start, idempotently; ``{p}`` is the prefix):
+
+- ``{p}.jobs``: the work queue, a durable quorum queue. A handler that raises
+  gets its message back (``nack(requeue=True)``); the queue counts deliveries
+  and, past ``x-delivery-limit``, dead-letters the message to ``{p}.jobs.dead``.
+- ``{p}.jobs.dead``: where messages go after too many failed deliveries.
+- ``{p}.delay.{ms}ms``: one per delay bucket, no consumers. A message waits
+  there for the queue's TTL, then expires back into ``{p}.jobs``.
+
+Every queue is reached through the default exchange by its name. Messages carry
+only the job id (the body) and, for people looking at a queue, when the job is
+due: the ``x-not-before`` header, unix time in integer milliseconds (AMQP tables
+would carry a float as 32 bits, far too coarse for a timestamp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from pamqp.common import FieldTable
+
+from bridge.broker.base import PublishError, WakeUpHandler
+
+log = logging.getLogger(__name__)
+
+PING_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class QueueNames:
+    """The names of the queues one :class:`RabbitQueue` uses."""
+
+    work: str
+    dead: str
+    delays: dict[float, str]  # bucket in seconds -> delay queue
+
+    @property
+    def all(self) -> list[str]:
+        return [self.work, self.dead, *self.delays.values()]
+
+
+class RabbitQueue:
+    """A :class:`~bridge.broker.base.JobQueue` on RabbitMQ.
+
+    ``delivery_limit``: how many times a message whose handler raised is
+    redelivered; when it fails once more it is dead-lettered (RabbitMQ's
+    ``x-delivery-limit``: at most ``delivery_limit + 1`` deliveries).
+    ``delay_buckets_s``: the delays the broker can hold a message for; a delay
+    is rounded down to a bucket (or sent at once if below the smallest), and the
+    consumer re-publishes the remainder after checking the job in the database:
+    early is fine, late is not. ``confirm_timeout_s``: how long ``publish`` waits
+    for the broker's confirm, including while a lost connection is restored.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "bridge",
+        delivery_limit: int = 5,
+        delay_buckets_s: tuple[float, ...] = (1, 5, 30, 120, 600, 3600),
+        confirm_timeout_s: float = 10,
+    ) -> None:
+        if delivery_limit < 0:
+            raise ValueError("delivery_limit must not be negative")
+        if any(b <= 0 for b in delay_buckets_s):
+            raise ValueError("delay buckets must be positive")
+        self.url = url
+        self.delivery_limit = delivery_limit
+        self.delay_buckets_s = tuple(sorted(set(delay_buckets_s)))
+        self.confirm_timeout_s = confirm_timeout_s
+        self.names = QueueNames(
+            work=f"{prefix}.jobs",
+            dead=f"{prefix}.jobs.dead",
+            delays={b: f"{prefix}.delay.{round(b * 1000)}ms" for b in self.delay_buckets_s},
+        )
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+
+    # Topology.
+
+    def queue_arguments(self) -> dict[str, FieldTable]:
+        """The arguments each queue is declared with, by queue name."""
+        args: dict[str, FieldTable] = {
+            self.names.work: {
+                "x-queue-type": "quorum",
+                "x-delivery-limit": self.delivery_limit,
+                # Quorum queues dead-letter at-most-once by default: a dead
+                # letter can be lost if the broker fails mid-way. Acceptable,
+                # since the scheduler re-enqueues from the database anyway.
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.names.dead,
+            },
+            self.names.dead: {"x-queue-type": "quorum"},
+        }
+        for bucket, name in self.names.delays.items():
+            args[name] = {
+                "x-message-ttl": round(bucket * 1000),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.names.work,
+            }
+        return args
+
+    async def _declare(self, channel: AbstractChannel) -> dict[str, AbstractQueue]:
+        return {
+            name: await channel.declare_queue(name, durable=True, arguments=arguments)
+            for name, arguments in self.queue_arguments().items()
+        }
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        """Connect (robustly: channels and consumers come back after an outage) and declare."""
+        self._connection = await aio_pika.connect_robust(self.url)
+        # Publisher confirms, and unroutable messages raise instead of vanishing.
+        self._publish_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        await self._declare(self._publish_channel)
+
+    async def close(self) -> None:
+        """Close the channels and the connection."""
+        connection, self._connection = self._connection, None
+        self._publish_channel = None
+        if connection is not None:
+            await connection.close()  # closes its channels too
+
+    # Publishing.
+
+    def route(self, delay_s: float) -> str:
+        """The queue a message with this delay goes to: the largest bucket not above it."""
+        fitting = [b for b in self.delay_buckets_s if b <= delay_s]
+        return self.names.delays[fitting[-1]] if fitting else self.names.work
+
+    async def publish(self, job_id: str, delay_s: float = 0.0) -> None:
+        """Return once the broker confirmed the message; raise PublishError otherwise."""
+        channel = self._publish_channel
+        if channel is None or channel.is_closed:
+            raise PublishError(f"not connected to RabbitMQ; job {job_id} not published")
+        routing_key = self.route(delay_s)
+        message = aio_pika.Message(
+            body=job_id.encode(),
+            message_id=uuid.uuid4().hex,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={"x-not-before": round((time.time() + max(delay_s, 0.0)) * 1000)},
+        )
+        try:
+            # The outer timeout also covers waiting for a lost connection to come back.
+            async with asyncio.timeout(self.confirm_timeout_s):
+                await channel.default_exchange.publish(
+                    message, routing_key=routing_key, mandatory=True
+                )
+        except TimeoutError as exc:
+            raise PublishError(
+                f"RabbitMQ did not confirm job {job_id} within {self.confirm_timeout_s} s"
+            ) from exc
+        except Exception as exc:
+            raise PublishError(
+                f"RabbitMQ refused job {job_id} to {routing_key}: {exc!r}"
+            ) from exc
+
+    # Consuming.
+
+    async def consume(self, handler: WakeUpHandler, prefetch: int) -> RabbitConsumer:
+        """Deliver job ids from the work queue to ``handler`` on a channel of its own."""
+        if self._connection is None:
+            raise RuntimeError("RabbitQueue.consume() before start()")
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(self.names.work)
+        consumer = RabbitConsumer(channel, queue, handler)
+        await consumer.begin()
+        return consumer
+
+    # Checks and test helpers.
+
+    async def ping(self) -> bool:
+        """True if the connection is open and the work queue answers within ~2 s."""
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            return False
+        try:
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                # A channel of its own: a failed passive declare closes its channel.
+                channel = await connection.channel(publisher_confirms=False)
+                try:
+                    await channel.declare_queue(self.names.work, passive=True)
+                finally:
+                    await channel.close()
+        except Exception:
+            return False
+        return True
+
+    async def purge(self) -> None:
+        """Empty the work, dead and delay queues (for tests)."""
+        if self._connection is None:
+            raise RuntimeError("RabbitQueue.purge() before start()")
+        async with self._connection.channel() as channel:
+            for queue in (await self._declare(channel)).values():
+                await queue.purge()
+
+
+class RabbitConsumer:
+    """Runs a handler for each delivery; acks on return, nacks with requeue on error."""
+
+    def __init__(
+        self, channel: AbstractChannel, queue: AbstractQueue, handler: WakeUpHandler
+    ) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._handler = handler
+        self._tag: str | None = None
+        self._stopping = False
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def begin(self) -> None:
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping:
+            # Arrived while cancelling: left unacked, so closing the channel returns it.
+            return
+        self._running += 1
+        self._idle.clear()
+        try:
+            await self._handle(message)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._idle.set()
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        job_id = message.body.decode("utf-8", errors="replace")
+        try:
+            await self._handler(job_id)
+        except Exception:
+            log.warning("handler failed for job %s; returning it to the queue", job_id,
+                        exc_info=True)
+            settle = message.nack(requeue=True)
+        else:
+            settle = message.ack()
+        try:
+            await settle
+        except Exception:
+            # The channel went away (broker restart): the broker redelivers it.
+            log.warning("could not settle the message for job %s", job_id, exc_info=True)
+
+    async def stop(self) -> None:
+        """Cancel the subscription, wait for the handlers in flight, then close the channel.
+
+        The channel stays open until those handlers have acked, so their messages
+        are not redelivered.
+        """
+        if self._stopping:
+            return
+        tag, self._tag = self._tag, None
+        if tag is not None and not self._channel.is_closed:
+            try:
+                await self._queue.cancel(tag)
+            except Exception:
+                log.warning("could not cancel consumer %s", tag, exc_info=True)
+        self._stopping = True
+        await self._idle.wait()
+        if not self._channel.is_closed:
+            await self._channel.close()

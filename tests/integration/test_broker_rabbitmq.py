@@ -1,0 +1,339 @@
+"""The RabbitMQ job queue against a real broker, in a vhost of the session's own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+import aio_pika.exceptions
+import pytest
+from rabbit_fixtures import (  # noqa: F401 (fixtures are found by name)
+    MakeRabbitQueue,
+    RabbitVhost,
+    amqp_url_fixture,
+    make_rabbit_queue_fixture,
+    rabbit_vhost_fixture,
+    rabbitmqctl,
+)
+
+from bridge.broker.base import JobQueue, PublishError
+from bridge.broker.rabbitmq import RabbitQueue
+
+pytestmark = [pytest.mark.amqp, pytest.mark.timeout(30)]
+
+
+async def ready_count(queue: RabbitQueue, name: str) -> int:
+    """Messages ready in a queue (unacknowledged ones are not counted)."""
+    connection = await aio_pika.connect(queue.url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(name, passive=True)
+        assert declared.declaration_result.message_count is not None
+        return declared.declaration_result.message_count
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def test_it_is_a_job_queue() -> None:
+    q: JobQueue = RabbitQueue("amqp://localhost/")
+    assert q is not None
+
+
+def test_delays_round_down_to_a_bucket() -> None:
+    q = RabbitQueue("amqp://localhost/", prefix="p", delay_buckets_s=(0.3, 1.0))
+    assert q.route(0) == "p.jobs"
+    assert q.route(0.2) == "p.jobs"  # below the smallest bucket: early is fine
+    assert q.route(0.3) == "p.delay.300ms"
+    assert q.route(0.99) == "p.delay.300ms"
+    assert q.route(7200) == "p.delay.1000ms"
+
+
+async def test_a_published_message_is_consumed_and_acked(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue()
+    received: asyncio.Queue[str] = asyncio.Queue()
+    await q.publish("job-1")
+    consumer = await q.consume(received.put, prefetch=1)
+    assert await asyncio.wait_for(received.get(), 5) == "job-1"
+    await consumer.stop()
+    assert await ready_count(q, q.names.work) == 0
+
+
+async def test_the_message_carries_the_job_id_and_when_it_is_due(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue()
+    before = time.time()
+    await q.publish("job-7", delay_s=0.1)
+    connection = await aio_pika.connect(q.url)
+    async with connection:
+        channel = await connection.channel()
+        work = await channel.get_queue(q.names.work)
+        message = await work.get(no_ack=True, timeout=5)
+        assert message is not None
+    assert message.body == b"job-7"
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.message_id
+    not_before_ms = message.headers["x-not-before"]
+    assert isinstance(not_before_ms, int)
+    assert (before + 0.1) * 1000 - 1 <= not_before_ms <= (time.time() + 0.1) * 1000 + 1
+
+
+async def test_a_failing_message_is_redelivered_then_dead_lettered(
+    make_rabbit_queue: MakeRabbitQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = await make_rabbit_queue(delivery_limit=2)
+    attempts: list[str] = []
+
+    async def handler(job_id: str) -> None:
+        attempts.append(job_id)
+        raise RuntimeError("panel down")
+
+    with caplog.at_level(logging.WARNING, logger="bridge.broker.rabbitmq"):
+        consumer = await q.consume(handler, prefetch=1)
+        await q.publish("doomed")
+        await eventually(lambda: _has(q, q.names.dead, 1))
+        await consumer.stop()
+    # The first delivery plus delivery_limit redeliveries.
+    assert attempts == ["doomed"] * 3
+    assert await ready_count(q, q.names.work) == 0
+    assert any("doomed" in r.getMessage() for r in caplog.records)
+
+
+async def _has(q: RabbitQueue, name: str, n: int) -> bool:
+    return await ready_count(q, name) == n
+
+
+async def test_a_delayed_message_waits_in_its_delay_queue(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue()
+    loop = asyncio.get_running_loop()
+    arrivals: dict[str, float] = {}
+    both = asyncio.Event()
+
+    async def handler(job_id: str) -> None:
+        arrivals[job_id] = loop.time()
+        if len(arrivals) == 2:
+            both.set()
+
+    consumer = await q.consume(handler, prefetch=2)
+    sent = loop.time()
+    await q.publish("later", delay_s=1.0)
+    await q.publish("soon", delay_s=0.1)  # below the smallest bucket: straight to work
+    assert await ready_count(q, q.names.delays[1.0]) == 1
+    await asyncio.wait_for(both.wait(), 5)
+    await consumer.stop()
+    assert arrivals["soon"] - sent < 0.3
+    assert arrivals["later"] - sent >= 0.95
+
+
+async def test_no_more_than_prefetch_handlers_run_at_once(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue()
+    running = peak = 0
+    done = asyncio.Event()
+    handled = 0
+
+    async def handler(job_id: str) -> None:
+        nonlocal running, peak, handled
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.1)
+        running -= 1
+        handled += 1
+        if handled == 10:
+            done.set()
+
+    await asyncio.gather(*(q.publish(f"job-{i}") for i in range(10)))
+    consumer = await q.consume(handler, prefetch=3)
+    await asyncio.wait_for(done.wait(), 10)
+    await consumer.stop()
+    assert peak == 3
+
+
+async def test_stop_waits_for_running_handlers_and_acks_their_messages(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue()
+    started = asyncio.Event()
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def handler(job_id: str) -> None:
+        started.set()
+        await release.wait()
+        finished.append(job_id)
+
+    consumer = await q.consume(handler, prefetch=1)
+    await q.publish("slow")
+    await asyncio.wait_for(started.wait(), 5)
+
+    stopping = asyncio.create_task(consumer.stop())
+    await asyncio.sleep(0.2)
+    assert not stopping.done()
+    release.set()
+    await asyncio.wait_for(stopping, 5)
+    assert finished == ["slow"]
+
+    # Acked, not returned: a new consumer gets nothing.
+    again: list[str] = []
+
+    async def record(job_id: str) -> None:
+        again.append(job_id)
+
+    other = await q.consume(record, prefetch=1)
+    await asyncio.sleep(0.3)
+    await other.stop()
+    assert again == []
+    assert await ready_count(q, q.names.work) == 0
+
+
+async def test_publish_after_close_raises_promptly(make_rabbit_queue: MakeRabbitQueue) -> None:
+    q = await make_rabbit_queue(confirm_timeout_s=5)
+    await q.close()
+    started = time.monotonic()
+    with pytest.raises(PublishError):
+        await q.publish("job-1")
+    assert time.monotonic() - started < 1
+
+
+async def test_publish_before_start_raises() -> None:
+    with pytest.raises(PublishError):
+        await RabbitQueue("amqp://localhost/").publish("job-1")
+
+
+async def test_ping_is_true_while_connected(make_rabbit_queue: MakeRabbitQueue) -> None:
+    q = await make_rabbit_queue()
+    assert await q.ping() is True
+    await q.close()
+    assert await q.ping() is False
+    assert await RabbitQueue("amqp://localhost/").ping() is False
+
+
+async def test_ping_is_false_when_the_work_queue_is_gone(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue()
+    connection = await aio_pika.connect(q.url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(q.names.work)
+    assert await q.ping() is False
+
+
+async def test_concurrent_publishes_are_all_confirmed_and_consumed_once(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue()
+    ids = [f"job-{i}" for i in range(200)]
+    await asyncio.gather(*(q.publish(job_id) for job_id in ids))
+    assert await ready_count(q, q.names.work) == 200
+
+    seen: Counter[str] = Counter()
+    all_seen = asyncio.Event()
+
+    async def handler(job_id: str) -> None:
+        seen[job_id] += 1
+        if len(seen) == len(ids):
+            all_seen.set()
+
+    consumer = await q.consume(handler, prefetch=50)
+    await asyncio.wait_for(all_seen.wait(), 10)
+    await asyncio.sleep(0.2)  # time for a duplicate to show up
+    await consumer.stop()
+    assert set(seen) == set(ids)
+    assert set(seen.values()) == {1}
+    assert await ready_count(q, q.names.work) == 0
+
+
+async def test_the_topology_is_idempotent_and_has_the_intended_arguments(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue(prefix="topo", delivery_limit=4)
+    await make_rabbit_queue(prefix="topo", delivery_limit=4)  # declares it all again
+    await q.purge()
+
+    expected = {
+        "topo.jobs": {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 4,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "topo.jobs.dead",
+        },
+        "topo.jobs.dead": {"x-queue-type": "quorum"},
+        "topo.delay.300ms": {
+            "x-message-ttl": 300,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "topo.jobs",
+        },
+        "topo.delay.1000ms": {
+            "x-message-ttl": 1000,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "topo.jobs",
+        },
+    }
+    assert sorted(q.names.all) == sorted(expected)
+    connection = await aio_pika.connect(q.url)
+    async with connection:
+        # RabbitMQ refuses a redeclaration whose arguments differ, so these
+        # passing means the queues have exactly these arguments...
+        for name, arguments in expected.items():
+            channel = await connection.channel()
+            await channel.declare_queue(name, durable=True, arguments=arguments)
+            await channel.close()
+        # ...and this failing shows that the check is real.
+        channel = await connection.channel()
+        wrong = {**expected["topo.jobs"], "x-delivery-limit": 5}
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+            await channel.declare_queue("topo.jobs", durable=True, arguments=wrong)
+
+
+async def test_publish_during_an_outage_fails_fast_then_recovers(
+    make_rabbit_queue: MakeRabbitQueue, rabbit_vhost: RabbitVhost
+) -> None:
+    if not rabbit_vhost.owned:
+        pytest.skip("needs a vhost of its own to drop connections in")
+    # Reconnect quickly so the test stays short.
+    q = await make_rabbit_queue(url=rabbit_vhost.url + "?reconnect_interval=0.5",
+                                confirm_timeout_s=1)
+    received: asyncio.Queue[str] = asyncio.Queue()
+    consumer = await q.consume(received.put, prefetch=1)
+
+    assert await asyncio.to_thread(
+        rabbitmqctl, "close_all_connections", "--vhost", rabbit_vhost.name, "test outage"
+    )
+    # The connection may come back before this publish; either way it must not hang.
+    started = time.monotonic()
+    try:
+        await q.publish("during")
+    except PublishError:
+        pass
+    assert time.monotonic() - started < 1.5
+
+    async def published_after_recovery() -> bool:
+        try:
+            await q.publish("after")
+        except PublishError:
+            return False
+        return True
+
+    await eventually(published_after_recovery, within=10)
+    # The consumer was restored with the connection.
+    got = {await asyncio.wait_for(received.get(), 5)}
+    if got == {"during"}:
+        got.add(await asyncio.wait_for(received.get(), 5))
+    assert "after" in got
+    assert await q.ping() is True
+    await consumer.stop()

@@ -1,0 +1,387 @@
+"""Turning whatever the panel answered into one PanelOutcome.
+
+The panel answers HTTP 200 for success and failure alike and words its failures
+in free text, under ``error`` or ``message``. This module is the one place that
+knows those texts. It is pure: the client hands it the status and body (or the
+exception), it hands back an outcome with a message a billing admin can act on.
+
+How an answer is read, in order:
+
+1. not JSON: HTML 403 is the login firewall; for ``cronjob_list`` an HTML 500
+   means the account has no crontab yet; any other page (500, 404, empty) means
+   the panel broke somewhere, so a read is retried and a mutating call's result
+   is unknown (the panel may have done part or all of it before failing);
+2. JSON carrying ``error`` or ``success: false``: the text is matched against
+   :data:`MESSAGE_RULES`, first match wins; text no rule knows is the panel's
+   raw exception, a permanent failure;
+3. otherwise the call's own success shape (:data:`SUCCESS_READERS`); an answer
+   in no known shape is treated like an HTML page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.domain.masking import MASK
+from bridge.domain.outcomes import (
+    AlreadyExists,
+    FailureReason,
+    PanelOutcome,
+    PermanentFailure,
+    RetryableFailure,
+    Succeeded,
+    UnknownOutcome,
+)
+from bridge.panel.config import MUTATING_CALLS
+
+__all__ = [
+    "MESSAGE_RULES",
+    "SUCCESS_READERS",
+    "classify_answer",
+    "classify_message",
+    "normalise_limit",
+    "parse_json",
+    "scrub",
+]
+
+_NOT_JSON = object()
+
+
+def parse_json(body: str) -> Any:
+    """The decoded JSON body, or a sentinel (never None: ``null`` is valid JSON)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return _NOT_JSON
+
+
+def scrub(value: Any, secrets: Iterable[str]) -> Any:
+    """A copy of ``value`` with every known secret value replaced inside its strings.
+
+    Names are masked elsewhere; this guards free text, where the panel may echo
+    what it was sent (a MySQL error quoting a statement, say).
+    """
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret:
+                value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, secrets) for v in value]
+    return value
+
+
+def _quoted(text: str) -> str:
+    return f"(panel said: {text.strip()!r})" if text.strip() else "(no text)"
+
+
+def _credentials(text: str) -> PanelOutcome:
+    return PermanentFailure(
+        f"The panel refused the account's credentials {_quoted(text)}. Check the username and "
+        "password; the bridge will not retry, because repeated failures make the panel's "
+        "firewall block the bridge.",
+        FailureReason.INVALID_CREDENTIALS,
+    )
+
+
+def _api_disabled(text: str) -> PanelOutcome:
+    return PermanentFailure(
+        f"The panel's API is switched off {_quoted(text)}. A panel administrator must enable "
+        "the API in the panel's settings; retrying will not help until then.",
+        FailureReason.API_DISABLED,
+    )
+
+
+def _no_credentials(text: str) -> PanelOutcome:
+    return PermanentFailure(
+        f"The panel says no credentials reached it {_quoted(text)}. The account's username or "
+        "password is empty in the bridge's configuration.",
+        FailureReason.INVALID_CREDENTIALS,
+    )
+
+
+def _exists(text: str) -> PanelOutcome:
+    return AlreadyExists(f"The panel says this already exists {_quoted(text)}.")
+
+
+def _limit(text: str) -> PanelOutcome:
+    return PermanentFailure(
+        f"The hosting account has reached a limit of its package {_quoted(text)}. Raise the "
+        "package's limit or remove something from the account, then retry the order.",
+        FailureReason.LIMIT_EXCEEDED,
+    )
+
+
+def _ssl_fallback(text: str) -> PanelOutcome:
+    return RetryableFailure(
+        f"The panel could not issue a certificate yet and installed a self-signed one "
+        f"{_quoted(text)}. Usually the domain's DNS does not point at the server yet; "
+        "the bridge will try again later."
+    )
+
+
+def _web_server(text: str) -> PanelOutcome:
+    return RetryableFailure(
+        f"The panel failed while configuring the web server {_quoted(text)}. This is usually "
+        "temporary; the bridge will check the panel and try again."
+    )
+
+
+def _invalid_input(text: str) -> PanelOutcome:
+    return PermanentFailure(
+        f"The panel rejected the order's data {_quoted(text)}. Correct the order and retry.",
+        FailureReason.INVALID_INPUT,
+    )
+
+
+def _package(text: str) -> PanelOutcome:
+    return PermanentFailure(
+        f"The hosting account has no package on the panel {_quoted(text)}. Assign a package "
+        "to the account in the panel.",
+        FailureReason.OTHER,
+    )
+
+
+def _not_found(text: str) -> PanelOutcome:
+    return PermanentFailure(
+        f"The panel could not find what the call refers to {_quoted(text)}.",
+        FailureReason.NOT_FOUND,
+    )
+
+
+def _method(text: str) -> PanelOutcome:
+    return PermanentFailure(
+        f"The panel refused the request method {_quoted(text)}; the bridge sent a call the "
+        "panel does not accept. This is a bug in the bridge.",
+        FailureReason.OTHER,
+    )
+
+
+def _raw_error(text: str) -> PanelOutcome:
+    return PermanentFailure(
+        f"The panel reported an error it did not explain {_quoted(text)}. Check the panel's "
+        "logs; for a domain, check whether it was added anyway before retrying.",
+        FailureReason.OTHER,
+    )
+
+
+@dataclass(frozen=True)
+class MessageRule:
+    """A lower-case fragment of a panel failure text and the outcome it means."""
+
+    fragment: str
+    outcome: Callable[[str], PanelOutcome]
+
+
+# Order matters: the more specific fragment comes first ("Package not found" before
+# "not found", "Username and password required" before "required").
+MESSAGE_RULES: tuple[MessageRule, ...] = (
+    MessageRule("invalid credentials", _credentials),
+    MessageRule("invalid api key", _credentials),
+    MessageRule("api is currently disabled", _api_disabled),
+    MessageRule("username and api key or password required", _no_credentials),
+    MessageRule("username and password required", _no_credentials),
+    MessageRule("username is required", _no_credentials),
+    MessageRule("authentication required", _no_credentials),
+    MessageRule("already exists", _exists),
+    MessageRule("limit exceeded", _limit),
+    MessageRule("failed to issue ssl", _ssl_fallback),
+    MessageRule("failed to add mapping", _web_server),
+    MessageRule("failed to add virtual host", _web_server),
+    MessageRule("failed to set folder permissions", _web_server),
+    MessageRule("package not found", _package),
+    MessageRule("post method required", _method),
+    MessageRule("request method", _method),
+    MessageRule("method is allowed", _method),
+    MessageRule("invalid domain format", _invalid_input),
+    MessageRule("passwords do not match", _invalid_input),
+    MessageRule("at least", _invalid_input),
+    MessageRule("required", _invalid_input),
+    MessageRule("not found", _not_found),
+    MessageRule("does not exist", _not_found),
+)
+
+
+def classify_message(text: str) -> PanelOutcome:
+    """The outcome a panel failure text means (raw exception text: permanent)."""
+    lowered = text.lower()
+    for rule in MESSAGE_RULES:
+        if rule.fragment in lowered:
+            return rule.outcome(text)
+    return _raw_error(text)
+
+
+def _failure_text(answer: Mapping[str, Any]) -> str | None:
+    """The failure text of a JSON answer, or None when the answer is not a failure."""
+    error = answer.get("error")
+    if error:
+        return str(error)
+    if answer.get("success") is False:
+        return str(answer.get("message") or answer.get("error") or "")
+    return None
+
+
+# --- success shapes, one reader per call ---------------------------------------
+
+
+def normalise_limit(value: Any) -> int | None:
+    """A package limit as a number, or None for unlimited.
+
+    The panel shows a package limit of 0 as unlimited (its own checks skip it), and
+    may print words such as "Unlimited" or "∞"; anything that is not a positive
+    number therefore means unlimited.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        return None
+    return number if number > 0 else None
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return int(value.strip())
+    return 0
+
+
+_LIMIT_KINDS = ("domain", "db", "email", "ftp")
+
+
+def _account_info(answer: Any) -> Succeeded | None:
+    if not isinstance(answer, dict) or "domain_limit" not in answer:
+        return None
+    data = dict(answer)
+    data["limits"] = {
+        kind: {
+            "limit": normalise_limit(answer.get(f"{kind}_limit")),
+            "used": _count(answer.get(f"{kind}_used")),
+        }
+        for kind in _LIMIT_KINDS
+    }
+    return Succeeded("Account information read.", data)
+
+
+def _message_success(*fragments: str) -> Callable[[Any], Succeeded | None]:
+    """A reader for calls that answer ``success: true`` and/or a known success text."""
+
+    def read(answer: Any) -> Succeeded | None:
+        if not isinstance(answer, dict):
+            return None
+        text = str(answer.get("message") or answer.get("success") or "")
+        if answer.get("success") is True or any(f in text.lower() for f in fragments):
+            return Succeeded(text)
+        return None
+
+    return read
+
+
+def _add_domain(answer: Any) -> Succeeded | None:
+    found = _message_success("added successfully")(answer)
+    if found is None:
+        return None
+    raw_id = answer.get("domain_id")
+    domain_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
+    return Succeeded(found.message, {"domain_id": domain_id})
+
+
+def _domain_list(answer: Any) -> Succeeded | None:
+    if not isinstance(answer, list):
+        return None
+    domains = [
+        {"id": item.get("id"), "domain": item.get("domain"), "path": item.get("path")}
+        for item in answer
+        if isinstance(item, dict)
+    ]
+    return Succeeded(f"{len(domains)} domain(s) listed.", {"domains": domains})
+
+
+def _string_list(key: str, what: str) -> Callable[[Any], Succeeded | None]:
+    def read(answer: Any) -> Succeeded | None:
+        if not isinstance(answer, dict) or not isinstance(answer.get(key), list):
+            return None
+        items = [str(item) for item in answer[key] if item is not None]
+        return Succeeded(f"{len(items)} {what} listed.", {key: items})
+
+    return read
+
+
+def _cronjob_list(answer: Any) -> Succeeded | None:
+    if not isinstance(answer, dict) or "line_number" not in answer:
+        return None
+    return Succeeded("The cron line is present.", {"line_number": _count(answer["line_number"])})
+
+
+SUCCESS_READERS: dict[str, Callable[[Any], Succeeded | None]] = {
+    "account_info": _account_info,
+    "add_domain": _add_domain,
+    "domain_list": _domain_list,
+    "domain_issue_ssl": _message_success("ssl issued successfully"),
+    # real: "Database and user created successfully."; documented: "Database user created ..."
+    "db_make": _message_success("created successfully"),
+    "cronjob_add": _message_success("added successfully"),
+    "cronjob_delete": _message_success("deleted successfully"),
+    "database_list": _string_list("databases", "database(s)"),
+    "database_userlist": _string_list("users", "database user(s)"),
+    "cronjob_list": _cronjob_list,
+}
+
+
+def _broken_answer(call: str, what: str) -> PanelOutcome:
+    if call in MUTATING_CALLS:
+        return UnknownOutcome(
+            f"The panel answered {what} after the request was sent, so it may or may not have "
+            "done it. The bridge will read the panel's state back before trying again."
+        )
+    return RetryableFailure(f"The panel answered {what}; the bridge will try again.")
+
+
+def _describe_page(status: int, body: str) -> str:
+    if not body.strip():
+        return f"HTTP {status} with an empty body"
+    return f"HTTP {status} with an HTML page instead of JSON"
+
+
+def classify_answer(call: str, status: int, body: str, secrets: Iterable[str] = ()) -> PanelOutcome:
+    """The outcome of a call that got an HTTP answer (redirects are handled by the client).
+
+    ``secrets`` are the values sent with the call; none of them can reach the
+    outcome's message, even if the panel quotes them back.
+    """
+    answer = scrub(parse_json(body), tuple(secrets))
+    if answer is _NOT_JSON:
+        if status == 403:
+            return PermanentFailure(
+                "The panel's firewall is blocking the bridge (HTTP 403 page). The panel bans an "
+                "address for 10 minutes after 12 failed logins in 5 minutes: check the "
+                "account's credentials, then wait for the ban to lift or unblock the bridge's "
+                "address in the panel's firewall.",
+                FailureReason.FIREWALL,
+            )
+        if call == "cronjob_list" and status == 500:
+            # The panel reads the account's crontab without checking it exists, so an
+            # account that never had a cron job gets an HTML 500 here: the line is absent.
+            return PermanentFailure(
+                "The account has no cron jobs yet (the panel has no crontab for it).",
+                FailureReason.NOT_FOUND,
+            )
+        return _broken_answer(call, _describe_page(status, body))
+    if isinstance(answer, dict):
+        failure = _failure_text(answer)
+        if failure is not None:
+            return classify_message(failure)
+    reader = SUCCESS_READERS.get(call)
+    found = reader(answer) if reader is not None else None
+    if found is not None:
+        return found
+    return _broken_answer(call, f"HTTP {status} with JSON in an unexpected shape")

@@ -94,9 +94,7 @@ def plan(event: OrderEvent) -> list[PlannedStep]:
         steps.append(PlannedStep(StepKind.ISSUE_SSL, {"domain": data.domain}))
     for db in databases:
         steps.append(
-            PlannedStep(
-                StepKind.CREATE_DATABASE, {"name": db.name, "user": db.user, "password": db.password}
-            )
+            PlannedStep(StepKind.CREATE_DATABASE, {"name": db.name, "user": db.user, "password": db.password})
         )
     for cron in cron_jobs:
         steps.append(PlannedStep(StepKind.ADD_CRON_JOB, cron.model_dump()))

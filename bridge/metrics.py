@@ -1,0 +1,63 @@
+"""Prometheus metrics. Each process has its own registry (no module-level state), so
+tests and several apps in one process never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.webhooks = Counter(
+            "bridge_webhooks_total",
+            "Order webhooks received, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.step_attempts = Counter(
+            "bridge_step_attempts_total",
+            "Step attempts, by step kind and outcome",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.jobs_finished = Counter(
+            "bridge_jobs_finished_total",
+            "Jobs that reached a final status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.panel_call_seconds = Histogram(
+            "bridge_panel_call_seconds",
+            "Panel call latency, by panel and call",
+            ["panel", "call"],
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180, 600),
+        )
+        self.callbacks = Counter(
+            "bridge_callback_deliveries_total",
+            "Callback delivery attempts, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.relay_published = Counter(
+            "bridge_outbox_published_total", "Wake-ups the outbox relay published", registry=self.registry
+        )
+        # Read from the database when /metrics is scraped.
+        self.jobs_by_status = Gauge("bridge_jobs", "Jobs by status", ["status"], registry=self.registry)
+        self.outbox_backlog = Gauge("bridge_outbox_backlog", "Unsent outbox rows", registry=self.registry)
+        self.outbox_oldest_age = Gauge(
+            "bridge_outbox_oldest_age_seconds", "Age of the oldest unsent outbox row", registry=self.registry
+        )
+        self.callback_backlog = Gauge(
+            "bridge_callback_backlog", "Callbacks not yet delivered (still retrying)", registry=self.registry
+        )
+        self.breaker_open = Gauge(
+            "bridge_panel_breaker_open",
+            "1 while a panel's circuit breaker is open",
+            ["panel"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,111 @@
+"""The outbox relay: publishes committed wake-ups to the job queue.
+
+Rows are claimed with ``FOR UPDATE SKIP LOCKED`` (many relays may run side by side)
+and marked sent only after the broker confirmed them. The relay is woken right
+after each commit that writes a row, and also polls, so nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bridge.broker.base import JobQueue, PublishError
+from bridge.metrics import Metrics
+from bridge.store import tables as t
+from bridge.store.errors import DATABASE_UNAVAILABLE
+from bridge.store.types import utcnow
+
+log = logging.getLogger("bridge.relay")
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        queue: JobQueue,
+        metrics: Metrics,
+        *,
+        poll_s: float = 1.0,
+        batch_size: int = 200,
+        keep_sent_s: float = 3600.0,
+    ) -> None:
+        self._engine = engine
+        self._queue = queue
+        self._metrics = metrics
+        self._poll_s = poll_s
+        self._batch_size = batch_size
+        self._keep_sent = timedelta(seconds=keep_sent_s)
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unsent rows; the number published."""
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.outbox.c.id, t.outbox.c.job_public_id, t.outbox.c.delay_s)
+                    .where(t.outbox.c.sent_at.is_(None))
+                    .order_by(t.outbox.c.id)
+                    .limit(self._batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            # Raises on the first failure: the transaction rolls back and the rows stay unsent.
+            await asyncio.gather(*(self._queue.publish(row.job_public_id, row.delay_s) for row in rows))
+            await conn.execute(
+                update(t.outbox).where(t.outbox.c.id.in_([row.id for row in rows])).values(sent_at=utcnow())
+            )
+        self._metrics.relay_published.inc(len(rows))
+        return len(rows)
+
+    async def drain(self) -> int:
+        total = 0
+        while (count := await self.relay_once()) > 0:
+            total += count
+        return total
+
+    async def prune(self) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(t.outbox).where(t.outbox.c.sent_at < utcnow() - self._keep_sent))
+
+    async def run(self) -> None:
+        """Relay until :meth:`stop`; then relay once more, so what is committed goes out."""
+        last_prune = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self._poll_s)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            await self.drain_quietly()
+            if loop.time() - last_prune > 60:
+                last_prune = loop.time()
+                try:
+                    await self.prune()
+                except DATABASE_UNAVAILABLE:
+                    pass
+        await self.drain_quietly()
+
+    async def drain_quietly(self) -> None:
+        """Drain, logging (not raising) when the broker or the database is unavailable."""
+        try:
+            await self.drain()
+        except PublishError as exc:
+            log.warning("outbox relay: broker did not take the wake-ups, will retry: %s", exc)
+        except DATABASE_UNAVAILABLE as exc:
+            log.warning("outbox relay: database unavailable, will retry: %s", exc.__class__.__name__)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()

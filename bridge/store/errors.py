@@ -1,0 +1,17 @@
+"""Which exceptions mean "the database cannot be reached or cannot take this now"."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+# DBAPIError covers connection loss mid-statement on both drivers; OSError and
+# TimeoutError cover a refused or hanging connect before the driver wraps it.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    DBAPIError,
+    PoolTimeout,
+    OSError,
+    TimeoutError,
+)

@@ -1,0 +1,117 @@
+"""``POST /webhooks/orders``: verify, parse, store in one transaction, answer.
+
+Nothing slow happens here: no broker, no panel. A 2xx means the event is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from bridge.domain.events import parse_event
+from bridge.store.crypto import SecretsUnavailable
+from bridge.store.errors import DATABASE_UNAVAILABLE
+from bridge.store.intake import store_event
+from bridge.web.keys import RUNTIME
+from bridge.webhooks.signature import InvalidSignature
+
+log = logging.getLogger("bridge.webhooks")
+
+MAX_BODY_BYTES = 64 * 1024
+
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*): (.*)$", re.DOTALL)
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+async def read_limited(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The body, or None when it is larger than ``limit`` (checked before and while reading)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = await request.content.read(limit + 1)
+    return None if len(body) > limit else body
+
+
+def validation_fields(exc: ValidationError) -> list[dict[str, str]]:
+    """Pydantic's errors as ``{"loc": "data.domain", "msg": ...}``, naming the field precisely.
+
+    Checks that run on a whole object carry the field in their message ("databases.0.name: ...");
+    that prefix is moved into ``loc``.
+    """
+    fields = []
+    for problem in exc.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in problem["loc"]]
+        msg = str(problem["msg"]).removeprefix("Value error, ")
+        match = _FIELD_PREFIX.match(msg)
+        if match:
+            prefix, msg = match.groups()
+            parts = prefix.split(".")
+            if parts[0] != "data" and loc[:1] != ["data"]:
+                parts = ["data", *parts]
+            loc = [*loc[: len(loc) - 1 if loc and loc[-1] == parts[-1] else len(loc)], *parts]
+            # Avoid "data.data.x" when the loc already starts where the prefix does.
+            if len(loc) > 1 and loc[0] == loc[1]:
+                loc = loc[1:]
+        fields.append({"loc": ".".join(loc) or "body", "msg": msg})
+    return fields
+
+
+async def receive_order(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    metrics = runtime.metrics
+    body = await read_limited(request)
+    if body is None:
+        metrics.webhooks.labels("too_large").inc()
+        return error(413, f"body: larger than {MAX_BODY_BYTES} bytes")
+    try:
+        webhook_id = runtime.verifier.verify(body, request.headers)
+    except InvalidSignature as exc:
+        metrics.webhooks.labels("unauthorized").inc()
+        return error(401, str(exc))
+    try:
+        decoded = json.loads(body)
+    except ValueError as exc:
+        metrics.webhooks.labels("bad_json").inc()
+        return error(400, f"body: not valid JSON ({exc.__class__.__name__}: {exc})")
+    if not isinstance(decoded, dict):
+        metrics.webhooks.labels("invalid").inc()
+        return error(
+            422, "body: must be a JSON object", fields=[{"loc": "body", "msg": "must be a JSON object"}]
+        )
+    try:
+        event = parse_event(decoded)
+    except ValidationError as exc:
+        metrics.webhooks.labels("invalid").inc()
+        fields = validation_fields(exc)
+        summary = "; ".join(f"{f['loc']}: {f['msg']}" for f in fields[:5])
+        return error(422, summary, fields=fields)
+    if runtime.settings.panel(event.data.panel) is None:
+        metrics.webhooks.labels("invalid").inc()
+        msg = f"unknown panel {event.data.panel!r}; configured: {', '.join(runtime.panel_names) or 'none'}"
+        return error(422, f"data.panel: {msg}", fields=[{"loc": "data.panel", "msg": msg}])
+    try:
+        stored = await store_event(runtime.engine, runtime.box, webhook_id, event)
+    except SecretsUnavailable as exc:
+        metrics.webhooks.labels("unavailable").inc()
+        log.error("cannot store an order: %s", exc)
+        return error(503, "the bridge cannot store secrets right now (BRIDGE_SECRET_KEY)")
+    except DATABASE_UNAVAILABLE as exc:
+        metrics.webhooks.labels("unavailable").inc()
+        log.error("database unavailable, order not stored: %s", exc.__class__.__name__)
+        return error(503, "the database is unavailable; the event was NOT stored, send it again later")
+    if stored.duplicate:
+        metrics.webhooks.labels("duplicate").inc()
+        return web.json_response(
+            {"job_id": stored.job_id, "status": "accepted", "duplicate": True}, status=200
+        )
+    metrics.webhooks.labels("accepted").inc()
+    runtime.wake_relay()
+    log.info("order accepted", extra={"job_id": stored.job_id, "event_id": webhook_id})
+    return web.json_response({"job_id": stored.job_id, "status": "accepted", "duplicate": False}, status=202)

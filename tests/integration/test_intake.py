@@ -1,0 +1,282 @@
+"""POST /webhooks/orders: signatures, validation, durable storage and duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import FERNET_KEY, WEBHOOK_SECRET
+from orders import ACCOUNT_PASSWORD, DB_PASSWORD, service_create, signed
+from sqlalchemy import func, select
+
+from bridge.bootstrap import Runtime, build_app, open_runtime
+from bridge.broker.memory import InProcessQueue
+from bridge.settings import Settings
+from bridge.store import tables as t
+from bridge.store.types import utcnow
+
+PANELS = [{"name": "default", "url": "http://127.0.0.1:1"}]
+
+
+def make_settings(db_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": db_url,
+        "webhook_secrets": [WEBHOOK_SECRET],
+        "secret_key": [FERNET_KEY],
+        "panels": PANELS,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+async def runtime(db_url: str) -> AsyncIterator[Runtime]:
+    async with open_runtime(make_settings(db_url), queue=InProcessQueue()) as rt:
+        yield rt
+
+
+@pytest.fixture
+async def client(runtime: Runtime) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(build_app(runtime))) as test_client:
+        yield test_client
+
+
+async def post(client: TestClient, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    response = await client.post("/webhooks/orders", data=body, headers=headers)
+    return response.status, await response.json()
+
+
+async def count(runtime: Runtime, table: Any) -> int:
+    async with runtime.engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+
+
+async def test_accepted_event_is_stored_with_job_steps_and_outbox_row(
+    client: TestClient, runtime: Runtime
+) -> None:
+    status, answer = await post(client, *signed(WEBHOOK_SECRET, service_create()))
+    assert status == 202
+    assert answer["status"] == "accepted" and answer["duplicate"] is False
+    async with runtime.engine.connect() as conn:
+        job = (await conn.execute(select(t.jobs).where(t.jobs.c.public_id == answer["job_id"]))).one()
+        kinds = (await conn.execute(select(t.steps.c.kind).order_by(t.steps.c.position))).scalars().all()
+        outbox = (await conn.execute(select(t.outbox.c.job_public_id))).scalars().all()
+    assert job.status == "accepted" and job.service_id == "4711" and job.domain == "example.com"
+    assert kinds == ["check_account", "add_domain", "issue_ssl", "create_database", "add_cron_job"]
+    assert outbox == [answer["job_id"]]
+
+
+async def test_same_webhook_id_answers_200_with_the_same_job(client: TestClient, runtime: Runtime) -> None:
+    body, headers = signed(WEBHOOK_SECRET, service_create(), webhook_id="msg_same")
+    first_status, first = await post(client, body, headers)
+    again_status, again = await post(client, body, headers)
+    assert (first_status, again_status) == (202, 200)
+    assert again == {"job_id": first["job_id"], "status": "accepted", "duplicate": True}
+    assert await count(runtime, t.jobs) == 1
+    assert await count(runtime, t.outbox) == 1
+
+
+async def test_fifty_concurrent_copies_make_one_job_and_one_outbox_row(
+    client: TestClient, runtime: Runtime
+) -> None:
+    body, headers = signed(WEBHOOK_SECRET, service_create(), webhook_id="msg_burst")
+    results = await asyncio.gather(*(post(client, body, headers) for _ in range(50)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] * 49 + [202]
+    assert len({answer["job_id"] for _, answer in results}) == 1
+    assert await count(runtime, t.jobs) == 1
+    assert await count(runtime, t.events) == 1
+    assert await count(runtime, t.outbox) == 1
+
+
+def _tamper(body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    return body.replace(b"example.com", b"evil.com"), headers
+
+
+def _without(name: str):  # type: ignore[no-untyped-def]
+    def change(body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        return body, {k: v for k, v in headers.items() if k != name}
+
+    return change
+
+
+def _header(name: str, value: str):  # type: ignore[no-untyped-def]
+    def change(body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        return body, {**headers, name: value}
+
+    return change
+
+
+SIGNATURE_CASES = {
+    "wrong secret": lambda b, h: signed("whsec_" + base64.b64encode(b"x" * 32).decode(), json.loads(b)),
+    "tampered body": _tamper,
+    "stale timestamp": lambda b, h: signed(WEBHOOK_SECRET, json.loads(b), timestamp=int(time.time()) - 301),
+    "future timestamp": lambda b, h: signed(WEBHOOK_SECRET, json.loads(b), timestamp=int(time.time()) + 301),
+    "missing id": _without("webhook-id"),
+    "missing timestamp": _without("webhook-timestamp"),
+    "missing signature": _without("webhook-signature"),
+    "timestamp not a number": _header("webhook-timestamp", "yesterday"),
+    "malformed signature": _header("webhook-signature", "v1"),
+    "signature without version": _header("webhook-signature", "abcdef"),
+    "bad base64": _header("webhook-signature", "v1,!!!not-base64!!!"),
+    "unknown version only": _header("webhook-signature", "v2,AAAA"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIGNATURE_CASES))
+async def test_signature_negatives_are_401_and_store_nothing(
+    case: str, client: TestClient, runtime: Runtime
+) -> None:
+    body, headers = signed(WEBHOOK_SECRET, service_create())
+    body, headers = SIGNATURE_CASES[case](body, headers)
+    status, answer = await post(client, body, headers)
+    assert status == 401, answer
+    assert answer["error"]
+    assert await count(runtime, t.events) == 0
+
+
+async def test_non_utf8_body_is_refused(client: TestClient, runtime: Runtime) -> None:
+    body = b'{"type": "service.create", "x": "\xff\xfe"}'
+    headers = {
+        "webhook-id": "msg_bin",
+        "webhook-timestamp": str(int(time.time())),
+        "webhook-signature": "v1,AAAA",
+    }
+    status, answer = await post(client, body, headers)
+    assert status == 401 and "UTF-8" in answer["error"]
+    assert await count(runtime, t.events) == 0
+
+
+async def test_either_of_two_rotating_secrets_verifies(db_url: str) -> None:
+    old, new = WEBHOOK_SECRET, "whsec_" + base64.b64encode(b"n" * 32).decode()
+    settings = make_settings(db_url, webhook_secrets=[new, old])
+    async with (
+        open_runtime(settings, queue=InProcessQueue()) as rt,
+        TestClient(TestServer(build_app(rt))) as test_client,
+    ):
+        for secret in (old, new):
+            status, _ = await post(test_client, *signed(secret, service_create()))
+            assert status == 202
+
+
+INVALID_CASES: dict[str, tuple[Any, str]] = {
+    "unknown type": ({"type": "service.delete", "data": service_create()["data"]}, "type"),
+    "bad domain": (service_create(domain="exa mple.com"), "data.domain"),
+    "missing account": (
+        {"type": "service.create", "data": {"service_id": "1", "domain": "a.com"}},
+        "data.account",
+    ),
+    "unknown panel": (service_create(panel="nope"), "data.panel"),
+    "short db password": (
+        service_create(databases=[{"name": "wp", "user": "wpuser", "password": "short"}]),
+        "data.databases.0.password",
+    ),
+    "cron injection": (
+        service_create(
+            cron_jobs=[
+                {
+                    "minute": "*\n* * * * * rm -rf /",
+                    "hour": "*",
+                    "day": "*",
+                    "month": "*",
+                    "weekday": "*",
+                    "command": "x",
+                }
+            ]
+        ),
+        "data.cron_jobs.0.minute",
+    ),
+    "db name too long for account": (
+        service_create(databases=[{"name": "w" * 60, "user": "wpuser", "password": DB_PASSWORD}]),
+        "data.databases.0.name",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_CASES))
+async def test_invalid_events_are_422_naming_the_field(
+    case: str, client: TestClient, runtime: Runtime
+) -> None:
+    event, field = INVALID_CASES[case]
+    status, answer = await post(client, *signed(WEBHOOK_SECRET, event))
+    assert status == 422, answer
+    assert field in [f["loc"] for f in answer["fields"]], answer
+    assert field in answer["error"]
+    assert await count(runtime, t.events) == 0
+
+
+async def test_not_json_is_400(client: TestClient) -> None:
+    status, answer = await post(client, *signed(WEBHOOK_SECRET, b"{not json"))
+    assert status == 400 and answer["error"].startswith("body:")
+
+
+async def test_body_over_64_kib_is_413(client: TestClient, runtime: Runtime) -> None:
+    event = service_create()
+    event["data"]["padding"] = "x" * (64 * 1024)
+    response = await client.post("/webhooks/orders", data=json.dumps(event).encode(), headers={})
+    assert response.status == 413
+    assert "body" in (await response.json())["error"]
+    assert await count(runtime, t.events) == 0
+
+
+async def test_passwords_never_reach_the_database_in_clear(client: TestClient, runtime: Runtime) -> None:
+    status, _ = await post(client, *signed(WEBHOOK_SECRET, service_create()))
+    assert status == 202
+    async with runtime.engine.connect() as conn:
+        dump = []
+        for table in (t.events, t.jobs, t.steps, t.outbox):
+            dump += [repr(tuple(row)) for row in (await conn.execute(select(table))).all()]
+    everything = "\n".join(dump)
+    assert ACCOUNT_PASSWORD not in everything
+    assert DB_PASSWORD not in everything
+    assert "fernet:" in everything
+
+
+async def consumed(queue: InProcessQueue) -> list[str]:
+    """Every job id the queue has delivered so far."""
+    seen: list[str] = []
+
+    async def handler(job_id: str) -> None:
+        seen.append(job_id)
+
+    consumer = await queue.consume(handler, prefetch=10)
+    await queue.join()
+    await consumer.stop()
+    return seen
+
+
+async def test_database_down_is_503_and_nothing_is_published() -> None:
+    queue = InProcessQueue()
+    url = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
+    async with (
+        open_runtime(make_settings(url), queue=queue) as rt,
+        TestClient(TestServer(build_app(rt))) as test_client,
+    ):
+        status, answer = await post(test_client, *signed(WEBHOOK_SECRET, service_create()))
+        assert status == 503 and "NOT stored" in answer["error"]
+        await rt.relay.drain_quietly()
+        assert await consumed(queue) == []
+
+
+async def test_relay_publishes_only_committed_rows(runtime: Runtime, client: TestClient) -> None:
+    async with runtime.engine.connect() as conn:
+        trans = await conn.begin()
+        await conn.execute(
+            t.outbox.insert().values(job_public_id="rolled-back", delay_s=0.0, created_at=utcnow())
+        )
+        await trans.rollback()
+    status, answer = await post(client, *signed(WEBHOOK_SECRET, service_create()))
+    assert status == 202
+    assert await runtime.relay.drain() == 1
+    assert await consumed(runtime.queue) == [answer["job_id"]]  # type: ignore[arg-type]
+    async with runtime.engine.connect() as conn:
+        sent = (await conn.execute(select(t.outbox.c.job_public_id, t.outbox.c.sent_at))).all()
+    assert [row.job_public_id for row in sent] == [answer["job_id"]]
+    assert sent[0].sent_at is not None
+    assert await runtime.relay.drain() == 0

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aio_pika
@@ -88,6 +89,7 @@ class RabbitQueue:
         )
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
+        self._consumers: set[RabbitConsumer] = set()
 
     # Topology.
 
@@ -123,15 +125,17 @@ class RabbitQueue:
 
     async def start(self) -> None:
         """Connect (robustly: channels and consumers come back after an outage) and declare."""
+        if self._connection is not None:
+            return
         self._connection = await aio_pika.connect_robust(self.url)
         # Publisher confirms, and unroutable messages raise instead of vanishing.
-        self._publish_channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
+        self._publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         await self._declare(self._publish_channel)
 
     async def close(self) -> None:
-        """Close the channels and the connection."""
+        """Stop the consumers (waiting for their running handlers), then close the connection."""
+        for consumer in list(self._consumers):
+            await consumer.stop()
         connection, self._connection = self._connection, None
         self._publish_channel = None
         if connection is not None:
@@ -159,17 +163,13 @@ class RabbitQueue:
         try:
             # The outer timeout also covers waiting for a lost connection to come back.
             async with asyncio.timeout(self.confirm_timeout_s):
-                await channel.default_exchange.publish(
-                    message, routing_key=routing_key, mandatory=True
-                )
+                await channel.default_exchange.publish(message, routing_key=routing_key, mandatory=True)
         except TimeoutError as exc:
             raise PublishError(
                 f"RabbitMQ did not confirm job {job_id} within {self.confirm_timeout_s} s"
             ) from exc
         except Exception as exc:
-            raise PublishError(
-                f"RabbitMQ refused job {job_id} to {routing_key}: {exc!r}"
-            ) from exc
+            raise PublishError(f"RabbitMQ refused job {job_id} to {routing_key}: {exc!r}") from exc
 
     # Consuming.
 
@@ -182,8 +182,9 @@ class RabbitQueue:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.get_queue(self.names.work)
-        consumer = RabbitConsumer(channel, queue, handler)
+        consumer = RabbitConsumer(channel, queue, handler, on_stopped=self._consumers.discard)
         await consumer.begin()
+        self._consumers.add(consumer)
         return consumer
 
     # Checks and test helpers.
@@ -218,11 +219,16 @@ class RabbitConsumer:
     """Runs a handler for each delivery; acks on return, nacks with requeue on error."""
 
     def __init__(
-        self, channel: AbstractChannel, queue: AbstractQueue, handler: WakeUpHandler
+        self,
+        channel: AbstractChannel,
+        queue: AbstractQueue,
+        handler: WakeUpHandler,
+        on_stopped: Callable[[RabbitConsumer], None] = lambda consumer: None,
     ) -> None:
         self._channel = channel
         self._queue = queue
         self._handler = handler
+        self._on_stopped = on_stopped
         self._tag: str | None = None
         self._stopping = False
         self._running = 0
@@ -250,8 +256,7 @@ class RabbitConsumer:
         try:
             await self._handler(job_id)
         except Exception:
-            log.warning("handler failed for job %s; returning it to the queue", job_id,
-                        exc_info=True)
+            log.warning("handler failed for job %s; returning it to the queue", job_id, exc_info=True)
             settle = message.nack(requeue=True)
         else:
             settle = message.ack()
@@ -268,6 +273,7 @@ class RabbitConsumer:
         are not redelivered.
         """
         if self._stopping:
+            await self._idle.wait()
             return
         tag, self._tag = self._tag, None
         if tag is not None and not self._channel.is_closed:
@@ -279,3 +285,4 @@ class RabbitConsumer:
         await self._idle.wait()
         if not self._channel.is_closed:
             await self._channel.close()
+        self._on_stopped(self)

@@ -69,9 +69,7 @@ def rabbit_vhost_fixture() -> Iterator[RabbitVhost]:
 
     name = f"bridge-test-{uuid.uuid4().hex[:8]}"
     user = unquote(parts.username or "guest")
-    if rabbitmqctl("add_vhost", name) and rabbitmqctl(
-        "set_permissions", "-p", name, user, ".*", ".*", ".*"
-    ):
+    if rabbitmqctl("add_vhost", name) and rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*"):
         url = urlunsplit(parts._replace(path="/" + quote(name, safe="")))
         yield RabbitVhost(url=url, name=name, owned=True)
         rabbitmqctl("delete_vhost", name)

@@ -306,8 +306,7 @@ async def test_publish_during_an_outage_fails_fast_then_recovers(
     if not rabbit_vhost.owned:
         pytest.skip("needs a vhost of its own to drop connections in")
     # Reconnect quickly so the test stays short.
-    q = await make_rabbit_queue(url=rabbit_vhost.url + "?reconnect_interval=0.5",
-                                confirm_timeout_s=1)
+    q = await make_rabbit_queue(url=rabbit_vhost.url + "?reconnect_interval=0.5", confirm_timeout_s=1)
     received: asyncio.Queue[str] = asyncio.Queue()
     consumer = await q.consume(received.put, prefetch=1)
 
@@ -337,3 +336,14 @@ async def test_publish_during_an_outage_fails_fast_then_recovers(
     assert "after" in got
     assert await q.ping() is True
     await consumer.stop()
+
+
+async def test_an_unroutable_message_raises(make_rabbit_queue: MakeRabbitQueue) -> None:
+    q = await make_rabbit_queue()
+    connection = await aio_pika.connect(q.url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(q.names.delays[0.3])
+    with pytest.raises(PublishError, match="job-1"):
+        await q.publish("job-1", delay_s=0.5)
+    await q.publish("job-2")  # the channel is still usable

@@ -1,0 +1,54 @@
+"""One mutating call at a time per panel server, across every worker.
+
+The panel has no locks: two calls that rewrite its web-server configuration at
+once can lose a mapping. With PostgreSQL a session-level advisory lock keyed by
+the panel's name serialises workers on any machine (a worker that dies drops its
+connection and so its lock); in the embedded mode one process runs every worker,
+so an asyncio lock is enough. Within a process an asyncio lock is taken first,
+so only one database connection per process waits on the advisory lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+# The advisory-lock namespace of the bridge (first key of the two-key form).
+_LOCK_NAMESPACE = 0x6272  # "br"
+
+
+def panel_lock_key(panel: str) -> int:
+    """A stable signed 32-bit key for ``panel``."""
+    unsigned = zlib.crc32(panel.encode())
+    return unsigned - (1 << 32) if unsigned >= (1 << 31) else unsigned
+
+
+class PanelGate:
+    def __init__(self, engine: AsyncEngine | None) -> None:
+        """``engine`` is the PostgreSQL engine, or None in the embedded mode."""
+        self._engine = engine
+        self._local: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @contextlib.asynccontextmanager
+    async def mutation(self, panel: str) -> AsyncIterator[None]:
+        async with self._local[panel]:
+            if self._engine is None:
+                yield
+                return
+            key = panel_lock_key(panel)
+            async with self._engine.connect() as conn:
+                await conn.execute(text("SELECT pg_advisory_lock(:ns, :key)"), {"ns": _LOCK_NAMESPACE, "key": key})
+                await conn.commit()
+                try:
+                    yield
+                finally:
+                    await conn.execute(
+                        text("SELECT pg_advisory_unlock(:ns, :key)"), {"ns": _LOCK_NAMESPACE, "key": key}
+                    )
+                    await conn.commit()

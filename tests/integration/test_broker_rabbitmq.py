@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -261,27 +262,28 @@ async def test_concurrent_publishes_are_all_confirmed_and_consumed_once(
 async def test_the_topology_is_idempotent_and_has_the_intended_arguments(
     make_rabbit_queue: MakeRabbitQueue,
 ) -> None:
-    q = await make_rabbit_queue(prefix="topo", delivery_limit=4)
-    await make_rabbit_queue(prefix="topo", delivery_limit=4)  # declares it all again
+    p = f"topo{uuid.uuid4().hex[:8]}"
+    q = await make_rabbit_queue(prefix=p, delivery_limit=4)
+    await make_rabbit_queue(prefix=p, delivery_limit=4)  # declares it all again
     await q.purge()
 
     expected = {
-        "topo.jobs": {
+        f"{p}.jobs": {
             "x-queue-type": "quorum",
             "x-delivery-limit": 4,
             "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": "topo.jobs.dead",
+            "x-dead-letter-routing-key": f"{p}.jobs.dead",
         },
-        "topo.jobs.dead": {"x-queue-type": "quorum"},
-        "topo.delay.300ms": {
+        f"{p}.jobs.dead": {"x-queue-type": "quorum"},
+        f"{p}.delay.300ms": {
             "x-message-ttl": 300,
             "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": "topo.jobs",
+            "x-dead-letter-routing-key": f"{p}.jobs",
         },
-        "topo.delay.1000ms": {
+        f"{p}.delay.1000ms": {
             "x-message-ttl": 1000,
             "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": "topo.jobs",
+            "x-dead-letter-routing-key": f"{p}.jobs",
         },
     }
     assert sorted(q.names.all) == sorted(expected)
@@ -295,9 +297,9 @@ async def test_the_topology_is_idempotent_and_has_the_intended_arguments(
             await channel.close()
         # ...and this failing shows that the check is real.
         channel = await connection.channel()
-        wrong = {**expected["topo.jobs"], "x-delivery-limit": 5}
+        wrong = {**expected[f"{p}.jobs"], "x-delivery-limit": 5}
         with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
-            await channel.declare_queue("topo.jobs", durable=True, arguments=wrong)
+            await channel.declare_queue(f"{p}.jobs", durable=True, arguments=wrong)
 
 
 async def test_publish_during_an_outage_fails_fast_then_recovers(
@@ -310,9 +312,7 @@ async def test_publish_during_an_outage_fails_fast_then_recovers(
     received: asyncio.Queue[str] = asyncio.Queue()
     consumer = await q.consume(received.put, prefetch=1)
 
-    assert await asyncio.to_thread(
-        rabbitmqctl, "close_all_connections", "--vhost", rabbit_vhost.name, "test outage"
-    )
+    assert await asyncio.to_thread(rabbitmqctl, "close_all_connections", "--vhost", rabbit_vhost.name, "test outage")
     # The connection may come back before this publish; either way it must not hang.
     started = time.monotonic()
     try:

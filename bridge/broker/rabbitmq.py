@@ -127,10 +127,17 @@ class RabbitQueue:
         """Connect (robustly: channels and consumers come back after an outage) and declare."""
         if self._connection is not None:
             return
-        self._connection = await aio_pika.connect_robust(self.url)
-        # Publisher confirms, and unroutable messages raise instead of vanishing.
-        self._publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        await self._declare(self._publish_channel)
+        connection = await aio_pika.connect_robust(self.url)
+        try:
+            # Publisher confirms, and unroutable messages raise instead of vanishing.
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            # Fails with PRECONDITION_FAILED if a queue exists with other arguments
+            # (e.g. another delivery_limit): change those by policy or recreate the queue.
+            await self._declare(channel)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection, self._publish_channel = connection, channel
 
     async def close(self) -> None:
         """Stop the consumers (waiting for their running handlers), then close the connection."""
@@ -165,9 +172,7 @@ class RabbitQueue:
             async with asyncio.timeout(self.confirm_timeout_s):
                 await channel.default_exchange.publish(message, routing_key=routing_key, mandatory=True)
         except TimeoutError as exc:
-            raise PublishError(
-                f"RabbitMQ did not confirm job {job_id} within {self.confirm_timeout_s} s"
-            ) from exc
+            raise PublishError(f"RabbitMQ did not confirm job {job_id} within {self.confirm_timeout_s} s") from exc
         except Exception as exc:
             raise PublishError(f"RabbitMQ refused job {job_id} to {routing_key}: {exc!r}") from exc
 

@@ -290,7 +290,7 @@ async def test_the_topology_is_idempotent_and_has_the_intended_arguments(
     connection = await aio_pika.connect(q.url)
     async with connection:
         # RabbitMQ refuses a redeclaration whose arguments differ, so these
-        # passing means the queues have exactly these arguments...
+        # passing means the queues have these arguments (those it compares)...
         for name, arguments in expected.items():
             channel = await connection.channel()
             await channel.declare_queue(name, durable=True, arguments=arguments)
@@ -347,3 +347,13 @@ async def test_an_unroutable_message_raises(make_rabbit_queue: MakeRabbitQueue) 
     with pytest.raises(PublishError, match="job-1"):
         await q.publish("job-1", delay_s=0.5)
     await q.publish("job-2")  # the channel is still usable
+
+
+async def test_start_refuses_a_queue_declared_with_other_arguments(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue(delivery_limit=2)
+    other = RabbitQueue(q.url, prefix=q.names.work.removesuffix(".jobs"), delivery_limit=3)
+    with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+        await other.start()
+    assert await other.ping() is False

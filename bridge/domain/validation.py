@@ -120,22 +120,16 @@ def domain_name(value: str, field: str = "domain") -> str:
         )
     labels = text.split(".")
     if len(labels) < 2:
-        raise InvalidField(
-            field, f"{_show(text)} needs a dot and a top-level domain, e.g. example.com"
-        )
+        raise InvalidField(field, f"{_show(text)} needs a dot and a top-level domain, e.g. example.com")
     for label in labels:
         if not label:
-            raise InvalidField(
-                field, f"{_show(text)} has an empty part (two dots in a row, or a dot at an end)"
-            )
+            raise InvalidField(field, f"{_show(text)} has an empty part (two dots in a row, or a dot at an end)")
         if len(label) > 63:
             raise InvalidField(field, f"{_show(text)} has a part longer than 63 characters")
         if not _DOMAIN_LABEL.fullmatch(label):
             raise InvalidField(field, f"{_show(text)} has a part that starts or ends with a hyphen")
     if not _TLD.fullmatch(labels[-1]):
-        raise InvalidField(
-            field, f"{_show(text)} must end in a top-level domain of two or more letters, e.g. .com"
-        )
+        raise InvalidField(field, f"{_show(text)} must end in a top-level domain of two or more letters, e.g. .com")
     return text
 
 
@@ -160,15 +154,12 @@ def document_path(value: str, field: str = "path") -> str:
     if len(text) > _MAX_PATH:
         raise InvalidField(field, f"is {len(text)} characters long; at most 255 are allowed")
     if text.startswith("/"):
-        raise InvalidField(
-            field, f"{_show(text)} must be relative to the account's home (no leading /)"
-        )
+        raise InvalidField(field, f"{_show(text)} must be relative to the account's home (no leading /)")
     bad = _first_bad_char(text, re.compile(r"[A-Za-z0-9_./-]"))
     if bad is not None:
         raise InvalidField(
             field,
-            f"{_show(text)} contains {_describe_char(bad)}; only letters, digits, "
-            "'_', '-', '.' and '/' are allowed",
+            f"{_show(text)} contains {_describe_char(bad)}; only letters, digits, '_', '-', '.' and '/' are allowed",
         )
     text = text.rstrip("/")
     for part in text.split("/"):
@@ -187,16 +178,13 @@ def account_username(value: str, field: str = "username") -> str:
     if len(text) > _MAX_USERNAME:
         raise InvalidField(field, f"is {len(text)} characters long; an account name has at most 32")
     if any("A" <= ch <= "Z" for ch in text):
-        raise InvalidField(
-            field, f"{_show(text)} contains capital letters; panel account names are lower-case"
-        )
+        raise InvalidField(field, f"{_show(text)} contains capital letters; panel account names are lower-case")
     if not _USERNAME.fullmatch(text):
         bad = _first_bad_char(text, re.compile(r"[a-z0-9_]"))
         if bad is not None:
             raise InvalidField(
                 field,
-                f"{_show(text)} contains {_describe_char(bad)}; only lower-case letters, "
-                "digits and '_' are allowed",
+                f"{_show(text)} contains {_describe_char(bad)}; only lower-case letters, digits and '_' are allowed",
             )
         raise InvalidField(field, f"{_show(text)} must start with a letter")
     return text
@@ -205,16 +193,13 @@ def account_username(value: str, field: str = "username") -> str:
 def _db_identifier(value: object, account: str, field: str, what: str, limit: int) -> str:
     text = _require_str(value, field)
     if len(text) < 2:
-        raise InvalidField(
-            field, f"{_show(text)} is too short; a {what} needs at least 2 characters"
-        )
+        raise InvalidField(field, f"{_show(text)} is too short; a {what} needs at least 2 characters")
     if not _DB_IDENTIFIER.fullmatch(text):
         bad = _first_bad_char(text, re.compile(r"[A-Za-z0-9_]"))
         assert bad is not None
         raise InvalidField(
             field,
-            f"{_show(text)} contains {_describe_char(bad)}; a {what} may only contain "
-            "letters, digits and '_'",
+            f"{_show(text)} contains {_describe_char(bad)}; a {what} may only contain letters, digits and '_'",
         )
     full = f"{account}_{text}"
     if len(full) > limit:
@@ -241,13 +226,9 @@ def database_password(value: str, field: str = "password") -> str:
     if not isinstance(value, str):
         raise InvalidField(field, "must be text")
     if len(value) < _MIN_PASSWORD:
-        raise InvalidField(
-            field, f"is too short; a database password needs at least {_MIN_PASSWORD} characters"
-        )
+        raise InvalidField(field, f"is too short; a database password needs at least {_MIN_PASSWORD} characters")
     if len(value) > _MAX_PASSWORD:
-        raise InvalidField(
-            field, f"is too long; a database password has at most {_MAX_PASSWORD} characters"
-        )
+        raise InvalidField(field, f"is too long; a database password has at most {_MAX_PASSWORD} characters")
     if _has_control(value):
         raise InvalidField(field, "contains a line break, tab or other invisible control character")
     return value
@@ -256,13 +237,9 @@ def database_password(value: str, field: str = "password") -> str:
 _CRON_NAMES: dict[str, dict[str, int]] = {
     "month": {
         name: i + 1
-        for i, name in enumerate(
-            ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-        )
+        for i, name in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"])
     },
-    "weekday": {
-        name: i for i, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])
-    },
+    "weekday": {name: i for i, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])},
 }
 
 CRON_FIELDS: dict[str, tuple[int, int]] = {
@@ -284,9 +261,7 @@ def _cron_value(token: str, which: str, field: str, whole: str) -> int:
         raise InvalidField(field, f"{_show(whole)}: {_show(token)} is not a number{hint}")
     number = int(token)
     if not low <= number <= high:
-        raise InvalidField(
-            field, f"{_show(whole)}: {number} is outside {low}-{high} for the {which}"
-        )
+        raise InvalidField(field, f"{_show(whole)}: {number} is outside {low}-{high} for the {which}")
     return number
 
 
@@ -299,9 +274,7 @@ def cron_field(value: str, which: str, field: str | None = None) -> str:
     month 1-12, weekday 0-7).
     """
     if which not in CRON_FIELDS:
-        raise ValueError(
-            f"unknown cron field kind {which!r}; expected one of {sorted(CRON_FIELDS)}"
-        )
+        raise ValueError(f"unknown cron field kind {which!r}; expected one of {sorted(CRON_FIELDS)}")
     name = field if field is not None else which
     text = _require_str(value, name)
     if not text:
@@ -320,13 +293,9 @@ def cron_field(value: str, which: str, field: str | None = None) -> str:
         base, slash, step = item.partition("/")
         if slash:
             if not _NUMBER.fullmatch(step) or not 1 <= int(step) <= high:
-                raise InvalidField(
-                    name, f"{_show(text)}: the step after '/' must be a number from 1 to {high}"
-                )
+                raise InvalidField(name, f"{_show(text)}: the step after '/' must be a number from 1 to {high}")
             if base != "*" and "-" not in base:
-                raise InvalidField(
-                    name, f"{_show(text)}: a step '/n' may only follow '*' or a range a-b"
-                )
+                raise InvalidField(name, f"{_show(text)}: a step '/n' may only follow '*' or a range a-b")
         if base == "*":
             continue
         start, dash, end = base.partition("-")
@@ -344,14 +313,11 @@ def cron_command(value: str, field: str = "command") -> str:
     if _has_control(text):
         raise InvalidField(
             field,
-            "contains a line break, tab or other invisible control character; "
-            "a cron command must be a single line",
+            "contains a line break, tab or other invisible control character; a cron command must be a single line",
         )
     text = text.strip()
     if not text:
         raise InvalidField(field, "is empty; the command to run is required")
     if len(text) > _MAX_COMMAND:
-        raise InvalidField(
-            field, f"is {len(text)} characters long; at most {_MAX_COMMAND} are allowed"
-        )
+        raise InvalidField(field, f"is {len(text)} characters long; at most {_MAX_COMMAND} are allowed")
     return text

@@ -186,9 +186,7 @@ class PanelClient:
         when absent, including when the account has no crontab at all.
         """
         form = {"value": line}
-        return await self._call(
-            "cronjob_list", creds, form, lambda: {"value": validation.cron_command(line, "line")}
-        )
+        return await self._call("cronjob_list", creds, form, lambda: {"value": validation.cron_command(line, "line")})
 
     async def add_domain(
         self, creds: PanelCredentials, domain: str, php_version: str, path: str = "public_html"
@@ -208,9 +206,7 @@ class PanelClient:
     async def domain_issue_ssl(self, creds: PanelCredentials, domain: str) -> CallResult:
         """Ask the panel for a Let's Encrypt certificate (slow; it has its own timeout)."""
         form = {"domain": domain}
-        return await self._call(
-            "domain_issue_ssl", creds, form, lambda: {"domain": validation.domain_name(domain)}
-        )
+        return await self._call("domain_issue_ssl", creds, form, lambda: {"domain": validation.domain_name(domain)})
 
     async def db_make(self, creds: PanelCredentials, name: str, user: str, password: str) -> CallResult:
         """Create database ``<account>_<name>`` and user ``<account>_<user>``.
@@ -282,9 +278,7 @@ class PanelClient:
             try:
                 form = normalise()
             except validation.InvalidField as exc:
-                outcome: PanelOutcome = PermanentFailure(
-                    f"Not sent to the panel: {exc}.", FailureReason.INVALID_INPUT
-                )
+                outcome: PanelOutcome = PermanentFailure(f"Not sent to the panel: {exc}.", FailureReason.INVALID_INPUT)
                 return self._finish(call, url, creds, form, None, "", outcome, started, secrets)
         try:
             tls = self._tls_setting()

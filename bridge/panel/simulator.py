@@ -110,9 +110,7 @@ class PanelSimulator:
         has_package: bool = True,
     ) -> SimAccount:
         """Create a hosting account (a limit of 0 means unlimited)."""
-        return self.state.add_account(
-            username, password, domain_limit, db_limit, subdomain_limit, has_package
-        )
+        return self.state.add_account(username, password, domain_limit, db_limit, subdomain_limit, has_package)
 
     def account(self, username: str) -> SimAccount:
         return self.state.accounts[username]
@@ -226,9 +224,7 @@ def add_panel_sim_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="USER:PASSWORD[:DOMAIN_LIMIT[:DB_LIMIT]]",
         help="a hosting account (repeatable; a limit of 0 means unlimited)",
     )
-    parser.add_argument(
-        "--latency", type=float, default=0.0, metavar="SECONDS", help="delay of mutating calls"
-    )
+    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="delay of mutating calls")
     parser.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
 

@@ -36,14 +36,8 @@ P = FailureReason
 # (call, body, expected kind, expected reason for permanent failures)
 FAILURES: list[tuple[str, str, type, FailureReason | None]] = [
     # authentication, for every call
-    *[
-        (c, j({"error": "Invalid credentials"}), PermanentFailure, P.INVALID_CREDENTIALS)
-        for c in READS + MUTATING
-    ],
-    *[
-        (c, j({"error": "API is currently disabled"}), PermanentFailure, P.API_DISABLED)
-        for c in READS + MUTATING
-    ],
+    *[(c, j({"error": "Invalid credentials"}), PermanentFailure, P.INVALID_CREDENTIALS) for c in READS + MUTATING],
+    *[(c, j({"error": "API is currently disabled"}), PermanentFailure, P.API_DISABLED) for c in READS + MUTATING],
     (
         "domain_list",
         j({"error": "Username and API key or password required"}),

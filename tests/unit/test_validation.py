@@ -374,7 +374,5 @@ def test_cron_command_rejected(raw: str, fragment: str) -> None:
         (lambda s: v.cron_field(f"1{s}", "minute"), "minute"),
     ],
 )
-def test_no_shell_or_sql_metacharacter_passes_a_name(
-    check: Callable[[str], str], field: str, bad: str
-) -> None:
+def test_no_shell_or_sql_metacharacter_passes_a_name(check: Callable[[str], str], field: str, bad: str) -> None:
     rejects(lambda: check(bad), field)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 import aio_pika.exceptions
 import pytest
+from pamqp.common import FieldTable
 from rabbit_fixtures import (  # noqa: F401 (fixtures are found by name)
     MakeRabbitQueue,
     RabbitVhost,
@@ -267,7 +268,7 @@ async def test_the_topology_is_idempotent_and_has_the_intended_arguments(
     await make_rabbit_queue(prefix=p, delivery_limit=4)  # declares it all again
     await q.purge()
 
-    expected = {
+    expected: dict[str, FieldTable] = {
         f"{p}.jobs": {
             "x-queue-type": "quorum",
             "x-delivery-limit": 4,
@@ -297,7 +298,7 @@ async def test_the_topology_is_idempotent_and_has_the_intended_arguments(
             await channel.close()
         # ...and this failing shows that the check is real.
         channel = await connection.channel()
-        wrong = {**expected[f"{p}.jobs"], "x-delivery-limit": 5}
+        wrong: FieldTable = {**expected[f"{p}.jobs"], "x-delivery-limit": 5}
         with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
             await channel.declare_queue(f"{p}.jobs", durable=True, arguments=wrong)
 

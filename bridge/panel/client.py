@@ -17,13 +17,10 @@ settings.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import aiohttp
 
@@ -33,12 +30,11 @@ from bridge.domain.outcomes import (
     FailureReason,
     PanelOutcome,
     PermanentFailure,
-    RetryableFailure,
-    UnknownOutcome,
     outcome_kind,
 )
-from bridge.panel.classify import classify_answer, parse_json, scrub
-from bridge.panel.config import MUTATING_CALLS, PanelCredentials, PanelServer
+from bridge.panel.classify import classify_answer, classify_exception
+from bridge.panel.config import PanelCredentials, PanelServer
+from bridge.panel.records import CallResult, PanelCallRecord, response_excerpt
 from bridge.panel.tls import TlsSetting, TlsSetupError, tls_setting
 
 __all__ = ["CallResult", "PanelCallRecord", "PanelClient"]
@@ -48,65 +44,6 @@ logger = logging.getLogger("bridge.panel")
 _EXCERPT_CHARS = 2000
 _CONNECT_TIMEOUT_CAP = 10.0
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-@dataclass(frozen=True)
-class PanelCallRecord:
-    """What the bridge stores about one panel call; every secret-named field is masked."""
-
-    call: str
-    url: str
-    request: dict[str, Any]
-    http_status: int | None
-    response: str
-    outcome: str
-    message: str
-    duration_ms: float
-
-
-@dataclass(frozen=True)
-class CallResult:
-    outcome: PanelOutcome
-    record: PanelCallRecord
-
-
-def _response_excerpt(body: str, secrets: tuple[str, ...]) -> str:
-    """The body for the record: secret-named JSON fields masked, sent secrets removed."""
-    answer = parse_json(body)
-    if isinstance(answer, dict | list):
-        return json.dumps(scrub(mask(answer), secrets), ensure_ascii=False)[:_EXCERPT_CHARS]
-    text: str = scrub(body, secrets)
-    return text[:_EXCERPT_CHARS]
-
-
-def _transport_outcome(call: str, exc: BaseException, url: str) -> PanelOutcome:
-    """The outcome of a call that got no HTTP answer."""
-    name = exc.__class__.__name__
-    if isinstance(exc, aiohttp.ServerFingerprintMismatch):
-        return PermanentFailure(
-            f"The panel at {url} presented a certificate whose SHA-256 fingerprint is not the "
-            "pinned one. If the panel's certificate was renewed, put the new fingerprint in "
-            "tls_fingerprint; otherwise something is intercepting the connection.",
-            FailureReason.TLS,
-        )
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return PermanentFailure(
-            f"The panel's certificate at {url} could not be verified ({name}: {exc}). The "
-            "panel's installer makes a self-signed certificate: set ca_file to that "
-            "certificate (PEM) or pin its SHA-256 fingerprint with tls_fingerprint.",
-            FailureReason.TLS,
-        )
-    if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
-        return RetryableFailure(
-            f"Could not connect to the panel at {url} ({name}); nothing was sent. The bridge will try again."
-        )
-    if call in MUTATING_CALLS:
-        what = "did not answer in time" if isinstance(exc, TimeoutError) else "dropped the connection"
-        return UnknownOutcome(
-            f"The panel {what} after the request was sent ({name}), so it may or may not have "
-            "done it. The bridge will read the panel's state back before trying again."
-        )
-    return RetryableFailure(f"The panel's answer was lost ({name}); the bridge will try again.")
 
 
 class PanelClient:
@@ -307,7 +244,7 @@ class PanelClient:
         except TlsSetupError as exc:
             outcome = PermanentFailure(str(exc), FailureReason.TLS)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            outcome = _transport_outcome(call, exc, url)
+            outcome = classify_exception(call, exc, url)
         return self._finish(call, url, creds, form, status, body, outcome, started, secrets)
 
     def _finish(
@@ -330,7 +267,7 @@ class PanelClient:
             url=url,
             request=mask({**form, "username": creds.username, "password": creds.password}),
             http_status=status,
-            response=_response_excerpt(body, secrets),
+            response=response_excerpt(body, secrets),
             outcome=kind,
             message=message,
             duration_ms=round(duration_ms, 1),

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from bridge.panel.sim_firewall import LoginFirewall, ManualClock
 
 __all__ = [
     "LoginFirewall",
@@ -35,54 +37,6 @@ _SQL_IDENTIFIER = re.compile(r"[A-Za-z0-9_$]+")
 
 class PanelCrash(Exception):
     """An uncaught exception in a view: the panel answers an HTML 500 page."""
-
-
-class ManualClock:
-    """A clock tests move by hand, so the firewall's minutes pass instantly."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class LoginFirewall:
-    """The panel's login firewall: too many failed logins from one address ban it."""
-
-    def __init__(
-        self,
-        clock: Callable[[], float],
-        max_failures: int = 12,
-        window_s: float = 300.0,
-        ban_s: float = 600.0,
-    ) -> None:
-        self.clock = clock
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self.ban_s = ban_s
-        self._failures: dict[str, deque[float]] = {}
-        self._banned_until: dict[str, float] = {}
-
-    def is_banned(self, ip: str) -> bool:
-        return self._banned_until.get(ip, float("-inf")) > self.clock()
-
-    def record_failure(self, ip: str) -> None:
-        now = self.clock()
-        recent = self._failures.setdefault(ip, deque())
-        recent.append(now)
-        while recent and recent[0] <= now - self.window_s:
-            recent.popleft()
-        if len(recent) >= self.max_failures:
-            self._banned_until[ip] = now + self.ban_s
-            recent.clear()
-
-    def banned(self) -> dict[str, float]:
-        now = self.clock()
-        return {ip: until - now for ip, until in self._banned_until.items() if until > now}
 
 
 @dataclass

@@ -300,10 +300,10 @@ def classify_exception(call: str, exc: BaseException, url: str) -> PanelOutcome:
         return RetryableFailure(
             f"Could not connect to the panel at {url} ({name}); nothing was sent. The bridge will try again."
         )
+    what = "did not answer in time" if isinstance(exc, TimeoutError) else "dropped the connection"
     if call in MUTATING_CALLS:
-        what = "did not answer in time" if isinstance(exc, TimeoutError) else "dropped the connection"
         return UnknownOutcome(
             f"The panel {what} after the request was sent ({name}), so it may or may not have "
             "done it. The bridge will read the panel's state back before trying again."
         )
-    return RetryableFailure(f"The panel's answer was lost ({name}); the bridge will try again.")
+    return RetryableFailure(f"The panel {what} ({name}); the bridge will try again.")

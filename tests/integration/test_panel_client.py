@@ -482,3 +482,14 @@ async def test_simulator_is_driven_over_http(panel_http: TestServer) -> None:
     assert state["accounts"]["dave"]["domains"][0]["certificate"] == "self_signed"
     assert "password" not in state["accounts"]["dave"]
     assert state["counters"] == {"domain_list": 1, "add_domain": 1, "domain_issue_ssl": 1}
+
+
+async def test_slow_read_is_retryable(panel_http: TestServer, panel_sim: PanelSimulator) -> None:
+    panel_sim.set_latency(0.3, "domain_list")
+    quick_reads = PanelServer(name="sim", url=base_url(panel_http), read_timeout_s=0.1)
+    assert quick_reads.timeout_for("add_domain") == 120 and quick_reads.timeout_for("domain_issue_ssl") == 600
+    async with PanelClient(quick_reads) as client:
+        result = await client.domain_list(ALICE)
+    assert isinstance(result.outcome, RetryableFailure)
+    assert "did not answer in time" in result.outcome.message
+    await asyncio.sleep(0.25)  # let the slow handler finish before the server closes

@@ -5,7 +5,9 @@ form fields only (JSON bodies are ignored), HTTP 200 with ``error`` or
 ``success: false`` for failures, a 301 that loses the body when the trailing
 slash is missing, HTML 404 for unknown paths, HTML 500 for crashes, and the
 login firewall (12 failed logins from one address in 5 minutes ban it for 10
-minutes with an HTML 403). The views themselves live in ``sim_state.py``.
+minutes with an HTML 403). The views live in ``sim_state.py``, the request
+handling in ``sim_http.py``, the firewall in ``sim_firewall.py`` and the
+``/_sim/`` control endpoints in ``sim_control.py``.
 
 Where it knowingly differs from the real panel:
 
@@ -16,6 +18,10 @@ Where it knowingly differs from the real panel:
 - only password authentication exists (no ``apikey`` header);
 - domain format checks are a simple pattern, and SQL errors for odd database
   names are imitations of MySQL's texts;
+- ``db_make`` follows the real code, not the documentation: it reads ``dbname``
+  (ignoring ``db``) and answers the real texts;
+- ``counters`` count every request that reached a known view (failed logins
+  included), ``calls`` only the authenticated ones;
 - certificates are a state per domain (none / self_signed / issued), nothing
   is really issued, and issuance fails only when told to (``fail_ssl``).
 

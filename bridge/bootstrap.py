@@ -16,18 +16,29 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
+from typing import Protocol
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.broker.base import JobQueue
+from bridge.callbacks.sender import CallbackSender
 from bridge.metrics import Metrics
+from bridge.panel.client import PanelClient
 from bridge.relay import OutboxRelay
 from bridge.settings import Settings
+from bridge.store.callback_rows import CallbackPolicy
 from bridge.store.crypto import SecretBox
 from bridge.store.database import create_engine, is_sqlite
+from bridge.store.job_records import JobRecords
 from bridge.webhooks.signature import SignatureVerifier
+from bridge.worker.breaker import PanelBreaker
+from bridge.worker.panel_gate import PanelGate
+from bridge.worker.runner import JobRunner, RunnerConfig
+from bridge.worker.scheduler import Scheduler
+from bridge.worker.service import WorkerService
 
 log = logging.getLogger("bridge")
 
@@ -49,9 +60,10 @@ class Runtime:
     verifier: SignatureVerifier
     metrics: Metrics
     relay: OutboxRelay
-    worker_id: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    )
+    records: JobRecords
+    callbacks: CallbackSender
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+    _clients: dict[str, PanelClient] = field(default_factory=dict)
 
     @property
     def panel_names(self) -> list[str]:
@@ -59,13 +71,48 @@ class Runtime:
 
     def wake_relay(self) -> None:
         self.relay.wake()
+        self.callbacks.wake()
+
+    def panel_client(self, name: str) -> PanelClient:
+        """One client (one connection pool) per panel server, shared by every worker of the process."""
+        if name not in self._clients:
+            server = self.settings.panel(name)
+            if server is None:
+                raise LookupError(f"panel {name!r} is not configured (BRIDGE_PANELS)")
+            self._clients[name] = PanelClient(server)
+        return self._clients[name]
+
+    def runner(self) -> JobRunner:
+        settings = self.settings
+        return JobRunner(
+            engine=self.engine,
+            records=self.records,
+            queue=self.queue,
+            clients=self.panel_client,
+            gate=PanelGate(None if sqlite_mode(settings) else self.engine),
+            breaker=PanelBreaker(self.engine, cooldown=timedelta(minutes=10) * max(settings.retry_delay_scale, 0.001)),
+            metrics=self.metrics,
+            owner=self.worker_id,
+            config=RunnerConfig(lease_s=settings.lease_s, delay_scale=settings.retry_delay_scale),
+            wake_relay=self.wake_relay,
+        )
+
+    async def close_clients(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+
+# Short buckets too: with BRIDGE_RETRY_DELAY_SCALE < 1 (tests, demos) retries are sub-second,
+# and a wake-up that arrives early is only re-published for the rest of its wait.
+DELAY_BUCKETS_S = (0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0)
 
 
 def make_queue(settings: Settings) -> JobQueue:
     if settings.amqp_url:
         from bridge.broker.rabbitmq import RabbitQueue
 
-        return RabbitQueue(settings.amqp_url, prefix=settings.amqp_prefix)
+        return RabbitQueue(settings.amqp_url, prefix=settings.amqp_prefix, delay_buckets_s=DELAY_BUCKETS_S)
     from bridge.broker.memory import InProcessQueue
 
     return InProcessQueue()
@@ -76,19 +123,30 @@ async def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> 
     engine = create_engine(settings.database_url)
     queue = queue or make_queue(settings)
     metrics = Metrics()
+    box = SecretBox(settings.secret_key)
+    policy = CallbackPolicy(settings.callback_allowed_origins, bool(settings.callback_secret))
     runtime = Runtime(
         settings=settings,
         engine=engine,
-        box=SecretBox(settings.secret_key),
+        box=box,
         queue=queue,
         verifier=SignatureVerifier(settings.webhook_secrets),
         metrics=metrics,
         relay=OutboxRelay(engine, queue, metrics),
+        records=JobRecords(engine, box, policy),
+        callbacks=CallbackSender(
+            engine,
+            metrics,
+            secret=settings.callback_secret,
+            allowed_origins=settings.callback_allowed_origins,
+            delay_scale=settings.retry_delay_scale,
+        ),
     )
     try:
         await _start_queue(queue)
         yield runtime
     finally:
+        await runtime.close_clients()
         await queue.close()
         await engine.dispose()
 
@@ -119,14 +177,12 @@ async def run_roles(settings: Settings, roles: set[Role], *, stop: asyncio.Event
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(runtime.relay.run(), name="relay")]
         runner: web.AppRunner | None = None
         if Role.HTTP in roles:
-            runner = web.AppRunner(
-                build_app(runtime), access_log=None, shutdown_timeout=settings.shutdown_grace_s
-            )
+            runner = web.AppRunner(build_app(runtime), access_log=None, shutdown_timeout=settings.shutdown_grace_s)
             await runner.setup()
             site = web.TCPSite(runner, settings.http_host, settings.http_port)
             await site.start()
             log.info("listening on http://%s:%s", settings.http_host, settings.http_port)
-        background = _background_services(runtime, roles)
+        background = background_services(runtime, roles)
         tasks += [asyncio.create_task(service.run(), name=type(service).__name__) for service in background]
         await stop.wait()
         log.info("shutting down")
@@ -138,8 +194,27 @@ async def run_roles(settings: Settings, roles: set[Role], *, stop: asyncio.Event
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _background_services(runtime: Runtime, roles: set[Role]) -> list:  # type: ignore[type-arg]
-    return []
+class Service(Protocol):
+    async def run(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def background_services(runtime: Runtime, roles: set[Role]) -> list[Service]:
+    settings = runtime.settings
+    services: list[Service] = []
+    if Role.BACKGROUND in roles:
+        services.append(Scheduler(runtime.engine, runtime.queue, requeue_after_s=settings.requeue_after_s))
+        services.append(runtime.callbacks)
+    if Role.WORKER in roles:
+        services.append(
+            WorkerService(
+                runtime.queue,
+                runtime.runner(),
+                prefetch=settings.worker_prefetch,
+                grace_s=settings.shutdown_grace_s,
+            )
+        )
+    return services
 
 
 def sqlite_mode(settings: Settings) -> bool:

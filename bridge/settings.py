@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     worker_prefetch: int = Field(default=16, ge=1, le=1000)
     lease_s: float = Field(default=60.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    requeue_after_s: float = Field(default=300.0, gt=0)
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 

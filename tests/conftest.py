@@ -24,6 +24,12 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from rabbit_fixtures import (  # noqa: F401  (fixtures shared by every test)
+    amqp_url_fixture,
+    make_rabbit_queue_fixture,
+    rabbit_vhost_fixture,
+)
+
 from bridge.store.database import create_engine, migrate
 from bridge.store.tables import metadata
 

@@ -55,9 +55,7 @@ class PanelBreaker:
         now = now or utcnow()
         async with self._engine.begin() as conn:
             row = (
-                await conn.execute(
-                    select(t.panel_breakers).where(t.panel_breakers.c.panel == panel).with_for_update()
-                )
+                await conn.execute(select(t.panel_breakers).where(t.panel_breakers.c.panel == panel).with_for_update())
             ).one_or_none()
             if row is None:
                 try:

@@ -1,0 +1,168 @@
+"""Delivers status callbacks: signed the Standard Webhooks way, only to allowed
+origins, redirects not followed, retried on a fixed schedule over more than a day,
+every attempt recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bridge.callbacks.origins import origin_allowed
+from bridge.metrics import Metrics
+from bridge.store import tables as t
+from bridge.store.errors import DATABASE_UNAVAILABLE
+from bridge.store.types import utcnow
+from bridge.webhooks.signature import sign
+
+log = logging.getLogger("bridge.callbacks")
+
+# Seconds before retry n (Svix-like): about 27 hours in all, before scaling.
+RETRY_SCHEDULE_S: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+CLAIM_S = 120.0
+
+
+class CallbackSender:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        metrics: Metrics,
+        *,
+        secret: str,
+        allowed_origins: list[str],
+        delay_scale: float = 1.0,
+        timeout_s: float = 10.0,
+        poll_s: float = 0.5,
+        concurrency: int = 8,
+    ) -> None:
+        self._engine = engine
+        self._metrics = metrics
+        self._secret = secret
+        self._allowed = allowed_origins
+        self._scale = delay_scale
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._poll_s = poll_s
+        self._concurrency = concurrency
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._session: aiohttp.ClientSession | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def deliver_due(self) -> int:
+        """Claim and attempt every due callback once; how many were attempted."""
+        now = utcnow()
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.callbacks)
+                    .where(t.callbacks.c.status == "pending", t.callbacks.c.next_attempt_at <= now)
+                    .order_by(t.callbacks.c.id)
+                    .limit(self._concurrency * 4)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            # Claimed: no other sender takes them until the claim runs out.
+            await conn.execute(
+                update(t.callbacks)
+                .where(t.callbacks.c.id.in_([r.id for r in rows]))
+                .values(next_attempt_at=now + timedelta(seconds=CLAIM_S))
+            )
+        semaphore = asyncio.Semaphore(self._concurrency)
+
+        async def one(row: Row[Any]) -> None:
+            async with semaphore:
+                await self._attempt(row)
+
+        await asyncio.gather(*(one(r) for r in rows))
+        return len(rows)
+
+    async def _attempt(self, r: Row[Any]) -> None:
+        started = time.monotonic()
+        http_status: int | None = None
+        error: str | None = None
+        if not origin_allowed(r.url, self._allowed):
+            await self._settle(r, "refused", None, "origin not allowed; never called", 0.0)
+            return
+        body = json.dumps(r.body, separators=(",", ":")).encode()
+        headers = sign(self._secret, r.public_id, int(time.time()), body)
+        headers["Content-Type"] = "application/json"
+        headers["User-Agent"] = "provisioning-bridge"
+        try:
+            session = self._get_session()
+            async with session.post(r.url, data=body, headers=headers, allow_redirects=False) as response:
+                http_status = response.status
+                await response.read()
+                if not 200 <= response.status < 300:
+                    error = f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = f"{exc.__class__.__name__}: {exc}"[:500]
+        duration_ms = (time.monotonic() - started) * 1000
+        if error is None:
+            await self._settle(r, "delivered", http_status, None, duration_ms)
+            self._metrics.callbacks.labels("delivered").inc()
+        else:
+            self._metrics.callbacks.labels("failed_attempt").inc()
+            await self._settle(r, None, http_status, error, duration_ms)
+
+    async def _settle(
+        self, r: object, status: str | None, http_status: int | None, error: str | None, ms: float
+    ) -> None:
+        now = utcnow()
+        attempts = r.attempts + 1
+        values: dict[str, object] = {"attempts": attempts, "last_error": error}
+        if status == "delivered":
+            values.update(status="delivered", delivered_at=now, next_attempt_at=None)
+        elif status == "refused":
+            values.update(status="refused", next_attempt_at=None)
+        elif attempts > len(RETRY_SCHEDULE_S):
+            values.update(status="failed", next_attempt_at=None)
+            log.warning("callback %s gave up after %d attempts: %s", r.public_id, attempts, error)
+        else:
+            delay = RETRY_SCHEDULE_S[attempts - 1] * self._scale
+            values.update(next_attempt_at=now + timedelta(seconds=delay))
+        async with self._engine.begin() as conn:
+            await conn.execute(update(t.callbacks).where(t.callbacks.c.id == r.id).values(**values))
+            await conn.execute(
+                insert(t.callback_attempts).values(
+                    callback_id=r.id,
+                    attempted_at=now,
+                    http_status=http_status,
+                    error=error,
+                    duration_ms=ms,
+                )
+            )
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                while await self.deliver_due():
+                    pass
+            except DATABASE_UNAVAILABLE as exc:
+                log.warning("callbacks: database unavailable (%s); will retry", exc.__class__.__name__)
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self._poll_s)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()

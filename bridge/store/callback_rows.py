@@ -1,0 +1,47 @@
+"""Callback rows: written in the same transaction as the job change they report."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bridge.callbacks.origins import origin_allowed
+from bridge.store import tables as t
+from bridge.store.job_view import callback_body, job_document
+from bridge.store.types import utcnow
+
+
+@dataclass(frozen=True)
+class CallbackPolicy:
+    allowed_origins: list[str] = field(default_factory=list)
+    secret_configured: bool = False
+
+
+async def enqueue_callback(conn: AsyncConnection, job_pk: int, event_type: str, policy: CallbackPolicy) -> None:
+    url = (await conn.execute(select(t.jobs.c.callback_url).where(t.jobs.c.id == job_pk))).scalar_one()
+    if not url:
+        return
+    now = utcnow()
+    status, error = "pending", None
+    if not policy.secret_configured:
+        status, error = "refused", "BRIDGE_CALLBACK_SECRET is not set, so callbacks cannot be signed"
+    elif not origin_allowed(url, policy.allowed_origins):
+        status, error = "refused", "the URL's origin is not in BRIDGE_CALLBACK_ALLOWED_ORIGINS; never called"
+    body = callback_body(await job_document(conn, job_pk), event_type)
+    await conn.execute(
+        insert(t.callbacks).values(
+            public_id=f"cb_{uuid.uuid4().hex}",
+            job_id=job_pk,
+            type=event_type,
+            url=url,
+            body=body,
+            status=status,
+            attempts=0,
+            next_attempt_at=now if status == "pending" else None,
+            created_at=now,
+            last_error=error,
+        )
+    )

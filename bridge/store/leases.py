@@ -1,0 +1,94 @@
+"""Job leases: one worker per job at a time, and jobs of one service in arrival order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bridge.domain.jobs import UNFINISHED_JOB_STATUSES
+from bridge.store import tables as t
+from bridge.store.types import utcnow
+
+
+class LeaseOutcome(StrEnum):
+    LEASED = "leased"
+    NOT_DUE = "not_due"  # the job's next run is later
+    BUSY = "busy"  # another worker holds it
+    BLOCKED = "blocked"  # an earlier job of the same service is unfinished
+    IDLE = "idle"  # nothing to do
+    GONE = "gone"
+
+
+@dataclass(frozen=True)
+class Lease:
+    outcome: LeaseOutcome
+    job_pk: int | None = None
+    due_at: datetime | None = None
+
+
+_earlier = t.jobs.alias("earlier")
+
+
+def _no_earlier_unfinished_job() -> object:
+    return ~exists().where(
+        _earlier.c.service_id == t.jobs.c.service_id,
+        _earlier.c.id < t.jobs.c.id,
+        _earlier.c.status.in_(UNFINISHED_JOB_STATUSES),
+    )
+
+
+async def acquire(engine: AsyncEngine, public_id: str, owner: str, lease_s: float) -> Lease:
+    now = utcnow()
+    async with engine.begin() as conn:
+        got = (
+            await conn.execute(
+                update(t.jobs)
+                .where(
+                    t.jobs.c.public_id == public_id,
+                    t.jobs.c.next_run_at.is_not(None),
+                    t.jobs.c.next_run_at <= now,
+                    or_(t.jobs.c.lease_until.is_(None), t.jobs.c.lease_until < now),
+                    _no_earlier_unfinished_job(),  # type: ignore[arg-type]
+                )
+                .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s))
+                .returning(t.jobs.c.id)
+            )
+        ).scalar_one_or_none()
+        if got is not None:
+            return Lease(LeaseOutcome.LEASED, got)
+        return await _why_not(conn, public_id, now)
+
+
+async def _why_not(conn: AsyncConnection, public_id: str, now: datetime) -> Lease:
+    row = (
+        await conn.execute(
+            select(t.jobs.c.id, t.jobs.c.next_run_at, t.jobs.c.lease_until).where(t.jobs.c.public_id == public_id)
+        )
+    ).one_or_none()
+    if row is None:
+        return Lease(LeaseOutcome.GONE)
+    if row.next_run_at is None:
+        return Lease(LeaseOutcome.IDLE, row.id)
+    if row.next_run_at > now:
+        return Lease(LeaseOutcome.NOT_DUE, row.id, row.next_run_at)
+    if row.lease_until is not None and row.lease_until >= now:
+        return Lease(LeaseOutcome.BUSY, row.id)
+    return Lease(LeaseOutcome.BLOCKED, row.id)
+
+
+async def renew(engine: AsyncEngine, job_pk: int, owner: str, seconds: float) -> bool:
+    """Extend the lease if this worker still holds it (the fence before every mutating call)."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(t.jobs)
+            # Owner unchanged means nobody else leased it, even if the lease ran out meanwhile.
+            .where(t.jobs.c.id == job_pk, t.jobs.c.lease_owner == owner)
+            .values(lease_until=now + timedelta(seconds=seconds))
+        )
+    return result.rowcount == 1
+

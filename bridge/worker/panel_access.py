@@ -1,0 +1,74 @@
+"""How a step reaches the panel: through the circuit breaker, the mutation gate and
+the lease fence, with every call recorded."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bridge.domain.outcomes import PermanentFailure
+from bridge.metrics import Metrics
+from bridge.panel.client import CallResult, PanelCallRecord, PanelClient
+from bridge.panel.config import PanelCredentials
+from bridge.worker.breaker import PanelBreaker
+from bridge.worker.panel_gate import PanelGate
+
+
+class BreakerOpen(Exception):
+    def __init__(self, until: datetime) -> None:
+        super().__init__(f"circuit breaker open until {until.isoformat()}")
+        self.until = until
+
+
+class LeaseLost(Exception):
+    """Another worker owns the job now; this one must not send anything."""
+
+
+@dataclass
+class PanelAccess:
+    client: PanelClient
+    creds: PanelCredentials
+    gate: PanelGate
+    breaker: PanelBreaker
+    metrics: Metrics
+    # Renews the job's lease for the given seconds; False when the lease was lost.
+    fence: Callable[[float], Awaitable[bool]]
+    calls: list[PanelCallRecord] = field(default_factory=list)
+
+    @property
+    def panel(self) -> str:
+        return self.client.server.name
+
+    @property
+    def account(self) -> str:
+        return self.creds.username
+
+    async def read(self, call: Callable[[PanelClient, PanelCredentials], Awaitable[CallResult]]) -> CallResult:
+        await self._check_breaker()
+        return await self._record(call)
+
+    async def mutate(
+        self, name: str, call: Callable[[PanelClient, PanelCredentials], Awaitable[CallResult]]
+    ) -> CallResult:
+        """One mutating call: breaker closed, this panel's gate held, lease renewed just before sending."""
+        await self._check_breaker()
+        async with self.gate.mutation(self.panel):
+            if not await self.fence(self.client.server.timeout_for(name) + 30):
+                raise LeaseLost()
+            return await self._record(call)
+
+    async def _check_breaker(self) -> None:
+        until = await self.breaker.open_until(self.panel)
+        if until is not None:
+            raise BreakerOpen(until)
+
+    async def _record(self, call: Callable[[PanelClient, PanelCredentials], Awaitable[CallResult]]) -> CallResult:
+        started = time.monotonic()
+        result = await call(self.client, self.creds)
+        self.metrics.panel_call_seconds.labels(self.panel, result.record.call).observe(time.monotonic() - started)
+        self.calls.append(result.record)
+        if isinstance(result.outcome, PermanentFailure):
+            await self.breaker.record(self.panel, result.outcome.reason)
+        return result

@@ -1,0 +1,210 @@
+"""The job runner: handles one wake-up for one job.
+
+Lease the job, then run its steps one after another, committing each step's
+intent before sending and its outcome before going on, until the job finishes or
+must wait (a retry later, a deferred step). The message is acknowledged only
+after all of that is committed (the queue acks when :meth:`handle` returns).
+Nothing sleeps while holding a message: waiting is a committed ``next_run_at``
+plus a delayed wake-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bridge.broker.base import JobQueue
+from bridge.domain.jobs import DEFERRABLE_KINDS, JobStatus, StepKind, StepStatus
+from bridge.domain.retry import DEFAULT_POLICIES, RetryPolicy
+from bridge.domain.saga import Finish, RunStep, WaitUntil, next_action
+from bridge.metrics import Metrics
+from bridge.panel.client import PanelClient
+from bridge.panel.config import PanelCredentials
+from bridge.store import leases
+from bridge.store.job_records import JobRecord, JobRecords, StepRecord
+from bridge.store.types import utcnow
+from bridge.worker.breaker import PanelBreaker
+from bridge.worker.panel_access import BreakerOpen, LeaseLost, PanelAccess
+from bridge.worker.panel_gate import PanelGate
+from bridge.worker.steps import EXECUTORS, Step, StepOutcome
+
+log = logging.getLogger("bridge.worker")
+
+
+@dataclass
+class RunnerConfig:
+    lease_s: float = 60.0
+    delay_scale: float = 1.0
+    policies: dict[StepKind, RetryPolicy] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
+    # After an unexpected error the job is given back and tried again this much later (scaled).
+    error_backoff_s: float = 30.0
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        records: JobRecords,
+        queue: JobQueue,
+        clients: Callable[[str], PanelClient],
+        gate: PanelGate,
+        breaker: PanelBreaker,
+        metrics: Metrics,
+        owner: str,
+        config: RunnerConfig,
+        wake_relay: Callable[[], None],
+    ) -> None:
+        self._engine = engine
+        self._records = records
+        self._queue = queue
+        self._clients = clients
+        self._gate = gate
+        self._breaker = breaker
+        self._metrics = metrics
+        self._owner = owner
+        self._config = config
+        self._wake_relay = wake_relay
+        self.stopping = False
+
+    async def handle(self, job_id: str) -> None:
+        lease = await leases.acquire(self._engine, job_id, self._owner, self._config.lease_s)
+        if lease.outcome is leases.LeaseOutcome.NOT_DUE and lease.due_at is not None:
+            # Early (a delay bucket shorter than the wait): ask again for the rest.
+            await self._queue.publish(job_id, max(0.0, (lease.due_at - utcnow()).total_seconds()))
+            return
+        if lease.outcome is not leases.LeaseOutcome.LEASED:
+            return
+        assert lease.job_pk is not None
+        job = await self._records.load(lease.job_pk)
+        try:
+            await self._advance(job)
+        except Exception:
+            log.exception("unexpected error running job %s; it will be tried again", job.public_id)
+            await self._records.release(job, retry_in_s=self._config.error_backoff_s * self._config.delay_scale)
+        finally:
+            self._wake_relay()
+
+    async def _advance(self, job: JobRecord) -> None:
+        was = job.status
+        deferrable = DEFERRABLE_KINDS if job.type == "service.create" else frozenset()
+        while True:
+            if job.cancel_requested and not job.status.finished:
+                await self._records.finish(job, Finish(JobStatus.CANCELLED), error="cancelled by an admin", was=was)
+                self._metrics.jobs_finished.labels("cancelled").inc()
+                return
+            action = next_action([s.state() for s in job.steps], utcnow(), deferrable)
+            if isinstance(action, Finish):
+                if job.status.finished and action.status is JobStatus.SUCCEEDED and action.deferred:
+                    # Still waiting on the deferred step: nothing changed, only the next wake-up.
+                    assert action.wake_at is not None
+                    await self._records.wait(job, action.wake_at)
+                    return
+                await self._records.finish(job, action, error=self._job_error(job, action), was=was)
+                if not was.finished:
+                    self._metrics.jobs_finished.labels(action.status.value).inc()
+                log.info("job %s %s", job.public_id, action.status.value, extra={"job_id": job.public_id})
+                return
+            if isinstance(action, WaitUntil):
+                await self._records.wait(job, action.at)
+                return
+            assert isinstance(action, RunStep)
+            if self.stopping:
+                await self._records.release(job)
+                return
+            if not await self._run_step(job, job.step_at(action.position)):
+                return
+
+    def _job_error(self, job: JobRecord, action: Finish) -> str | None:
+        if action.status is JobStatus.FAILED:
+            failed = [s for s in job.steps if s.status is StepStatus.FAILED]
+            return f"{failed[0].kind}: {failed[0].error}" if failed and failed[0].error else "a step failed"
+        return None
+
+    async def _run_step(self, job: JobRecord, step: StepRecord) -> bool:
+        """Run one attempt of ``step``; False when this worker must let go of the job."""
+        # Whether an earlier attempt may have taken effect; start_attempt marks this one in flight.
+        unsure = step.in_flight
+        attempt_id = await self._records.start_attempt(job, step, self._owner, self._config.lease_s)
+        access = PanelAccess(
+            client=self._clients(job.panel),
+            creds=PanelCredentials(job.account_username, job.account_password),
+            gate=self._gate,
+            breaker=self._breaker,
+            metrics=self._metrics,
+            fence=lambda seconds: leases.renew(self._engine, job.pk, self._owner, seconds),
+        )
+        extra = {"job_id": job.public_id, "event_id": job.webhook_id, "step": step.kind.value}
+        try:
+            outcome = await EXECUTORS[step.kind](Step(step.kind, step.params, unsure, job.type), access)
+        except LeaseLost:
+            log.warning("lease lost before sending; another worker has the job", extra=extra)
+            await self._records.abandon_attempt(attempt_id, "lease lost before sending; nothing was sent")
+            return False
+        except BreakerOpen as exc:
+            outcome = StepOutcome("retry", f"Not sent: the panel's {exc}.", "breaker_open", in_flight=step.in_flight)
+            await self._record(job, step, attempt_id, outcome, access, not_before=exc.until)
+            return True
+        await self._record(job, step, attempt_id, outcome, access)
+        log.info("step %s: %s", step.kind.value, outcome.label, extra=extra)
+        return True
+
+    async def _record(
+        self,
+        job: JobRecord,
+        step: StepRecord,
+        attempt_id: int,
+        outcome: StepOutcome,
+        access: PanelAccess,
+        not_before: datetime | None = None,
+    ) -> None:
+        self._metrics.step_attempts.labels(step.kind.value, outcome.label).inc()
+        message = outcome.message
+        next_at: datetime | None = None
+        if outcome.verdict == "succeeded":
+            status = StepStatus.SUCCEEDED
+        elif outcome.verdict == "failed":
+            status = StepStatus.FAILED
+        else:
+            next_at = await self._retry_at(step, not_before)
+            if next_at is None:
+                status = StepStatus.FAILED
+                message = f"gave up after {step.attempts} attempt(s): {message}"
+            else:
+                status = StepStatus.WAITING_RETRY
+        await self._records.record_outcome(
+            job,
+            step,
+            attempt_id,
+            status=status,
+            label=outcome.label,
+            message=message,
+            in_flight=outcome.in_flight and status is not StepStatus.SUCCEEDED,
+            result=outcome.result,
+            compensation=outcome.compensation,
+            next_attempt_at=next_at,
+            calls=access.calls,
+        )
+
+    async def _retry_at(self, step: StepRecord, not_before: datetime | None) -> datetime | None:
+        policy = self._config.policies[step.kind]
+        now = utcnow()
+        recent: list[datetime] = []
+        if policy.daily_cap is not None:
+            recent = await self._records.attempt_times(
+                step.id, since=now - timedelta(days=1) * self._config.delay_scale
+            )
+        at = policy.next_attempt_at(
+            attempts_made=step.attempts,
+            first_attempt_at=step.first_attempt_at or now,
+            now=now,
+            recent_attempts=recent,
+            scale=self._config.delay_scale,
+        )
+        if at is not None and not_before is not None:
+            at = max(at, not_before)
+        return at

@@ -1,0 +1,87 @@
+"""The scheduler: re-enqueues jobs that are due but that no message seems to be
+carrying — a lost message, a delay longer than the broker keeps, or a worker that
+died holding a lease. The broker only delays work; this loop guarantees it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bridge.broker.base import JobQueue, PublishError
+from bridge.store import tables as t
+from bridge.store.errors import DATABASE_UNAVAILABLE
+from bridge.store.types import utcnow
+
+log = logging.getLogger("bridge.scheduler")
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        queue: JobQueue,
+        *,
+        poll_s: float = 1.0,
+        requeue_after_s: float = 300.0,
+        batch_size: int = 500,
+    ) -> None:
+        """``requeue_after_s``: how long a due job may wait after its last wake-up before
+        the scheduler assumes the message was lost. Expired leases are re-enqueued at once."""
+        self._engine = engine
+        self._queue = queue
+        self._poll_s = poll_s
+        self._requeue_after = timedelta(seconds=requeue_after_s)
+        self._batch_size = batch_size
+        self._stopping = asyncio.Event()
+
+    async def tick(self) -> int:
+        """Re-enqueue what is overdue; how many jobs were re-enqueued."""
+        now = utcnow()
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.jobs.c.id, t.jobs.c.public_id)
+                    .where(
+                        t.jobs.c.next_run_at <= now,
+                        or_(
+                            # A worker held it and the lease ran out: it died or hung.
+                            and_(t.jobs.c.lease_owner.is_not(None), t.jobs.c.lease_until < now),
+                            # Free, due, and nothing published for it in a good while.
+                            and_(
+                                t.jobs.c.lease_owner.is_(None),
+                                or_(t.jobs.c.enqueued_at.is_(None), t.jobs.c.enqueued_at < now - self._requeue_after),
+                            ),
+                        ),
+                    )
+                    .order_by(t.jobs.c.next_run_at)
+                    .limit(self._batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            await asyncio.gather(*(self._queue.publish(row.public_id) for row in rows))
+            await conn.execute(update(t.jobs).where(t.jobs.c.id.in_([row.id for row in rows])).values(enqueued_at=now))
+        log.info("re-enqueued %d overdue job(s)", len(rows))
+        return len(rows)
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.tick()
+            except PublishError as exc:
+                log.warning("scheduler: broker unavailable: %s", exc)
+            except DATABASE_UNAVAILABLE as exc:
+                log.warning("scheduler: database unavailable: %s", exc.__class__.__name__)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self._poll_s)
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,47 @@
+"""The worker service: consumes wake-ups with a bounded prefetch and hands each to the runner.
+
+On shutdown it stops taking messages, lets running steps finish within the grace
+period, and then lets go. A step cut off by the grace period stays ``in_flight``
+under an expiring lease: the next worker reconciles it, never repeats it blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bridge.broker.base import Consumer, JobQueue
+from bridge.worker.runner import JobRunner
+
+log = logging.getLogger("bridge.worker")
+
+
+class WorkerService:
+    def __init__(self, queue: JobQueue, runner: JobRunner, *, prefetch: int, grace_s: float) -> None:
+        self._queue = queue
+        self._runner = runner
+        self._prefetch = prefetch
+        self._grace_s = grace_s
+        self._consumer: Consumer | None = None
+        self._stopped = asyncio.Event()
+
+    async def run(self) -> None:
+        while self._consumer is None and not self._stopped.is_set():
+            try:
+                self._consumer = await self._queue.consume(self._runner.handle, self._prefetch)
+            except Exception as exc:  # the broker may be down at start: keep trying
+                log.warning("cannot consume yet (%s); retrying", exc)
+                try:
+                    await asyncio.wait_for(self._stopped.wait(), 2.0)
+                except TimeoutError:
+                    pass
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        self._runner.stopping = True
+        if self._consumer is not None:
+            try:
+                await asyncio.wait_for(self._consumer.stop(), self._grace_s)
+            except TimeoutError:
+                log.warning("grace period over: steps still running are left to their lease and reconciled later")
+        self._stopped.set()

@@ -1,0 +1,243 @@
+"""What each step kind does on the panel, and how it reconciles an unknown outcome.
+
+The panel has no idempotency keys, so a mutating step that may have taken effect
+(``in_flight``: a timeout, a lost connection, a worker killed after sending, or an
+answer that can hide a half-done change) reads the panel back before sending again.
+"Already exists" is success only when the read-back shows this job's own earlier
+attempt; otherwise it is a conflict for a human.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from bridge.domain.jobs import StepKind
+from bridge.domain.outcomes import (
+    AlreadyExists,
+    FailureReason,
+    PanelOutcome,
+    PermanentFailure,
+    RetryableFailure,
+    Succeeded,
+    UnknownOutcome,
+)
+from bridge.worker.panel_access import PanelAccess
+
+Verdict = Literal["succeeded", "retry", "failed"]
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    verdict: Verdict
+    message: str
+    # Short name for the attempt record and metrics.
+    label: str
+    result: dict[str, Any] | None = None
+    compensation: str | None = None
+    # True when the panel may hold an effect of this step that the bridge has not confirmed.
+    in_flight: bool = False
+    reason: FailureReason | None = None
+
+
+def _from_failure(outcome: PanelOutcome, *, in_flight: bool) -> StepOutcome:
+    if isinstance(outcome, RetryableFailure):
+        return StepOutcome("retry", outcome.message, "retryable", in_flight=in_flight)
+    if isinstance(outcome, UnknownOutcome):
+        return StepOutcome("retry", outcome.message, "unknown", in_flight=True)
+    if isinstance(outcome, PermanentFailure):
+        return StepOutcome("failed", outcome.message, "permanent", in_flight=in_flight, reason=outcome.reason)
+    raise AssertionError(f"not a failure: {outcome!r}")
+
+
+@dataclass
+class Step:
+    kind: StepKind
+    params: dict[str, Any]
+    in_flight: bool
+    job_type: str = "service.create"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def check_account(step: Step, panel: PanelAccess) -> StepOutcome:
+    info = await panel.read(lambda c, creds: c.account_info(creds))
+    if not isinstance(info.outcome, Succeeded):
+        return _from_failure(info.outcome, in_flight=False)
+    limits = info.outcome.data.get("limits", {})
+    for kind, needed_key, setting in (
+        ("domain", "domains_needed", "domain_limit"),
+        ("db", "databases_needed", "db_limit"),
+    ):
+        needed = int(step.params.get(needed_key) or 0)
+        limit = limits.get(kind, {}).get("limit")
+        used = int(limits.get(kind, {}).get("used") or 0)
+        if needed and limit is not None and used + needed > limit:
+            what = "domains" if kind == "domain" else "databases (the panel counts database users)"
+            return StepOutcome(
+                "failed",
+                f"The account {panel.account} has used {used} of its {limit} {what} ({setting}); "
+                f"this order needs {needed} more. Raise the package's {setting} or free some, then retry.",
+                "limit",
+                reason=FailureReason.LIMIT_EXCEEDED,
+            )
+    domain = step.params.get("domain")
+    if domain:
+        listed = await panel.read(lambda c, creds: c.domain_list(creds))
+        if not isinstance(listed.outcome, Succeeded):
+            return _from_failure(listed.outcome, in_flight=False)
+        if not _find_domain(listed.outcome, domain):
+            return StepOutcome(
+                "failed",
+                f"The domain {domain} is not on account {panel.account}; add it before issuing SSL.",
+                "not_found",
+                reason=FailureReason.NOT_FOUND,
+            )
+    return StepOutcome("succeeded", "account and limits confirmed", "succeeded", result={"limits": limits})
+
+
+def _find_domain(outcome: Succeeded, domain: str) -> dict[str, Any] | None:
+    for entry in outcome.data.get("domains", []):
+        if str(entry.get("domain", "")).lower() == domain:
+            return dict(entry)
+    return None
+
+
+async def add_domain(step: Step, panel: PanelAccess) -> StepOutcome:
+    domain = step.params["domain"]
+    undo = "remove domain {domain} (panel id {id}) from account {account}"
+    if step.in_flight:
+        listed = await panel.read(lambda c, creds: c.domain_list(creds))
+        if not isinstance(listed.outcome, Succeeded):
+            return _from_failure(listed.outcome, in_flight=True)
+        found = _find_domain(listed.outcome, domain)
+        if found is not None:
+            return StepOutcome(
+                "succeeded",
+                f"{domain} found on the panel after an earlier attempt with no clear answer",
+                "reconciled",
+                result={"domain_id": found.get("id")},
+                compensation=undo.format(domain=domain, id=found.get("id"), account=panel.account),
+            )
+    sent = await panel.mutate(
+        "add_domain",
+        lambda c, creds: c.add_domain(creds, domain, step.params["php_version"], step.params["path"]),
+    )
+    outcome = sent.outcome
+    if isinstance(outcome, Succeeded):
+        domain_id = outcome.data.get("domain_id")
+        return StepOutcome(
+            "succeeded",
+            outcome.message,
+            "succeeded",
+            result={"domain_id": domain_id},
+            compensation=undo.format(domain=domain, id=domain_id, account=panel.account),
+        )
+    if isinstance(outcome, AlreadyExists):
+        return _conflict(f"The domain {domain} already exists on the panel and was not added by this order.")
+    # The panel edits web-server configuration before it saves the domain: any failure may be half-done.
+    return _from_failure(outcome, in_flight=True)
+
+
+def _conflict(message: str) -> StepOutcome:
+    return StepOutcome(
+        "failed",
+        f"{message} Check who owns it; remove it on the panel or change the order, then retry.",
+        "conflict",
+        reason=FailureReason.CONFLICT,
+    )
+
+
+async def issue_ssl(step: Step, panel: PanelAccess) -> StepOutcome:
+    # No call reads a certificate back, and issuing twice is harmless (only quota), so no reconcile.
+    domain = step.params["domain"]
+    sent = await panel.mutate("domain_issue_ssl", lambda c, creds: c.domain_issue_ssl(creds, domain))
+    if isinstance(sent.outcome, Succeeded):
+        return StepOutcome("succeeded", sent.outcome.message, "succeeded", result={"certificate": "issued"})
+    if isinstance(sent.outcome, AlreadyExists):
+        return StepOutcome("succeeded", sent.outcome.message, "succeeded", result={"certificate": "present"})
+    return _from_failure(sent.outcome, in_flight=False)
+
+
+async def create_database(step: Step, panel: PanelAccess) -> StepOutcome:
+    name, user, password = step.params["name"], step.params["user"], step.params["password"]
+    db_full, user_full = f"{panel.account}_{name}", f"{panel.account}_{user}"
+    undo = f"drop database {db_full} and database user {user_full} from account {panel.account}"
+    if step.in_flight:
+        dbs = await panel.read(lambda c, creds: c.database_list(creds))
+        users = await panel.read(lambda c, creds: c.database_userlist(creds))
+        for answer in (dbs, users):
+            if not isinstance(answer.outcome, Succeeded):
+                return _from_failure(answer.outcome, in_flight=True)
+        assert isinstance(dbs.outcome, Succeeded) and isinstance(users.outcome, Succeeded)
+        has_db = db_full in dbs.outcome.data.get("databases", [])
+        has_user = user_full in users.outcome.data.get("users", [])
+        if has_db and has_user:
+            return StepOutcome(
+                "succeeded",
+                f"{db_full} and {user_full} found on the panel after an earlier attempt with no clear answer",
+                "reconciled",
+                result={"database": db_full, "user": user_full},
+                compensation=undo,
+            )
+        if has_db or has_user:
+            return _conflict(
+                f"Only half of the database exists on the panel ({db_full if has_db else user_full}): "
+                "the panel's db_make is not atomic."
+            )
+    sent = await panel.mutate("db_make", lambda c, creds: c.db_make(creds, name, user, password))
+    if isinstance(sent.outcome, Succeeded):
+        return StepOutcome(
+            "succeeded",
+            sent.outcome.message,
+            "succeeded",
+            result={"database": db_full, "user": user_full},
+            compensation=undo,
+        )
+    if isinstance(sent.outcome, AlreadyExists):
+        return _conflict(f"The database {db_full} or user {user_full} already exists and was not made by this order.")
+    in_flight = not (isinstance(sent.outcome, PermanentFailure) and sent.outcome.reason is FailureReason.INVALID_INPUT)
+    return _from_failure(sent.outcome, in_flight=in_flight)
+
+
+def cron_line(params: dict[str, Any]) -> str:
+    return " ".join(params[k] for k in ("minute", "hour", "day", "month", "weekday", "command"))
+
+
+async def add_cron_job(step: Step, panel: PanelAccess) -> StepOutcome:
+    p = step.params
+    line = cron_line(p)
+    undo = f"delete cron job '{line}' from account {panel.account}"
+    if step.in_flight:
+        found = await panel.read(lambda c, creds: c.cronjob_list(creds, line))
+        if isinstance(found.outcome, Succeeded):
+            return StepOutcome(
+                "succeeded",
+                "cron job found on the panel after an earlier attempt with no clear answer",
+                "reconciled",
+                result={"line_number": found.outcome.data.get("line_number")},
+                compensation=undo,
+            )
+        if not (isinstance(found.outcome, PermanentFailure) and found.outcome.reason is FailureReason.NOT_FOUND):
+            return _from_failure(found.outcome, in_flight=True)
+    sent = await panel.mutate(
+        "cronjob_add",
+        lambda c, creds: c.cronjob_add(creds, p["minute"], p["hour"], p["day"], p["month"], p["weekday"], p["command"]),
+    )
+    if isinstance(sent.outcome, Succeeded):
+        return StepOutcome("succeeded", sent.outcome.message, "succeeded", result={"line": line}, compensation=undo)
+    if isinstance(sent.outcome, AlreadyExists):
+        return _conflict(
+            f"The panel says a cron job like '{line}' already exists (it compares by substring) "
+            "and this order did not add it."
+        )
+    return _from_failure(sent.outcome, in_flight=True)
+
+
+EXECUTORS: dict[StepKind, Callable[[Step, PanelAccess], Awaitable[StepOutcome]]] = {
+    StepKind.CHECK_ACCOUNT: check_account,
+    StepKind.ADD_DOMAIN: add_domain,
+    StepKind.ISSUE_SSL: issue_ssl,
+    StepKind.CREATE_DATABASE: create_database,
+    StepKind.ADD_CRON_JOB: add_cron_job,
+}

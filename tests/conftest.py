@@ -138,3 +138,11 @@ def secrets_env() -> dict[str, str]:
         "admin_tokens": ADMIN_TOKEN,
         "secret_key": FERNET_KEY,
     }
+
+
+@pytest.fixture(params=["embedded", "pg+rabbitmq"])
+def deployment(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Where the bridge keeps its state: SQLite + in-process queue, or PostgreSQL + RabbitMQ."""
+    if request.param == "embedded":
+        return {"db_url": str(request.getfixturevalue("sqlite_url")), "amqp_url": ""}
+    return {"db_url": str(request.getfixturevalue("pg_url")), "amqp_url": str(request.getfixturevalue("amqp_url"))}

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import CALLBACK_SECRET, FERNET_KEY, WEBHOOK_SECRET
@@ -174,11 +173,3 @@ async def _delete_queues(runtime: Runtime) -> None:
             channel = await connection.channel()
             await channel.queue_delete(name)
             await channel.close()
-
-
-@pytest.fixture(params=["embedded", "pg+rabbitmq"])
-def deployment(request: pytest.FixtureRequest) -> dict[str, str]:
-    """Where the bridge keeps its state: SQLite + in-process queue, or PostgreSQL + RabbitMQ."""
-    if request.param == "embedded":
-        return {"db_url": str(request.getfixturevalue("sqlite_url")), "amqp_url": ""}
-    return {"db_url": str(request.getfixturevalue("pg_url")), "amqp_url": str(request.getfixturevalue("amqp_url"))}

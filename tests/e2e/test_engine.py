@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine_harness import ACCOUNT, deployment, running_bridge  # noqa: F401
+from engine_harness import ACCOUNT, running_bridge
 from orders import DB_PASSWORD, service_create
 
 
@@ -23,7 +23,7 @@ async def test_happy_path_provisions_everything_once_and_calls_back(deployment: 
         assert bridge.sim.snapshot()["certificates"]["example.com"] == "issued"
         types = await bridge.wait_callbacks(answer["job_id"], 2)
         assert types == ["job.started", "job.succeeded"]
-        done = [c for c in bridge.receiver.received if c["type"] == "job.succeeded"][0]
+        done = next(c for c in bridge.receiver.received if c["type"] == "job.succeeded")
         assert done["data"]["status"] == "succeeded"
         assert done["data"]["steps"][1]["result"]["domain_id"] is not None
         assert DB_PASSWORD not in str(bridge.receiver.received)

@@ -57,9 +57,7 @@ async def count(runtime: Runtime, table: Any) -> int:
         return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
 
 
-async def test_accepted_event_is_stored_with_job_steps_and_outbox_row(
-    client: TestClient, runtime: Runtime
-) -> None:
+async def test_accepted_event_is_stored_with_job_steps_and_outbox_row(client: TestClient, runtime: Runtime) -> None:
     status, answer = await post(client, *signed(WEBHOOK_SECRET, service_create()))
     assert status == 202
     assert answer["status"] == "accepted" and answer["duplicate"] is False
@@ -82,9 +80,7 @@ async def test_same_webhook_id_answers_200_with_the_same_job(client: TestClient,
     assert await count(runtime, t.outbox) == 1
 
 
-async def test_fifty_concurrent_copies_make_one_job_and_one_outbox_row(
-    client: TestClient, runtime: Runtime
-) -> None:
+async def test_fifty_concurrent_copies_make_one_job_and_one_outbox_row(client: TestClient, runtime: Runtime) -> None:
     body, headers = signed(WEBHOOK_SECRET, service_create(), webhook_id="msg_burst")
     results = await asyncio.gather(*(post(client, body, headers) for _ in range(50)))
     statuses = sorted(status for status, _ in results)
@@ -130,9 +126,7 @@ SIGNATURE_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(SIGNATURE_CASES))
-async def test_signature_negatives_are_401_and_store_nothing(
-    case: str, client: TestClient, runtime: Runtime
-) -> None:
+async def test_signature_negatives_are_401_and_store_nothing(case: str, client: TestClient, runtime: Runtime) -> None:
     body, headers = signed(WEBHOOK_SECRET, service_create())
     body, headers = SIGNATURE_CASES[case](body, headers)
     status, answer = await post(client, body, headers)
@@ -200,9 +194,7 @@ INVALID_CASES: dict[str, tuple[Any, str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(INVALID_CASES))
-async def test_invalid_events_are_422_naming_the_field(
-    case: str, client: TestClient, runtime: Runtime
-) -> None:
+async def test_invalid_events_are_422_naming_the_field(case: str, client: TestClient, runtime: Runtime) -> None:
     event, field = INVALID_CASES[case]
     status, answer = await post(client, *signed(WEBHOOK_SECRET, event))
     assert status == 422, answer
@@ -267,9 +259,7 @@ async def test_database_down_is_503_and_nothing_is_published() -> None:
 async def test_relay_publishes_only_committed_rows(runtime: Runtime, client: TestClient) -> None:
     async with runtime.engine.connect() as conn:
         trans = await conn.begin()
-        await conn.execute(
-            t.outbox.insert().values(job_public_id="rolled-back", delay_s=0.0, created_at=utcnow())
-        )
+        await conn.execute(t.outbox.insert().values(job_public_id="rolled-back", delay_s=0.0, created_at=utcnow()))
         await trans.rollback()
     status, answer = await post(client, *signed(WEBHOOK_SECRET, service_create()))
     assert status == 202

@@ -20,16 +20,22 @@ class CallbackPolicy:
     secret_configured: bool = False
 
 
+def refusal_reason(url: str, policy: CallbackPolicy) -> str | None:
+    """Why a callback to ``url`` must not be sent (it is recorded as refused), or None."""
+    if not policy.secret_configured:
+        return "BRIDGE_CALLBACK_SECRET is not set, so callbacks cannot be signed"
+    if not origin_allowed(url, policy.allowed_origins):
+        return "the URL's origin is not in BRIDGE_CALLBACK_ALLOWED_ORIGINS; never called"
+    return None
+
+
 async def enqueue_callback(conn: AsyncConnection, job_pk: int, event_type: str, policy: CallbackPolicy) -> None:
     url = (await conn.execute(select(t.jobs.c.callback_url).where(t.jobs.c.id == job_pk))).scalar_one()
     if not url:
         return
     now = utcnow()
-    status, error = "pending", None
-    if not policy.secret_configured:
-        status, error = "refused", "BRIDGE_CALLBACK_SECRET is not set, so callbacks cannot be signed"
-    elif not origin_allowed(url, policy.allowed_origins):
-        status, error = "refused", "the URL's origin is not in BRIDGE_CALLBACK_ALLOWED_ORIGINS; never called"
+    error = refusal_reason(url, policy)
+    status = "pending" if error is None else "refused"
     body = callback_body(await job_document(conn, job_pk), event_type)
     await conn.execute(
         insert(t.callbacks).values(

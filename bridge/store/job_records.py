@@ -61,6 +61,11 @@ class JobRecords:
         self._box = box
         self._callbacks = callbacks
 
+    @property
+    def callback_policy(self) -> CallbackPolicy:
+        """Where callbacks may go and whether they can be signed (admin operations write callbacks too)."""
+        return self._callbacks
+
     async def load(self, job_pk: int) -> JobRecord:
         async with self._engine.connect() as conn:
             job = (await conn.execute(select(t.jobs).where(t.jobs.c.id == job_pk))).one()
@@ -203,7 +208,12 @@ class JobRecords:
                 await conn.execute(update(t.jobs).where(t.jobs.c.id == job.pk).values(updated_at=now, **job_update))
             if callback:
                 await enqueue_callback(conn, job.pk, callback, self._callbacks)
+            # An admin may have asked to cancel while this step ran: the runner honours it before the next step.
+            requested = (
+                await conn.execute(select(t.jobs.c.cancel_requested).where(t.jobs.c.id == job.pk))
+            ).scalar_one()
         step.status, step.in_flight, step.next_attempt_at = status, in_flight, next_attempt_at
+        job.cancel_requested = bool(requested)
 
     async def finish(self, job: JobRecord, action: Finish, *, error: str | None, was: JobStatus) -> None:
         """Final status (or succeeded-with-deferred), lease released, callbacks, next job of the service woken."""
@@ -291,12 +301,17 @@ async def _wake(conn: AsyncConnection, job_public_id: str, delay_s: float) -> No
 
 
 async def _wake_next_of_service(conn: AsyncConnection, job: JobRecord) -> None:
+    await wake_next_of_service(conn, job.service_id, job.pk)
+
+
+async def wake_next_of_service(conn: AsyncConnection, service_id: str, job_pk: int) -> None:
+    """Wake the next unfinished job of ``service_id`` after job ``job_pk`` (it was waiting its turn)."""
     following = (
         await conn.execute(
             select(t.jobs.c.public_id)
             .where(
-                t.jobs.c.service_id == job.service_id,
-                t.jobs.c.id > job.pk,
+                t.jobs.c.service_id == service_id,
+                t.jobs.c.id > job_pk,
                 t.jobs.c.status.in_([JobStatus.ACCEPTED, JobStatus.RUNNING]),
             )
             .order_by(t.jobs.c.id)

@@ -85,12 +85,13 @@ class Bridge:
             return await job_document(conn, pk, detail=detail)
 
     async def wait_for(
-        self, job_id: str, *statuses: str, timeout: float = 20.0, deferred_done: bool = False
+        self, job_id: str, *statuses: str, timeout: float = 20.0, settled: bool = False
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             doc = await self.job(job_id)
-            if doc["status"] in statuses and not (deferred_done and doc["deferred"]):
+            open_steps = [s for s in doc["steps"] if s["status"] in ("pending", "running", "waiting_retry")]
+            if doc["status"] in statuses and not (settled and open_steps):
                 return doc
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} still {doc['status']} after {timeout}s: {json.dumps(doc)[:3000]}")

@@ -32,6 +32,7 @@ class StepRecord:
     in_flight: bool
     next_attempt_at: datetime | None
     first_attempt_at: datetime | None
+    error: str | None = None
 
     def state(self) -> StepState:
         return StepState(self.position, self.kind, self.status, self.next_attempt_at)
@@ -94,6 +95,7 @@ class JobRecords:
                     in_flight=s.in_flight,
                     next_attempt_at=s.next_attempt_at,
                     first_attempt_at=s.first_attempt_at,
+                    error=s.error,
                 )
                 for s in steps
             ],
@@ -213,6 +215,7 @@ class JobRecords:
                 await conn.execute(select(t.jobs.c.cancel_requested).where(t.jobs.c.id == job.pk))
             ).scalar_one()
         step.status, step.in_flight, step.next_attempt_at = status, in_flight, next_attempt_at
+        step.error = None if status is StepStatus.SUCCEEDED else message
         job.cancel_requested = bool(requested)
 
     async def finish(self, job: JobRecord, action: Finish, *, error: str | None, was: JobStatus) -> None:

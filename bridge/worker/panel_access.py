@@ -36,6 +36,8 @@ class PanelAccess:
     # Renews the job's lease for the given seconds; False when the lease was lost.
     fence: Callable[[float], Awaitable[bool]]
     calls: list[PanelCallRecord] = field(default_factory=list)
+    # Whether these credentials have been accepted by the panel during this attempt.
+    proven: bool = False
 
     @property
     def panel(self) -> str:
@@ -46,15 +48,21 @@ class PanelAccess:
         return self.creds.username
 
     async def read(self, call: Callable[[PanelClient, PanelCredentials], Awaitable[CallResult]]) -> CallResult:
-        await self._check_breaker()
-        return await self._record(call)
+        """A read. Reads run concurrently once the credentials are proven; until then a read
+        could be a failed login, so it takes the panel's gate and checks the breaker inside it:
+        however many jobs with bad credentials arrive at once, they cannot outrun the breaker."""
+        if self.proven:
+            return await self._record(call)
+        async with self.gate.mutation(self.panel):
+            await self._check_breaker()
+            return await self._record(call)
 
     async def mutate(
         self, name: str, call: Callable[[PanelClient, PanelCredentials], Awaitable[CallResult]]
     ) -> CallResult:
         """One mutating call: breaker closed, this panel's gate held, lease renewed just before sending."""
-        await self._check_breaker()
         async with self.gate.mutation(self.panel):
+            await self._check_breaker()
             if not await self.fence(self.client.server.timeout_for(name) + 30):
                 raise LeaseLost()
             return await self._record(call)
@@ -71,4 +79,6 @@ class PanelAccess:
         self.calls.append(result.record)
         if isinstance(result.outcome, PermanentFailure):
             await self.breaker.record(self.panel, result.outcome.reason)
+        elif result.record.http_status == 200:
+            self.proven = True
         return result

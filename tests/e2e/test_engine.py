@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from engine_harness import ACCOUNT, running_bridge
 from orders import DB_PASSWORD, service_create
+
+from bridge.panel.simulator import PanelSimulator
 
 
 def order(bridge, **kw):  # type: ignore[no-untyped-def]
@@ -28,3 +32,177 @@ async def test_happy_path_provisions_everything_once_and_calls_back(deployment: 
         assert done["data"]["steps"][1]["result"]["domain_id"] is not None
         assert DB_PASSWORD not in str(bridge.receiver.received)
         assert all(c["status"] == "not_needed" for c in job["compensations"])
+
+
+async def test_transient_faults_are_retried_until_the_order_succeeds(deployment: dict[str, str]) -> None:
+    async with running_bridge(**deployment) as bridge:
+        bridge.sim.inject_fault("account_info", "html500")
+        bridge.sim.inject_fault("add_domain", "error:Failed to add mapping for 'example.com'.")
+        bridge.sim.inject_fault("db_make", "reset")
+        status, answer = await bridge.send(order(bridge))
+        job = await bridge.wait_for(answer["job_id"], "succeeded")
+        attempts = {s["kind"]: s["attempts"] for s in job["steps"]}
+        assert attempts["check_account"] == 2
+        assert attempts["add_domain"] == 2
+        assert attempts["create_database"] == 2
+        acct = bridge.sim.snapshot()["accounts"]["john"]
+        assert [d["domain"] for d in acct["domains"]] == ["example.com"]
+        assert acct["databases"] == ["john_wp"] and acct["db_users"] == ["john_wpuser"]
+
+
+async def test_an_answer_after_the_timeout_is_reconciled_not_repeated(deployment: dict[str, str]) -> None:
+    async with running_bridge(**deployment) as bridge:
+        # The panel adds the domain, but answers only after the client has given up (timeout 2 s).
+        bridge.sim.inject_fault("add_domain", "late:3")
+        status, answer = await bridge.send(order(bridge, ssl=False, databases=[], cron_jobs=[]))
+        job = await bridge.wait_for(answer["job_id"], "succeeded", timeout=30)
+        add = next(s for s in job["steps"] if s["kind"] == "add_domain")
+        assert add["attempts"] == 2 and add["result"]["domain_id"] is not None
+        outcomes = [a["outcome"] for a in job["attempts"] if a["step"] == "add_domain"]
+        assert outcomes == ["unknown", "reconciled"]
+        counters = bridge.sim.snapshot()["counters"]
+        assert counters["add_domain"] == 1  # read back, never sent twice
+        assert [d["domain"] for d in bridge.sim.snapshot()["accounts"]["john"]["domains"]] == ["example.com"]
+
+
+async def test_a_permanent_failure_fails_the_job_with_compensation_records(deployment: dict[str, str]) -> None:
+    async with running_bridge(**deployment) as bridge:
+        bridge.sim.inject_fault("db_make", "error:Access denied for user 'root'@'localhost'")
+        status, answer = await bridge.send(order(bridge))
+        job = await bridge.wait_for(answer["job_id"], "failed")
+        by_kind = {s["kind"]: s for s in job["steps"]}
+        assert by_kind["create_database"]["status"] == "failed"
+        assert by_kind["add_cron_job"]["status"] == "pending"
+        assert "Access denied" in job["error"]
+        actions = [(c["step"], c["status"]) for c in job["compensations"]]
+        assert actions == [("add_domain", "pending")]
+        domain_id = by_kind["add_domain"]["result"]["domain_id"]
+        assert (
+            job["compensations"][0]["action"] == f"remove domain example.com (panel id {domain_id}) from account john"
+        )
+        types = await bridge.wait_callbacks(answer["job_id"], 2)
+        assert types == ["job.started", "job.failed"]
+        failed = next(c for c in bridge.receiver.received if c["type"] == "job.failed")
+        assert failed["data"]["compensations"][0]["action"].startswith("remove domain example.com")
+        assert failed["data"]["error"] == job["error"]
+
+
+async def test_bad_credentials_fail_the_job_after_one_call(deployment: dict[str, str]) -> None:
+    async with running_bridge(**deployment) as bridge:
+        status, answer = await bridge.send(
+            service_create(username="john", password="wrong-password", callback_url=bridge.callback_url)
+        )
+        job = await bridge.wait_for(answer["job_id"], "failed")
+        assert "credentials" in job["error"]
+        assert len(job["panel_calls"]) == 1
+        assert sum(bridge.sim.snapshot()["counters"].values()) <= 2
+
+
+async def test_repeated_bad_credentials_open_the_breaker_before_the_firewall_bans(deployment: dict[str, str]) -> None:
+    # A delay scale of 0.01 keeps the breaker open for 6 s: long enough to see the jobs wait.
+    async with running_bridge(**deployment, retry_delay_scale=0.01) as bridge:
+        job_ids = []
+        for n in range(8):
+            event = service_create(service_id=f"s{n}", username="john", password="wrong", domain=f"d{n}.example.com")
+            job_ids.append((await bridge.send(event))[1]["job_id"])
+        for _ in range(200):
+            if sum([(await bridge.job(j))["status"] == "failed" for j in job_ids]) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        snapshot = bridge.sim.snapshot()
+        assert not snapshot["banned"]
+        # Three failed logins open the breaker; the remaining jobs wait instead of calling.
+        docs = [await bridge.job(job_id) for job_id in job_ids]
+        calls = sum(len(d["panel_calls"]) for d in docs)
+        assert calls == 3, [d["status"] for d in docs]
+        waiting = [d for d in docs if d["status"] != "failed"]
+        assert len(waiting) == 5
+        assert all("circuit breaker" in (d["steps"][0]["error"] or "") for d in waiting)
+
+
+async def test_ssl_is_deferred_then_issued_and_reported_with_job_updated(deployment: dict[str, str]) -> None:
+    async with running_bridge(**deployment) as bridge:
+        bridge.sim.fail_ssl("example.com", 2)
+        status, answer = await bridge.send(order(bridge))
+        job = await bridge.wait_for(answer["job_id"], "succeeded")
+        if job["deferred"]:
+            # The order went through while the certificate waits for its spaced retry.
+            assert next(s for s in job["steps"] if s["kind"] == "issue_ssl")["status"] == "waiting_retry"
+        job = await bridge.wait_for(answer["job_id"], "succeeded", settled=True)
+        ssl = next(s for s in job["steps"] if s["kind"] == "issue_ssl")
+        assert ssl["status"] == "succeeded" and ssl["attempts"] == 3
+        assert bridge.sim.snapshot()["certificates"]["example.com"] == "issued"
+        types = await bridge.wait_callbacks(answer["job_id"], 3)
+        assert types[:2] == ["job.started", "job.succeeded"]
+        assert "job.updated" in types
+        first_success = next(c for c in bridge.receiver.received if c["type"] == "job.succeeded")
+        assert first_success["data"]["deferred"] == ["issue_ssl"]
+        updated = next(c for c in bridge.receiver.received if c["type"] == "job.updated")
+        assert updated["data"]["deferred"] == []
+
+
+async def test_mutating_calls_to_one_panel_never_overlap(deployment: dict[str, str]) -> None:
+    sim = PanelSimulator()
+    for n in range(10):
+        sim.add_account(f"user{n}", f"Password-{n}-xyz")
+    sim.set_latency(0.05)
+    async with running_bridge(**deployment, sim=sim) as bridge:
+        ids = []
+        for n in range(10):
+            event = service_create(
+                service_id=f"svc{n}", username=f"user{n}", password=f"Password-{n}-xyz", domain=f"site{n}.example.com"
+            )
+            ids.append((await bridge.send(event))[1]["job_id"])
+        for job_id in ids:
+            await bridge.wait_for(job_id, "succeeded", timeout=60)
+        snapshot = bridge.sim.snapshot()
+        assert snapshot["max_concurrent_mutations"] == 1
+        assert snapshot["counters"]["add_domain"] == 10
+
+
+async def test_callbacks_are_retried_until_the_receiver_is_back(deployment: dict[str, str]) -> None:
+    async with running_bridge(**deployment) as bridge:
+        bridge.receiver.fail_next = 3
+        status, answer = await bridge.send(order(bridge))
+        await bridge.wait_for(answer["job_id"], "succeeded")
+        types = await bridge.wait_callbacks(answer["job_id"], 2, timeout=30)
+        assert sorted(types) == ["job.started", "job.succeeded"]
+        job = await bridge.job(answer["job_id"])
+        deliveries = [d for c in job["callbacks"] for d in c["deliveries"]]
+        assert len(deliveries) == 5
+        assert [d["http_status"] for d in deliveries].count(503) == 3
+        assert all(c["status"] == "delivered" for c in job["callbacks"])
+
+
+async def test_a_callback_url_outside_the_allowed_origins_is_never_called(deployment: dict[str, str]) -> None:
+    async with running_bridge(**deployment) as bridge:
+        outside = bridge.callback_url.replace("127.0.0.1", "localhost")
+        status, answer = await bridge.send(
+            service_create(username=ACCOUNT[0], password=ACCOUNT[1], callback_url=outside)
+        )
+        job = await bridge.wait_for(answer["job_id"], "succeeded")
+        await asyncio.sleep(0.3)
+        assert bridge.receiver.received == []
+        assert job["callbacks"] and all(c["status"] == "refused" and c["deliveries"] == [] for c in job["callbacks"])
+
+
+async def test_jobs_of_one_service_run_in_arrival_order(deployment: dict[str, str]) -> None:
+    async with running_bridge(**deployment) as bridge:
+        bridge.sim.set_latency(0.05)
+        first = (await bridge.send(order(bridge, service_id="same", ssl=False)))[1]["job_id"]
+        second = (
+            await bridge.send(
+                {
+                    "type": "domain.add",
+                    "data": {
+                        "service_id": "same",
+                        "account": {"username": ACCOUNT[0], "password": ACCOUNT[1]},
+                        "domain": "second.example.com",
+                    },
+                }
+            )
+        )[1]["job_id"]
+        one = await bridge.wait_for(first, "succeeded")
+        two = await bridge.wait_for(second, "succeeded")
+        assert one["finished_at"] <= min(a["started_at"] for a in two["attempts"])

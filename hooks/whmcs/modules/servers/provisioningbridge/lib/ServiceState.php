@@ -1,0 +1,90 @@
+<?php
+/**
+ * What the module remembers per service (store key "service:<serviceid>"):
+ *
+ *   attempt_key   makes the webhook-id "whmcs-<serviceid>-<attempt_key>". Kept, so a
+ *                 repeated CreateAccount is the same event to the bridge (a duplicate,
+ *                 never a second job); replaced only to start over (see nextAttempt).
+ *   db_passwords  database name => password, generated once and kept across attempts,
+ *                 so a database the panel already has keeps the password shown to the
+ *                 customer. Encrypted with WHMCS's encrypt() when available.
+ *   job_id, job_status  the bridge's job for the current attempt, as last reported.
+ */
+
+namespace ProvisioningBridge;
+
+final class ServiceState
+{
+    /** Job statuses after which a new CreateAccount means "provision again", not "repeat". */
+    const FINISHED_FOR_GOOD = ['succeeded', 'cancelled'];
+
+    public static function key(string $serviceId): string
+    {
+        return 'service:' . $serviceId;
+    }
+
+    public static function webhookId(string $serviceId, string $attemptKey): string
+    {
+        return 'whmcs-' . $serviceId . '-' . $attemptKey;
+    }
+
+    /**
+     * The record for this CreateAccount: the same attempt key as before unless the
+     * previous job (with key $finishedKey) is known to be succeeded or cancelled, and a
+     * password for every database in $databases.
+     */
+    public static function nextAttempt(Store $store, string $serviceId, array $databases, ?string $finishedKey): array
+    {
+        return $store->update(self::key($serviceId), function (?array $record) use ($databases, $finishedKey) {
+            $record = $record ?? [];
+            // Compare keys under the lock: two simultaneous clicks start over only once.
+            if (empty($record['attempt_key']) || ($finishedKey !== null && $record['attempt_key'] === $finishedKey)) {
+                $record['attempt_key'] = bin2hex(random_bytes(6));
+                unset($record['job_id'], $record['job_status']);
+            }
+            $passwords = self::passwords($record);
+            foreach ($databases as $database) {
+                if (!isset($passwords[$database['name']])) {
+                    $passwords[$database['name']] = Order::generatePassword();
+                }
+            }
+            return self::withPasswords($record, $passwords);
+        });
+    }
+
+    public static function recordJob(Store $store, string $serviceId, string $attemptKey, string $jobId, string $status): void
+    {
+        $store->update(self::key($serviceId), function (?array $record) use ($attemptKey, $jobId, $status) {
+            $record = $record ?? [];
+            if (($record['attempt_key'] ?? null) === $attemptKey) {
+                $record['job_id'] = $jobId;
+                // A late 202 must not overwrite a final status a callback already wrote.
+                if (empty($record['job_status']) || $status !== 'accepted') {
+                    $record['job_status'] = $status;
+                }
+            }
+            return $record;
+        });
+    }
+
+    /** database name => password */
+    public static function passwords(array $record): array
+    {
+        if (isset($record['db_passwords_enc']) && function_exists('decrypt')) {
+            $decoded = json_decode((string) decrypt($record['db_passwords_enc']), true);
+            return is_array($decoded) ? $decoded : [];
+        }
+        return is_array($record['db_passwords'] ?? null) ? $record['db_passwords'] : [];
+    }
+
+    private static function withPasswords(array $record, array $passwords): array
+    {
+        unset($record['db_passwords'], $record['db_passwords_enc']);
+        if (function_exists('encrypt')) {
+            $record['db_passwords_enc'] = encrypt(json_encode($passwords));
+        } else {
+            $record['db_passwords'] = $passwords;
+        }
+        return $record;
+    }
+}

@@ -1,0 +1,221 @@
+<?php
+/**
+ * The module's small memory: one key/value table shared by the server module and
+ * the callback receiver.
+ *
+ *   service:<serviceid>  {"attempt_key", "job_id", "job_status", "db_passwords"}
+ *   ticket:<serviceid>   {"ticket_id"}            the open failure ticket of a service
+ *   seen:<sha256(id)>    {"timestamp"}            callback ids already handled (expires)
+ *
+ * Inside WHMCS it lives in the table mod_provisioningbridge (created on first use
+ * through Capsule). Without Capsule (tests, a stand-alone receiver) it is one JSON
+ * file guarded by flock() in PROVISIONINGBRIDGE_STATE_DIR or the temp directory.
+ */
+
+namespace ProvisioningBridge;
+
+abstract class Store
+{
+    const TABLE = 'mod_provisioningbridge';
+
+    /** The store for this installation: the WHMCS database when there is one, else a file. */
+    public static function open(?string $stateDir = null): Store
+    {
+        if (class_exists('\WHMCS\Database\Capsule') || class_exists('\Illuminate\Database\Capsule\Manager')) {
+            return new CapsuleStore();
+        }
+        $dir = $stateDir ?: (getenv('PROVISIONINGBRIDGE_STATE_DIR') ?: sys_get_temp_dir() . '/provisioningbridge');
+        return new FileStore($dir);
+    }
+
+    abstract public function get(string $key): ?array;
+
+    /**
+     * Reads, changes and writes one entry atomically; $change gets the current value
+     * (null when absent) and returns the new one (null deletes it).
+     */
+    abstract public function update(string $key, callable $change, ?int $ttlSeconds = null): ?array;
+
+    /** Stores $value only if $key is absent (or expired); true when this call stored it. */
+    abstract public function addIfAbsent(string $key, array $value, int $ttlSeconds): bool;
+
+    public function put(string $key, array $value, ?int $ttlSeconds = null): void
+    {
+        $this->update($key, function () use ($value) {
+            return $value;
+        }, $ttlSeconds);
+    }
+
+    public function delete(string $key): void
+    {
+        $this->update($key, function () {
+            return null;
+        });
+    }
+}
+
+/** The WHMCS database, through Laravel's query builder as WHMCS provides it. */
+final class CapsuleStore extends Store
+{
+    /** @var string */
+    private $capsule;
+
+    public function __construct()
+    {
+        $this->capsule = class_exists('\WHMCS\Database\Capsule') ? '\WHMCS\Database\Capsule' : '\Illuminate\Database\Capsule\Manager';
+        $this->ensureTable();
+    }
+
+    private function ensureTable(): void
+    {
+        $capsule = $this->capsule;
+        if ($capsule::schema()->hasTable(self::TABLE)) {
+            return;
+        }
+        $capsule::schema()->create(self::TABLE, function ($table) {
+            $table->string('name', 191)->primary();
+            $table->mediumText('value');
+            $table->integer('expires_at')->nullable()->index();
+        });
+    }
+
+    private function table()
+    {
+        $capsule = $this->capsule;
+        return $capsule::table(self::TABLE);
+    }
+
+    public function get(string $key): ?array
+    {
+        $row = $this->table()->where('name', $key)->first();
+        if (!$row || ($row->expires_at !== null && (int) $row->expires_at < time())) {
+            return null;
+        }
+        $value = json_decode($row->value, true);
+        return is_array($value) ? $value : null;
+    }
+
+    public function update(string $key, callable $change, ?int $ttlSeconds = null): ?array
+    {
+        $capsule = $this->capsule;
+        return $capsule::connection()->transaction(function () use ($key, $change, $ttlSeconds) {
+            // The row lock makes concurrent read-modify-write of one service sequential.
+            $row = $this->table()->where('name', $key)->lockForUpdate()->first();
+            $current = null;
+            if ($row && ($row->expires_at === null || (int) $row->expires_at >= time())) {
+                $current = json_decode($row->value, true);
+            }
+            $next = $change(is_array($current) ? $current : null);
+            if ($next === null) {
+                $this->table()->where('name', $key)->delete();
+                return null;
+            }
+            $fields = ['value' => json_encode($next), 'expires_at' => $ttlSeconds ? time() + $ttlSeconds : null];
+            if ($row) {
+                $this->table()->where('name', $key)->update($fields);
+            } else {
+                $this->table()->insert(['name' => $key] + $fields);
+            }
+            return $next;
+        });
+    }
+
+    public function addIfAbsent(string $key, array $value, int $ttlSeconds): bool
+    {
+        $this->table()->where('expires_at', '<', time())->delete();
+        try {
+            // The primary key decides between two concurrent deliveries of one id.
+            $this->table()->insert(['name' => $key, 'value' => json_encode($value), 'expires_at' => time() + $ttlSeconds]);
+            return true;
+        } catch (\Exception $e) {
+            return false;
+        }
+    }
+}
+
+/** One JSON file, every change under an exclusive lock; expired entries pruned on write. */
+final class FileStore extends Store
+{
+    /** @var string */
+    private $dir;
+
+    public function __construct(string $dir)
+    {
+        if (!is_dir($dir) && !@mkdir($dir, 0700, true) && !is_dir($dir)) {
+            throw new \RuntimeException("cannot create the state directory $dir");
+        }
+        $this->dir = $dir;
+    }
+
+    public function get(string $key): ?array
+    {
+        return $this->locked(function (array &$entries) use ($key) {
+            return $entries[$key]['value'] ?? null;
+        });
+    }
+
+    public function update(string $key, callable $change, ?int $ttlSeconds = null): ?array
+    {
+        return $this->locked(function (array &$entries) use ($key, $change, $ttlSeconds) {
+            $next = $change($entries[$key]['value'] ?? null);
+            if ($next === null) {
+                unset($entries[$key]);
+            } else {
+                $entries[$key] = ['value' => $next, 'expires_at' => $ttlSeconds ? time() + $ttlSeconds : null];
+            }
+            return $next;
+        }, true);
+    }
+
+    public function addIfAbsent(string $key, array $value, int $ttlSeconds): bool
+    {
+        return $this->locked(function (array &$entries) use ($key, $value, $ttlSeconds) {
+            if (isset($entries[$key])) {
+                return false;
+            }
+            $entries[$key] = ['value' => $value, 'expires_at' => time() + $ttlSeconds];
+            return true;
+        }, true);
+    }
+
+    private function locked(callable $work, bool $write = false)
+    {
+        $lock = fopen($this->dir . '/state.lock', 'c');
+        if ($lock === false || !flock($lock, $write ? LOCK_EX : LOCK_SH)) {
+            throw new \RuntimeException('cannot lock the state file in ' . $this->dir);
+        }
+        try {
+            $entries = $this->load();
+            $result = $work($entries);
+            if ($write) {
+                $this->save($entries);
+            }
+            return $result;
+        } finally {
+            flock($lock, LOCK_UN);
+            fclose($lock);
+        }
+    }
+
+    private function load(): array
+    {
+        $text = @file_get_contents($this->dir . '/state.json');
+        $entries = $text ? json_decode($text, true) : [];
+        $now = time();
+        foreach (is_array($entries) ? $entries : [] as $key => $entry) {
+            if (isset($entry['expires_at']) && $entry['expires_at'] < $now) {
+                unset($entries[$key]);
+            }
+        }
+        return is_array($entries) ? $entries : [];
+    }
+
+    private function save(array $entries): void
+    {
+        // Write then rename, so a reader never sees half a file.
+        $tmp = $this->dir . '/state.json.' . bin2hex(random_bytes(4));
+        file_put_contents($tmp, json_encode($entries));
+        chmod($tmp, 0600);
+        rename($tmp, $this->dir . '/state.json');
+    }
+}

@@ -1,0 +1,9 @@
+{if $pbDatabases}
+<h4>Databases</h4>
+<table class="table table-striped">
+    <tr><th>Database</th><th>User</th><th>Password</th></tr>
+    {foreach $pbDatabases as $db}
+        <tr><td>{$db.name|escape}</td><td>{$db.user|escape}</td><td><code>{$db.password|escape}</code></td></tr>
+    {/foreach}
+</table>
+{/if}

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from bridge.admin.routes import add_admin_routes
 from bridge.web import health
 from bridge.web.keys import RUNTIME
 from bridge.webhooks.intake import MAX_BODY_BYTES, receive_order
@@ -45,6 +46,7 @@ def create_app(
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
+    add_admin_routes(app)
     if extra_routes is not None:
         extra_routes(app)
     return app

@@ -1,0 +1,261 @@
+"""What a billing admin can do to jobs: list, show, retry, cancel, resolve a
+compensation record, resend a callback. Pure database logic shared by the admin
+API, the web page and the ``bridge jobs`` command.
+
+Each change commits in one transaction with what follows from it (the outbox
+row that wakes a worker, the callback that reports a cancellation). Callers wake
+the relay afterwards (``runtime.wake_relay()``); the relay also polls, so a
+process without one (the CLI against the database) only adds a second's delay.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bridge.domain.jobs import JobStatus, StepStatus
+from bridge.store import tables as t
+from bridge.store.admin_errors import AdminError, Conflict, InvalidInput, NotFound
+from bridge.store.admin_queries import job_pk_of, list_jobs
+from bridge.store.callback_rows import CallbackPolicy, enqueue_callback, refusal_reason
+from bridge.store.crypto import SecretBox
+from bridge.store.job_records import wake_next_of_service
+from bridge.store.job_view import job_document
+from bridge.store.types import utcnow
+
+__all__ = [
+    "CANCELLED_BY_ADMIN",
+    "AdminError",
+    "Conflict",
+    "InvalidInput",
+    "NotFound",
+    "cancel_job",
+    "get_job",
+    "list_jobs",
+    "resend_last_callback",
+    "resolve_compensation",
+    "retry_job",
+]
+
+CANCELLED_BY_ADMIN = "cancelled by an admin"
+COMPENSATION_STATUSES = ("done", "not_needed")
+_OPEN_STEPS = (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING_RETRY)
+_REOPENED_STEPS = (StepStatus.FAILED, StepStatus.CANCELLED)
+
+
+async def get_job(engine: AsyncEngine, job_public_id: str) -> dict[str, Any]:
+    """The job as the admin API shows it (every detail, secrets masked); NotFound if unknown."""
+    async with engine.connect() as conn:
+        return await job_document(conn, await job_pk_of(conn, job_public_id), detail=True)
+
+
+async def _locked_job(conn: AsyncConnection, job_public_id: str) -> Any:
+    # FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers.
+    row = (
+        await conn.execute(select(t.jobs).where(t.jobs.c.public_id == job_public_id).with_for_update())
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"job {job_public_id} not found")
+    return row
+
+
+def _fresh_password(job: Any, account: Mapping[str, Any] | None, box: SecretBox) -> str | None:
+    """The new encrypted account password, after checking the fresh credentials fit the job."""
+    if account is None:
+        return None
+    if not isinstance(account, Mapping):
+        raise InvalidInput("account: must be an object with username and password", field="account")
+    username, password = account.get("username"), account.get("password")
+    if not isinstance(username, str) or not username:
+        raise InvalidInput("account.username: required", field="account.username")
+    if not isinstance(password, str) or not password:
+        raise InvalidInput("account.password: required", field="account.password")
+    if username != job.account_username:
+        raise InvalidInput(
+            f"account.username: the order is for panel account {job.account_username!r}; "
+            "only its password can be replaced",
+            field="account.username",
+        )
+    return box.encrypt(password)
+
+
+async def retry_job(
+    engine: AsyncEngine, box: SecretBox, job_public_id: str, account: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Resume a failed job from its first unfinished step; returns the job.
+
+    Failed and cancelled steps become pending again with a fresh attempt budget.
+    Their ``in_flight`` flag is kept: a step that may have taken effect is read back
+    on the panel before anything is sent again. Succeeded steps and compensation
+    records are left alone. Optional ``account`` replaces the password of the job's
+    panel account (the username is fixed by the order).
+    """
+    now = utcnow()
+    async with engine.begin() as conn:
+        job = await _locked_job(conn, job_public_id)
+        if job.status != JobStatus.FAILED:
+            raise Conflict(f"job {job_public_id} is {job.status}; only a failed job can be retried")
+        encrypted = _fresh_password(job, account, box)
+        busy = (
+            await conn.execute(
+                select(t.jobs.c.public_id).where(
+                    t.jobs.c.service_id == job.service_id,
+                    t.jobs.c.id != job.id,
+                    t.jobs.c.status == JobStatus.RUNNING,
+                )
+            )
+        ).scalar()
+        if busy is not None:
+            # One action at a time per service: the retried job would not wait for a later one.
+            raise Conflict(f"job {busy} of service {job.service_id} is running; retry this one after it has finished")
+        await conn.execute(
+            update(t.steps)
+            .where(t.steps.c.job_id == job.id, t.steps.c.status.in_(_REOPENED_STEPS))
+            .values(
+                status=StepStatus.PENDING,
+                attempts=0,
+                first_attempt_at=None,
+                next_attempt_at=None,
+                error=None,
+                updated_at=now,
+            )
+        )
+        values: dict[str, Any] = {
+            "status": JobStatus.ACCEPTED,
+            "error": None,
+            "finished_at": None,
+            "next_run_at": now,
+            "enqueued_at": now,
+            "lease_owner": None,
+            "lease_until": None,
+            "cancel_requested": False,
+            "updated_at": now,
+        }
+        if encrypted is not None:
+            values["account_password"] = encrypted
+        await conn.execute(update(t.jobs).where(t.jobs.c.id == job.id).values(**values))
+        await conn.execute(insert(t.outbox).values(job_public_id=job.public_id, delay_s=0.0, created_at=now))
+        return await job_document(conn, job.id, detail=True)
+
+
+async def cancel_job(engine: AsyncEngine, job_public_id: str, *, policy: CallbackPolicy) -> dict[str, Any]:
+    """Cancel a job that has not finished; returns the job.
+
+    With no worker holding it, the job is cancelled at once (a ``job.cancelled``
+    callback is written and the service's next job woken). While a worker holds it,
+    ``cancel_requested`` is set: the step being sent completes and the worker then
+    cancels, so the record of what took effect stays true. Compensation records stay
+    ``pending`` either way: they tell the admin what to undo.
+    """
+    now = utcnow()
+    async with engine.begin() as conn:
+        job = await _locked_job(conn, job_public_id)
+        if JobStatus(job.status).finished:
+            raise Conflict(f"job {job_public_id} is {job.status}; only an unfinished job can be cancelled")
+        leased = job.lease_owner is not None and job.lease_until is not None and job.lease_until >= now
+        if leased:
+            await conn.execute(
+                update(t.jobs).where(t.jobs.c.id == job.id).values(cancel_requested=True, updated_at=now)
+            )
+        else:
+            await conn.execute(
+                update(t.steps)
+                .where(t.steps.c.job_id == job.id, t.steps.c.status.in_(_OPEN_STEPS))
+                .values(status=StepStatus.CANCELLED, next_attempt_at=None, updated_at=now)
+            )
+            await conn.execute(
+                update(t.jobs)
+                .where(t.jobs.c.id == job.id)
+                .values(
+                    status=JobStatus.CANCELLED,
+                    cancel_requested=True,
+                    error=CANCELLED_BY_ADMIN,
+                    finished_at=now,
+                    next_run_at=None,
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=now,
+                )
+            )
+            await enqueue_callback(conn, job.id, "job.cancelled", policy)
+            await wake_next_of_service(conn, job.service_id, job.id)
+        return await job_document(conn, job.id, detail=True)
+
+
+async def resolve_compensation(engine: AsyncEngine, compensation_id: int, status: str = "done") -> dict[str, Any]:
+    """Mark a compensation record ``done`` (the admin undid it) or ``not_needed``."""
+    if status not in COMPENSATION_STATUSES:
+        raise InvalidInput(f"status: must be one of {', '.join(COMPENSATION_STATUSES)}", field="status")
+    now = utcnow()
+    async with engine.begin() as conn:
+        changed = await conn.execute(
+            update(t.compensations)
+            .where(t.compensations.c.id == compensation_id)
+            .values(status=status, resolved_at=now)
+        )
+        if changed.rowcount != 1:
+            raise NotFound(f"compensation record {compensation_id} not found")
+        row = (
+            await conn.execute(
+                select(t.compensations, t.jobs.c.public_id)
+                .join(t.jobs, t.jobs.c.id == t.compensations.c.job_id)
+                .where(t.compensations.c.id == compensation_id)
+            )
+        ).one()
+    return {
+        "id": row.id,
+        "job_id": row.public_id,
+        "step": row.step,
+        "action": row.action,
+        "status": row.status,
+        "resolved_at": row.resolved_at.isoformat() if row.resolved_at else None,
+    }
+
+
+async def resend_last_callback(engine: AsyncEngine, job_public_id: str, *, policy: CallbackPolicy) -> dict[str, Any]:
+    """Queue the job's most recent callback again, as a new delivery with its own id.
+
+    The copy goes through the same policy as any callback: one whose origin is not
+    allowed, or that cannot be signed, is recorded as refused and never sent.
+    """
+    now = utcnow()
+    async with engine.begin() as conn:
+        job = await _locked_job(conn, job_public_id)
+        if not job.callback_url:
+            raise Conflict(f"job {job_public_id} has no callback_url; there is nothing to resend")
+        last = (
+            await conn.execute(
+                select(t.callbacks).where(t.callbacks.c.job_id == job.id).order_by(t.callbacks.c.id.desc()).limit(1)
+            )
+        ).one_or_none()
+        if last is None:
+            raise Conflict(f"job {job_public_id} has sent no callback yet")
+        error = refusal_reason(last.url, policy)
+        public_id = f"cb_{uuid.uuid4().hex}"
+        await conn.execute(
+            insert(t.callbacks).values(
+                public_id=public_id,
+                job_id=job.id,
+                type=last.type,
+                url=last.url,
+                body=last.body,
+                status="pending" if error is None else "refused",
+                attempts=0,
+                next_attempt_at=now if error is None else None,
+                created_at=now,
+                last_error=error,
+            )
+        )
+    return {
+        "id": public_id,
+        "job_id": job_public_id,
+        "type": last.type,
+        "url": last.url,
+        "status": "pending" if error is None else "refused",
+        "copy_of": last.public_id,
+        "last_error": error,
+    }

@@ -1,0 +1,141 @@
+"""Reading jobs for admins: the filtered, paginated list and one job by its public id."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bridge.domain.jobs import JobStatus
+from bridge.store import tables as t
+from bridge.store.admin_errors import InvalidInput, NotFound
+
+MAX_LIMIT = 200
+DEFAULT_LIMIT = 50
+_CURSOR_PREFIX = "j:"
+
+
+def encode_cursor(job_pk: int) -> str:
+    """An opaque cursor: where the next page starts (keyset on the job's integer id)."""
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{job_pk}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        if not raw.startswith(_CURSOR_PREFIX):
+            raise ValueError(raw)
+        value = int(raw[len(_CURSOR_PREFIX) :])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("cursor: not a cursor this API gave out", field="cursor") from None
+    if value < 1:
+        raise InvalidInput("cursor: not a cursor this API gave out", field="cursor")
+    return value
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_summary(row: Any) -> dict[str, Any]:
+    """One line of the job list: no steps, no secrets."""
+    return {
+        "job_id": row.public_id,
+        "event_id": row.webhook_id,
+        "type": row.type,
+        "service_id": row.service_id,
+        "panel": row.panel,
+        "domain": row.domain,
+        "account": row.account_username,
+        "status": row.status,
+        "error": row.error,
+        "cancel_requested": row.cancel_requested,
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+        "finished_at": _iso(row.finished_at),
+    }
+
+
+_SUMMARY_COLUMNS = (
+    t.jobs.c.id,
+    t.jobs.c.public_id,
+    t.jobs.c.webhook_id,
+    t.jobs.c.type,
+    t.jobs.c.service_id,
+    t.jobs.c.panel,
+    t.jobs.c.domain,
+    t.jobs.c.account_username,
+    t.jobs.c.status,
+    t.jobs.c.error,
+    t.jobs.c.cancel_requested,
+    t.jobs.c.created_at,
+    t.jobs.c.updated_at,
+    t.jobs.c.finished_at,
+)
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_jobs(
+    engine: AsyncEngine,
+    *,
+    status: str | None = None,
+    service_id: str | None = None,
+    domain: str | None = None,
+    search: str | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Jobs newest first, and the cursor of the next page (None on the last page).
+
+    ``service_id`` matches exactly; ``domain`` is a case-insensitive substring;
+    ``search`` matches either (the web page's one search box); ``created_from`` is
+    inclusive and ``created_to`` exclusive. ``limit`` is capped at 200.
+    """
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise InvalidInput(f"status: must be one of {', '.join(s.value for s in JobStatus)}", field="status")
+    if limit < 1:
+        raise InvalidInput("limit: must be at least 1", field="limit")
+    limit = min(limit, MAX_LIMIT)
+    query = select(*_SUMMARY_COLUMNS).order_by(t.jobs.c.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(t.jobs.c.status == status)
+    if service_id:
+        query = query.where(t.jobs.c.service_id == service_id)
+    if domain:
+        query = query.where(func.lower(t.jobs.c.domain).like(_like_pattern(domain), escape="\\"))
+    if search:
+        query = query.where(
+            or_(
+                t.jobs.c.service_id == search.strip(),
+                func.lower(t.jobs.c.domain).like(_like_pattern(search.strip()), escape="\\"),
+            )
+        )
+    if created_from is not None:
+        query = query.where(t.jobs.c.created_at >= created_from)
+    if created_to is not None:
+        query = query.where(t.jobs.c.created_at < created_to)
+    if cursor:
+        query = query.where(t.jobs.c.id < decode_cursor(cursor))
+    async with engine.connect() as conn:
+        rows = list((await conn.execute(query)).all())
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
+    return [job_summary(r) for r in page], next_cursor
+
+
+async def job_pk_of(conn: AsyncConnection, job_public_id: str) -> int:
+    """The integer id of a job; NotFound when no job has that public id."""
+    pk = (await conn.execute(select(t.jobs.c.id).where(t.jobs.c.public_id == job_public_id))).scalar_one_or_none()
+    if pk is None:
+        raise NotFound(f"job {job_public_id} not found")
+    return int(pk)

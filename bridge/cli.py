@@ -84,6 +84,12 @@ def cmd_secrets_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from bridge.admin.cli import cmd_jobs as run_jobs_command
+
+    return run_jobs_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     secrets = sub.add_parser("secrets", help="make fresh secrets")
     secrets_sub = secrets.add_subparsers(dest="secrets_command", required=True)
     secrets_sub.add_parser("new", help="print a webhook secret, callback secret, admin token and Fernet key")
+    from bridge.admin.cli import add_jobs_parser
+
+    add_jobs_parser(sub)
     return parser
 
 
@@ -108,6 +117,7 @@ HANDLERS = {
     "migrate": cmd_migrate,
     "panel-sim": cmd_panel_sim,
     "secrets": cmd_secrets_new,
+    "jobs": cmd_jobs,
 }
 
 

@@ -190,7 +190,10 @@ function provisioningbridge_RetryProvisioning(array $params)
         if (!$job) {
             return 'There is no failed provisioning job for this service.';
         }
-        $body = ['account' => ['username' => (string) $params['username'], 'password' => (string) $params['password']]];
+        $body = null;
+        if ((string) ($params['username'] ?? '') !== '' && (string) ($params['password'] ?? '') !== '') {
+            $body = ['account' => ['username' => (string) $params['username'], 'password' => (string) $params['password']]];
+        }
         $retry = $client->admin('RetryProvisioning', 'POST', '/admin/api/jobs/' . rawurlencode($job['job_id']) . '/retry', $body);
         if ($retry->status === 409) {
             return 'Job ' . $job['job_id'] . ' is no longer failed, so there is nothing to retry: ' . $retry->errorText();
@@ -222,6 +225,11 @@ function provisioningbridge_AdminServicesTabFields(array $params)
             return ['Provisioning' => 'Could not load the status from the bridge: ' . $h($list->errorText())];
         }
         $job = $list->json['jobs'][0] ?? null;
+        if ($job) {
+            // List entries are summaries; the job itself carries the steps and compensations.
+            $detail = $client->admin('ServiceStatus', 'GET', '/admin/api/jobs/' . rawurlencode((string) $job['job_id']));
+            $job = $detail->ok() && is_array($detail->json) ? $detail->json : $job;
+        }
         $fields = $job ? provisioningbridge_jobFields($settings, $job, $h) : ['Provisioning' => 'No job in the bridge for this service yet.'];
         $record = Store::open()->get(ServiceState::key((string) $params['serviceid'])) ?? [];
         $databases = [];

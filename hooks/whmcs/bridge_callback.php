@@ -1,0 +1,296 @@
+<?php
+/**
+ * Receives the provisioning bridge's status callbacks (place this file in WHMCS's
+ * web root, next to init.php, and give the bridge its URL as callback_url).
+ *
+ * Every request must carry a valid Standard Webhooks signature made with the
+ * callback secret, from BRIDGE_CALLBACK_SECRET in the environment or 'secret' in
+ * bridge_callback_config.php beside this file (comma-separated secrets allow
+ * rotation). Anything unverified is answered 4xx and changes nothing:
+ *   400 malformed (missing headers, not JSON)  401 wrong signature or stale timestamp
+ *   409 the exact same signed message again (a replay)
+ *
+ * A verified callback, through WHMCS's local API:
+ *   job.succeeded   UpdateClientProduct status=Active, activity log entry
+ *   job.failed      activity log entry and a ticket for the staff; a later failure of
+ *                   the same service adds a note to that ticket while it is open
+ *   job.updated, job.started, anything else   activity log entry
+ *
+ * Handled webhook-ids are remembered (48 hours by default, longer than the bridge's
+ * retry schedule). The bridge signs each delivery afresh, so the same id with a new
+ * timestamp is its redelivery: answered 200 without doing anything again.
+ */
+
+if (is_file(__DIR__ . '/init.php')) {
+    require __DIR__ . '/init.php';
+}
+
+$pbLib = __DIR__ . '/modules/servers/provisioningbridge/lib';
+require_once $pbLib . '/Signature.php';
+require_once $pbLib . '/Store.php';
+require_once $pbLib . '/Order.php';
+require_once $pbLib . '/ServiceState.php';
+
+use ProvisioningBridge\ServiceState;
+use ProvisioningBridge\Signature;
+use ProvisioningBridge\SignatureError;
+use ProvisioningBridge\Store;
+
+const PBCB_MAX_BODY = 262144;
+
+function pbcb_config(): array
+{
+    $file = __DIR__ . '/bridge_callback_config.php';
+    $config = is_file($file) ? require $file : [];
+    $config = (is_array($config) ? $config : []) + [
+        'secret' => '',
+        'department_id' => 1,
+        'ticket_name' => 'Provisioning Bridge',
+        'ticket_email' => 'provisioning-bridge@example.invalid',
+        'admin_user' => '',
+        'welcome_email' => '',
+        'bridge_url' => '',
+        'remember_ids_s' => 48 * 3600,
+        'state_dir' => null,
+    ];
+    $fromEnv = (string) getenv('BRIDGE_CALLBACK_SECRET');
+    $secrets = $fromEnv !== '' ? $fromEnv : (string) $config['secret'];
+    $config['secrets'] = array_values(array_filter(array_map('trim', explode(',', $secrets)), 'strlen'));
+    return $config;
+}
+
+function pbcb_respond(int $status, array $body): void
+{
+    http_response_code($status);
+    header('Content-Type: application/json');
+    header('Cache-Control: no-store');
+    echo json_encode($body);
+}
+
+/** The webhook-* request headers, lower-case names. */
+function pbcb_headers(): array
+{
+    $headers = [];
+    foreach (['webhook-id', 'webhook-timestamp', 'webhook-signature'] as $name) {
+        $headers[$name] = (string) ($_SERVER['HTTP_' . strtoupper(str_replace('-', '_', $name))] ?? '');
+    }
+    return $headers;
+}
+
+function pbcb_main(): void
+{
+    if (($_SERVER['REQUEST_METHOD'] ?? '') !== 'POST') {
+        header('Allow: POST');
+        pbcb_respond(405, ['error' => 'POST only']);
+        return;
+    }
+    $config = pbcb_config();
+    if (!$config['secrets']) {
+        // Not the sender's fault: a 5xx makes the bridge retry once this is fixed.
+        pbcb_respond(503, ['error' => 'the callback secret is not configured']);
+        return;
+    }
+    $body = (string) file_get_contents('php://input', false, null, 0, PBCB_MAX_BODY + 1);
+    if (strlen($body) > PBCB_MAX_BODY) {
+        pbcb_respond(413, ['error' => 'body too large']);
+        return;
+    }
+    $headers = pbcb_headers();
+    try {
+        $id = Signature::verify($config['secrets'], $headers, $body);
+    } catch (SignatureError $e) {
+        pbcb_respond($e->status, ['error' => $e->getMessage()]);
+        return;
+    } catch (\InvalidArgumentException $e) {
+        pbcb_respond(503, ['error' => 'the configured callback secret is unusable: ' . $e->getMessage()]);
+        return;
+    }
+    $event = json_decode($body, true);
+    if (!is_array($event) || !is_string($event['type'] ?? null) || !is_array($event['data'] ?? null)) {
+        pbcb_respond(400, ['error' => 'body: expected a JSON object with "type" and "data"']);
+        return;
+    }
+    pbcb_process($config, $id, $headers['webhook-timestamp'], $event);
+}
+
+/** Claims the id, handles the event, and releases the claim if handling failed so a redelivery can succeed. */
+function pbcb_process(array $config, string $id, string $timestamp, array $event): void
+{
+    $store = Store::open($config['state_dir']);
+    $seenKey = 'seen:' . hash('sha256', $id);
+    if (!$store->addIfAbsent($seenKey, ['timestamp' => $timestamp], (int) $config['remember_ids_s'])) {
+        $seen = $store->get($seenKey);
+        if (($seen['timestamp'] ?? null) === $timestamp) {
+            pbcb_respond(409, ['error' => 'webhook-id already received with this timestamp: a replay']);
+            return;
+        }
+        pbcb_respond(200, ['ok' => true, 'duplicate' => true]);
+        return;
+    }
+    try {
+        pbcb_handle($config, $store, $event['type'], $event['data']);
+    } catch (\Throwable $e) {
+        $store->delete($seenKey);
+        error_log('bridge_callback: ' . $e->getMessage());
+        pbcb_respond(500, ['error' => 'the callback could not be recorded; send it again']);
+        return;
+    }
+    pbcb_respond(200, ['ok' => true, 'duplicate' => false]);
+}
+
+function pbcb_handle(array $config, Store $store, string $type, array $data): void
+{
+    $serviceId = (string) ($data['service_id'] ?? '');
+    if (!ctype_digit($serviceId)) {
+        pbcb_api($config, 'LogActivity', ['description' => "Provisioning Bridge: $type for unknown service '$serviceId' ignored"]);
+        return;
+    }
+    pbcb_remember_status($store, $serviceId, $data);
+    $service = pbcb_service($config, $serviceId);
+    $summary = 'Provisioning Bridge: ' . $type . ' for service #' . $serviceId . pbcb_domain($service)
+        . ' (job ' . ($data['job_id'] ?? '?') . ', status ' . ($data['status'] ?? '?') . ')';
+    if ($type === 'job.succeeded') {
+        pbcb_api($config, 'UpdateClientProduct', ['serviceid' => (int) $serviceId, 'status' => 'Active']);
+        if (!empty($data['deferred'])) {
+            $summary .= '; still retrying: ' . implode(', ', (array) $data['deferred']);
+        }
+        pbcb_note_success($config, $store, $serviceId, $data);
+        if ($config['welcome_email'] !== '') {
+            pbcb_api($config, 'SendEmail', ['messagename' => $config['welcome_email'], 'id' => (int) $serviceId]);
+        }
+    } elseif ($type === 'job.failed') {
+        $summary .= ': ' . ($data['error'] ?? 'no error given');
+        pbcb_ticket($config, $store, $serviceId, $service, $data);
+    }
+    pbcb_api($config, 'LogActivity', ['description' => $summary] + (isset($service['clientid']) ? ['userid' => (int) $service['clientid']] : []));
+}
+
+/** Lets the module know how the current attempt ended (it starts over only after success or cancel). */
+function pbcb_remember_status(Store $store, string $serviceId, array $data): void
+{
+    $record = $store->get(ServiceState::key($serviceId));
+    if (!$record || empty($record['attempt_key']) || !isset($data['event_id'], $data['job_id'], $data['status'])) {
+        return;
+    }
+    if ($data['event_id'] === ServiceState::webhookId($serviceId, $record['attempt_key'])) {
+        ServiceState::recordJob($store, $serviceId, $record['attempt_key'], (string) $data['job_id'], (string) $data['status']);
+    }
+}
+
+/**
+ * Opens a ticket for a failed job, or adds a note to the service's ticket when one is
+ * still open, so repeated failures of one service stay in one conversation.
+ */
+function pbcb_ticket(array $config, Store $store, string $serviceId, array $service, array $data): void
+{
+    $message = pbcb_failure_text($config, $serviceId, $data);
+    $ticketId = pbcb_open_ticket_id($config, $store, $serviceId);
+    if ($ticketId !== null) {
+        pbcb_api($config, 'AddTicketNote', ['ticketid' => $ticketId, 'message' => $message, 'markdown' => true]);
+        return;
+    }
+    $step = pbcb_failed_step($data);
+    $subject = 'Provisioning failed: service #' . $serviceId . pbcb_domain($service)
+        . ($step ? ' at ' . $step['kind'] : '');
+    $result = pbcb_api($config, 'OpenTicket', [
+        'deptid' => (int) $config['department_id'],
+        'subject' => $subject,
+        'message' => $message,
+        'name' => $config['ticket_name'],
+        'email' => $config['ticket_email'],
+        'priority' => 'High',
+        'markdown' => true,
+        // The ticket is for staff: no auto-reply to the placeholder sender.
+        'noemail' => true,
+    ]);
+    $store->put('ticket:' . $serviceId, ['ticket_id' => (int) $result['id']]);
+}
+
+/** The remembered ticket of the service if it still exists and is not closed. */
+function pbcb_open_ticket_id(array $config, Store $store, string $serviceId): ?int
+{
+    $known = $store->get('ticket:' . $serviceId);
+    if (!$known || empty($known['ticket_id'])) {
+        return null;
+    }
+    try {
+        $ticket = pbcb_api($config, 'GetTicket', ['ticketid' => (int) $known['ticket_id']]);
+    } catch (\RuntimeException $e) {
+        return null;  // deleted meanwhile: open a new one
+    }
+    return strcasecmp((string) ($ticket['status'] ?? ''), 'Closed') === 0 ? null : (int) $known['ticket_id'];
+}
+
+function pbcb_note_success(array $config, Store $store, string $serviceId, array $data): void
+{
+    $ticketId = pbcb_open_ticket_id($config, $store, $serviceId);
+    if ($ticketId !== null) {
+        $text = 'Provisioning of service #' . $serviceId . ' has now succeeded (job ' . ($data['job_id'] ?? '?') . ').';
+        pbcb_api($config, 'AddTicketNote', ['ticketid' => $ticketId, 'message' => $text, 'markdown' => true]);
+    }
+}
+
+function pbcb_failed_step(array $data): ?array
+{
+    foreach ((array) ($data['steps'] ?? []) as $step) {
+        if (($step['status'] ?? '') === 'failed') {
+            return $step;
+        }
+    }
+    return null;
+}
+
+/** The ticket text: the bridge's error, the failed step, and what would undo the steps that took effect. */
+function pbcb_failure_text(array $config, string $serviceId, array $data): string
+{
+    $lines = ['Provisioning of service #' . $serviceId . ' failed (job ' . ($data['job_id'] ?? '?') . ').', ''];
+    $lines[] = 'Error: ' . ($data['error'] ?? 'none given');
+    $step = pbcb_failed_step($data);
+    if ($step) {
+        $lines[] = 'Failed step: ' . $step['kind'] . ' after ' . ($step['attempts'] ?? '?') . ' attempt(s): ' . ($step['error'] ?? '');
+    }
+    $compensations = (array) ($data['compensations'] ?? []);
+    if ($compensations) {
+        $lines[] = '';
+        $lines[] = 'Already done on the panel (undo only if the order is abandoned):';
+        foreach ($compensations as $c) {
+            $lines[] = '- ' . ($c['action'] ?? '?') . ' [' . ($c['status'] ?? '?') . ']';
+        }
+    }
+    $lines[] = '';
+    $lines[] = 'Fix the cause, then press "Retry provisioning" on the service; finished steps are not repeated.';
+    if ($config['bridge_url'] !== '' && isset($data['job_id'])) {
+        $lines[] = 'Job in the bridge: ' . rtrim($config['bridge_url'], '/') . '/admin/jobs/' . rawurlencode($data['job_id']);
+    }
+    return implode("\n", $lines);
+}
+
+/** The WHMCS service (domain, client) for messages; empty when it cannot be read. */
+function pbcb_service(array $config, string $serviceId): array
+{
+    try {
+        $result = pbcb_api($config, 'GetClientsProducts', ['serviceid' => (int) $serviceId]);
+    } catch (\RuntimeException $e) {
+        return [];
+    }
+    $product = $result['products']['product'][0] ?? [];
+    return is_array($product) ? $product : [];
+}
+
+function pbcb_domain(array $service): string
+{
+    return empty($service['domain']) ? '' : ' (' . $service['domain'] . ')';
+}
+
+/** localAPI, with an error when WHMCS says it did not work. */
+function pbcb_api(array $config, string $command, array $values): array
+{
+    $result = $config['admin_user'] !== '' ? localAPI($command, $values, $config['admin_user']) : localAPI($command, $values);
+    if (!is_array($result) || ($result['result'] ?? '') !== 'success') {
+        $message = is_array($result) ? ($result['message'] ?? 'no message') : 'no answer';
+        throw new \RuntimeException("$command failed: $message");
+    }
+    return $result;
+}
+
+pbcb_main();

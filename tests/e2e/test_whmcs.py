@@ -1,0 +1,475 @@
+"""The WHMCS module and callback receiver (PHP) against the live bridge and the panel simulator.
+
+The PHP code runs under php-cli with stand-ins for WHMCS (tests/php/whmcs_standins.php)
+that record every logModuleCall and localAPI call. The module is called through
+tests/php/run_module.php; bridge_callback.php is served by ``php -S`` from a web root
+laid out as in a WHMCS installation, so the bridge's real callbacks reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ADMIN_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET, service_missing
+from engine_harness import ACCOUNT, Bridge, running_bridge
+from sqlalchemy import select
+
+from bridge.store import tables as t
+from bridge.webhooks.signature import sign
+
+pytestmark = pytest.mark.php
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS = ROOT / "hooks" / "whmcs"
+PHP_TESTS = ROOT / "tests" / "php"
+OTHER_SECRET = "whsec_b3RoZXItc2VjcmV0LW5vdC10aGUtYnJpZGdlcw=="
+WRONG_SECRET = "whsec_d3Jvbmctc2VjcmV0LWtub3duLXRvLW5vYm9keQ=="
+SERVICE_ID = 42
+DATABASES = "wp wpuser\nshop shopuser"
+CRON = "*/5 * * * * /usr/bin/php /home/john/public_html/cron.php"
+
+
+def _php() -> str:
+    php = shutil.which("php")
+    if php is None:
+        service_missing("php-cli", "no php on PATH (apt-get install php-cli php-curl)")
+    modules = subprocess.run([php, "-m"], capture_output=True, text=True, check=True).stdout.split()
+    if "curl" not in modules:
+        service_missing("php-curl", "php has no curl extension")
+    return str(php)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Whmcs:
+    """A stand-in WHMCS: the module runner, the callback web root, and what they recorded."""
+
+    php: str
+    standin_dir: Path
+    state_dir: Path
+    origin: str
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.origin}/bridge_callback.php"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "WHMCS_STANDIN_DIR": str(self.standin_dir),
+            "PROVISIONINGBRIDGE_STATE_DIR": str(self.state_dir),
+        }
+
+    async def module(self, function: str, params: dict[str, Any] | None = None) -> Any:
+        """Runs provisioningbridge_<function>($params) without blocking the bridge's event loop."""
+        proc = await asyncio.create_subprocess_exec(
+            self.php,
+            str(PHP_TESTS / "run_module.php"),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env(),
+        )
+        request = {"function": function} if params is None else {"function": function, "params": params}
+        out, err = await asyncio.wait_for(proc.communicate(json.dumps(request).encode()), 30)
+        assert proc.returncode == 0, f"php failed: {err.decode()} {out.decode()}"
+        return json.loads(out)["result"]
+
+    def _lines(self, name: str) -> list[dict[str, Any]]:
+        path = self.standin_dir / name
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def api_calls(self, command: str | None = None) -> list[dict[str, Any]]:
+        return [c for c in self._lines("localapi.jsonl") if command is None or c["command"] == command]
+
+    def effects(self) -> list[dict[str, Any]]:
+        """The localAPI calls that change something (reads left out)."""
+        return [c for c in self.api_calls() if c["command"] not in ("GetClientsProducts", "GetTicket")]
+
+    def module_log(self) -> list[dict[str, Any]]:
+        return self._lines("module_log.jsonl")
+
+    def service_record(self, service_id: int = SERVICE_ID) -> dict[str, Any]:
+        state = json.loads((self.state_dir / "state.json").read_text())
+        return dict(state[f"service:{service_id}"]["value"])
+
+    def set_ticket_status(self, ticket_id: int, status: str) -> None:
+        path = self.standin_dir / "tickets.json"
+        tickets = json.loads(path.read_text())
+        tickets[str(ticket_id)]["status"] = status
+        path.write_text(json.dumps(tickets))
+
+    def fail_once(self, *commands: str) -> None:
+        (self.standin_dir / "localapi_fail.json").write_text(json.dumps(list(commands)))
+
+    async def wait_api(self, command: str, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(calls := self.api_calls(command)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{command}: {len(calls)} call(s), expected {count}: {self.api_calls()}")
+            await asyncio.sleep(0.05)
+        return calls
+
+
+@pytest.fixture
+def whmcs(tmp_path: Path) -> Iterator[Whmcs]:
+    """The stand-in WHMCS with bridge_callback.php served by ``php -S`` as in a WHMCS web root."""
+    php = _php()
+    standins, state, webroot = tmp_path / "standin", tmp_path / "state", tmp_path / "webroot"
+    for path in (standins, state, webroot):
+        path.mkdir()
+    shutil.copy(HOOKS / "bridge_callback.php", webroot)
+    shutil.copytree(HOOKS / "modules", webroot / "modules")
+    (webroot / "init.php").write_text(f"<?php\nrequire {str(PHP_TESTS / 'whmcs_standins.php')!r};\n")
+    # Two secrets: the bridge signs with the second (rotation keeps both valid).
+    config = f"<?php\nreturn ['secret' => '{OTHER_SECRET}, {CALLBACK_SECRET}', 'department_id' => 7];\n"
+    (webroot / "bridge_callback_config.php").write_text(config)
+    port = _free_port()
+    env = {**os.environ, "WHMCS_STANDIN_DIR": str(standins), "PROVISIONINGBRIDGE_STATE_DIR": str(state)}
+    env.pop("BRIDGE_CALLBACK_SECRET", None)
+    server = subprocess.Popen(
+        [php, "-S", f"127.0.0.1:{port}", "-t", str(webroot)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("php -S did not start") from None
+                time.sleep(0.05)
+        yield Whmcs(php, standins, state, f"http://127.0.0.1:{port}")
+    finally:
+        server.terminate()
+        server.wait(5)
+
+
+@contextlib.asynccontextmanager
+async def live_bridge(db_url: str, whmcs: Whmcs) -> AsyncIterator[Bridge]:
+    """The bridge, allowed to call the stand-in WHMCS back, with an admin token."""
+    async with running_bridge(db_url, callback_allowed_origins=[whmcs.origin], admin_tokens=[ADMIN_TOKEN]) as bridge:
+        yield bridge
+
+
+def service_params(bridge: Bridge, whmcs: Whmcs, **overrides: Any) -> dict[str, Any]:
+    """$params as WHMCS passes them to a server module, pointing at the live bridge."""
+    url = bridge.client.make_url("/")
+    access_hash = "\n".join(
+        [
+            f"webhook_secret={WEBHOOK_SECRET}",
+            f"admin_token={ADMIN_TOKEN}",
+            f"callback_url={whmcs.callback_url}",
+        ]
+    )
+    params: dict[str, Any] = {
+        "serviceid": SERVICE_ID,
+        "userid": 1,
+        "domain": "example.com",
+        "username": ACCOUNT[0],
+        "password": ACCOUNT[1],
+        "serverhostname": url.host,
+        "serverport": url.port,
+        "serversecure": "",
+        "serveraccesshash": access_hash,
+        "configoption1": "default",
+        "configoption2": "8.2",
+        "configoption3": "on",
+        "configoption4": DATABASES,
+        "configoption5": CRON,
+    }
+    params.update(overrides)
+    return params
+
+
+async def jobs_of(bridge: Bridge, service_id: int = SERVICE_ID) -> list[str]:
+    async with bridge.runtime.engine.connect() as conn:
+        rows = await conn.execute(select(t.jobs.c.public_id).where(t.jobs.c.service_id == str(service_id)))
+        return [row.public_id for row in rows]
+
+
+def callback(event_type: str, *, service_id: int = SERVICE_ID, status: str = "succeeded", **data: Any) -> bytes:
+    body = {
+        "type": event_type,
+        "data": {
+            "job_id": f"job_{uuid.uuid4().hex[:8]}",
+            "event_id": "evt",
+            "service_id": str(service_id),
+            "status": status,
+            "steps": [],
+            "deferred": [],
+            "error": None,
+            "compensations": [],
+            **data,
+        },
+    }
+    return json.dumps(body).encode()
+
+
+async def post_callback(
+    whmcs: Whmcs,
+    body: bytes,
+    *,
+    secret: str = CALLBACK_SECRET,
+    msg_id: str | None = None,
+    timestamp: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """POSTs a callback signed the way the bridge signs them (or with the given headers)."""
+    import aiohttp
+
+    if headers is None:
+        headers = sign(secret, msg_id or f"cb_{uuid.uuid4().hex}", timestamp or int(time.time()), body)
+    async with aiohttp.ClientSession() as session, session.post(whmcs.callback_url, data=body, headers=headers) as r:
+        text = await r.text()
+        return r.status, json.loads(text) if text.startswith("{") else {"raw": text}
+
+
+# --- the whole path: WHMCS → bridge → panel → bridge → WHMCS ------------------------------------
+
+
+async def test_create_account_provisions_once_and_the_callback_activates_the_service(
+    sqlite_url: str, whmcs: Whmcs
+) -> None:
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        params = service_params(bridge, whmcs)
+        assert await whmcs.module("CreateAccount", params) == "success"  # signed in PHP, verified by the bridge
+        assert await whmcs.module("CreateAccount", params) == "success"  # the same attempt: a duplicate
+        [job_id] = await jobs_of(bridge)
+        record = whmcs.service_record()
+        assert (await bridge.job(job_id))["event_id"] == f"whmcs-{SERVICE_ID}-{record['attempt_key']}"
+        await bridge.wait_for(job_id, "succeeded")
+
+        # Signed by the bridge, verified in PHP: the service is made Active exactly once.
+        updates = await whmcs.wait_api("UpdateClientProduct", 1)
+        assert [u["values"] for u in updates] == [{"serviceid": SERVICE_ID, "status": "Active"}]
+        await whmcs.wait_api("LogActivity", 2)  # job.started and job.succeeded
+        assert whmcs.api_calls("OpenTicket") == []
+
+        snapshot = bridge.sim.snapshot()
+        assert sorted(snapshot["accounts"]["john"]["databases"]) == ["john_shop", "john_wp"]
+        assert snapshot["counters"]["add_domain"] == 1
+        assert len(await jobs_of(bridge)) == 1
+
+        passwords = whmcs.service_record()["db_passwords"]
+        assert set(passwords) == {"wp", "shop"} and passwords["wp"] != passwords["shop"]
+        for password in passwords.values():
+            assert len(password) >= 16 and password.replace("-", "").replace("_", "").isalnum()
+        assert whmcs.service_record()["job_status"] == "succeeded"
+
+        # The client area shows what the panel was given.
+        area = await whmcs.module("ClientArea", params)
+        assert {(d["name"], d["password"]) for d in area["vars"]["pbDatabases"]} == {
+            ("john_wp", passwords["wp"]),
+            ("john_shop", passwords["shop"]),
+        }
+
+        # No secret reaches the module log; the request is logged with its fields masked.
+        log = whmcs.module_log()
+        text = json.dumps(log)
+        secrets = [ACCOUNT[1], WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_"), ADMIN_TOKEN, *passwords.values()]
+        for secret in secrets:
+            assert secret not in text
+        create = next(entry for entry in log if entry["action"] == "CreateAccount")
+        assert "[password] => ********" in create["request"] and "example.com" in create["request"]
+        assert "HTTP 202" in create["response"]
+
+
+async def test_a_new_attempt_only_after_the_previous_job_succeeded(sqlite_url: str, whmcs: Whmcs) -> None:
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        params = service_params(bridge, whmcs, configoption3="", configoption4="", configoption5="")
+        assert await whmcs.module("CreateAccount", params) == "success"
+        first_key = whmcs.service_record()["attempt_key"]
+        [job_id] = await jobs_of(bridge)
+        await bridge.wait_for(job_id, "succeeded")
+        await whmcs.wait_api("UpdateClientProduct", 1)
+        # Provisioning the service again (say after a terminate) is a new event, and a new job.
+        assert await whmcs.module("CreateAccount", params) == "success"
+        assert whmcs.service_record()["attempt_key"] != first_key
+        assert len(await jobs_of(bridge)) == 2
+
+
+async def test_failures_open_one_ticket_then_add_notes_and_retry_resumes_without_repeating(
+    sqlite_url: str, whmcs: Whmcs
+) -> None:
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        for _ in range(2):
+            bridge.sim.inject_fault("db_make", "error:Access denied for user 'root'@'localhost'")
+        params = service_params(bridge, whmcs)
+        assert await whmcs.module("CreateAccount", params) == "success"
+        [job_id] = await jobs_of(bridge)
+        await bridge.wait_for(job_id, "failed")
+
+        [ticket] = await whmcs.wait_api("OpenTicket", 1)
+        values = ticket["values"]
+        assert values["deptid"] == 7
+        assert f"#{SERVICE_ID}" in values["subject"] and "create_database" in values["subject"]
+        assert "Access denied" in values["message"] and "remove domain example.com" in values["message"]
+
+        # Sending the order again cannot restart it; the module says what to do instead.
+        again = await whmcs.module("CreateAccount", params)
+        assert "Retry provisioning" in again and job_id in again
+
+        # The cause is still there: the retried job fails again, and the ticket gets a note.
+        assert await whmcs.module("RetryProvisioning", params) == "success"
+        [note] = await whmcs.wait_api("AddTicketNote", 1)
+        assert note["values"]["ticketid"] == 1 and "Access denied" in note["values"]["message"]
+        assert len(whmcs.api_calls("OpenTicket")) == 1
+
+        # Fixed now: the retry resumes where it stopped and the service becomes Active.
+        assert await whmcs.module("RetryProvisioning", params) == "success"
+        await bridge.wait_for(job_id, "succeeded")
+        await whmcs.wait_api("UpdateClientProduct", 1)
+        assert len(whmcs.api_calls("OpenTicket")) == 1
+        counters = bridge.sim.snapshot()["counters"]
+        assert counters["add_domain"] == 1
+        assert counters["cronjob_add"] == 1
+        assert len(await jobs_of(bridge)) == 1
+
+        assert (
+            await whmcs.module("RetryProvisioning", params) == "There is no failed provisioning job for this service."
+        )
+        tab = await whmcs.module("AdminServicesTabFields", params)
+        assert f'/admin/jobs/{job_id}"' in tab["Provisioning job"] and "succeeded" in tab["Provisioning job"]
+        assert "create_database" in tab["Steps"]
+        assert await whmcs.module("RefreshStatus", params) == "success"
+        assert ACCOUNT[1] not in json.dumps(whmcs.module_log())
+
+
+async def test_test_connection_checks_readiness_the_webhook_secret_and_the_admin_token(
+    sqlite_url: str, whmcs: Whmcs
+) -> None:
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        assert await whmcs.module("TestConnection", service_params(bridge, whmcs)) == {"success": True, "error": ""}
+        wrong_secret = service_params(bridge, whmcs, serveraccesshash=f"webhook_secret={OTHER_SECRET}")
+        result = await whmcs.module("TestConnection", wrong_secret)
+        assert result["success"] is False and "webhook_secret" in result["error"]
+        wrong_token = service_params(
+            bridge, whmcs, serveraccesshash=f"webhook_secret={WEBHOOK_SECRET}\nadmin_token=not-the-token"
+        )
+        result = await whmcs.module("TestConnection", wrong_token)
+        assert result["success"] is False and "admin_token" in result["error"]
+        assert "not-the-token" not in json.dumps(whmcs.module_log())
+        assert await jobs_of(bridge) == []  # the probe event is never stored
+
+
+async def test_create_account_reports_the_bridges_reasons(sqlite_url: str, whmcs: Whmcs) -> None:
+    (whmcs.standin_dir / "settings.json").write_text(json.dumps({"SystemURL": "https://billing.example.com/"}))
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        bad_name = await whmcs.module("CreateAccount", service_params(bridge, whmcs, serviceid=50, username="John"))
+        assert "HTTP 422" in bad_name and "data.account.username" in bad_name and "capital letters" in bad_name
+        panel = await whmcs.module("CreateAccount", service_params(bridge, whmcs, serviceid=51, configoption1="eu"))
+        assert "unknown panel 'eu'" in panel
+        lines = await whmcs.module("CreateAccount", service_params(bridge, whmcs, serviceid=52, configoption4="wp"))
+        assert lines == "Databases, line 1: expected 'name user', got 'wp'"
+
+        # Without callback_url the callback goes to WHMCS's own address.
+        params = service_params(bridge, whmcs, serviceid=53, serveraccesshash=f"webhook_secret={WEBHOOK_SECRET}")
+        assert await whmcs.module("CreateAccount", params) == "success"
+        [job_id] = await jobs_of(bridge, 53)
+        async with bridge.runtime.engine.connect() as conn:
+            url = (await conn.execute(select(t.jobs.c.callback_url).where(t.jobs.c.public_id == job_id))).scalar()
+        assert url == "https://billing.example.com/bridge_callback.php"
+
+        unconfigured = await whmcs.module("CreateAccount", service_params(bridge, whmcs, serveraccesshash=""))
+        assert "webhook_secret" in unconfigured
+        port = bridge.client.make_url("/").port
+    down = await whmcs.module("CreateAccount", {**params, "serverport": port})
+    assert "could not reach the bridge" in down
+
+
+# --- the callback receiver on its own --------------------------------------------------------------
+
+
+async def test_forged_or_replayed_callbacks_are_refused_and_change_nothing(whmcs: Whmcs) -> None:
+    body = callback("job.succeeded")
+    now = int(time.time())
+    signed = sign(CALLBACK_SECRET, "cb_forged", now, body)
+    cases = {
+        "wrong secret": (body, sign(WRONG_SECRET, "cb_1", now, body), 401),
+        "tampered body": (body.replace(b"succeeded", b"failed"), signed, 401),
+        "stale": (body, sign(CALLBACK_SECRET, "cb_2", now - 301, body), 401),
+        "future": (body, sign(CALLBACK_SECRET, "cb_3", now + 301, body), 401),
+        "no signature": (body, {k: v for k, v in signed.items() if k != "webhook-signature"}, 400),
+        "not a v1 signature": (body, {**signed, "webhook-signature": "v2,abc"}, 401),
+        "not JSON": (b"nope", sign(CALLBACK_SECRET, "cb_4", now, b"nope"), 400),
+    }
+    for name, (payload, headers, expected) in cases.items():
+        status, answer = await post_callback(whmcs, payload, headers=headers)
+        assert status == expected, (name, answer)
+        assert "error" in answer
+    assert whmcs.api_calls() == []
+
+    status, _ = await post_callback(whmcs, body, headers=signed)
+    assert status == 200
+    assert len(whmcs.api_calls("UpdateClientProduct")) == 1
+    status, answer = await post_callback(whmcs, body, headers=signed)  # the very same message again
+    assert status == 409 and "replay" in answer["error"]
+    # The bridge's redelivery (same id, signed anew) is acknowledged, not acted on twice.
+    status, answer = await post_callback(whmcs, body, msg_id="cb_forged", timestamp=now + 1)
+    assert status == 200 and answer["duplicate"] is True
+    assert len(whmcs.api_calls("UpdateClientProduct")) == 1
+
+    # Several signatures: one valid is enough (rotation on the sender's side).
+    other = callback("job.started")
+    good = sign(CALLBACK_SECRET, "cb_5", now, other)
+    bad = sign(WRONG_SECRET, "cb_5", now, other)["webhook-signature"]
+    headers = {**good, "webhook-signature": f"{bad} {good['webhook-signature']}"}
+    assert (await post_callback(whmcs, other, headers=headers))[0] == 200
+
+
+async def test_ticket_memory_per_service_and_a_failed_effect_is_redone_on_redelivery(whmcs: Whmcs) -> None:
+    failure = {
+        "status": "failed",
+        "error": "create_database: Access denied",
+        "steps": [{"kind": "create_database", "status": "failed", "attempts": 1, "result": None, "error": "denied"}],
+        "compensations": [{"id": 1, "step": "add_domain", "action": "remove domain example.com", "status": "pending"}],
+    }
+    assert (await post_callback(whmcs, callback("job.failed", **failure)))[0] == 200
+    assert (await post_callback(whmcs, callback("job.failed", **failure)))[0] == 200
+    assert (await post_callback(whmcs, callback("job.failed", service_id=43, **failure)))[0] == 200
+    assert [c["values"]["subject"] for c in whmcs.api_calls("OpenTicket")] == [
+        "Provisioning failed: service #42 (example.com) at create_database",
+        "Provisioning failed: service #43 (example.com) at create_database",
+    ]
+    assert [c["values"]["ticketid"] for c in whmcs.api_calls("AddTicketNote")] == [1]
+
+    # Once the ticket is closed, the next failure opens a new one.
+    whmcs.set_ticket_status(1, "Closed")
+    assert (await post_callback(whmcs, callback("job.failed", **failure)))[0] == 200
+    assert len(whmcs.api_calls("OpenTicket")) == 3
+
+    # WHMCS could not record it: 500, and the bridge's redelivery does the work.
+    whmcs.fail_once("UpdateClientProduct")
+    body = callback("job.succeeded")
+    status, _ = await post_callback(whmcs, body, msg_id="cb_again")
+    assert status == 500
+    status, answer = await post_callback(whmcs, body, msg_id="cb_again", timestamp=int(time.time()) + 1)
+    assert status == 200 and answer["duplicate"] is False
+    assert [c["values"]["serviceid"] for c in whmcs.api_calls("UpdateClientProduct")] == [42, 42]
+    # The still-open ticket of service 42 (the third) hears that it worked out.
+    assert whmcs.api_calls("AddTicketNote")[-1]["values"]["ticketid"] == 3

@@ -1,0 +1,14 @@
+<?php
+/**
+ * Calls one function of the server module as WHMCS would.
+ *
+ * stdin: {"function": "CreateAccount", "params": {...}}; stdout: {"result": ...}.
+ */
+
+require __DIR__ . '/whmcs_standins.php';
+require __DIR__ . '/../../hooks/whmcs/modules/servers/provisioningbridge/provisioningbridge.php';
+
+$input = json_decode(stream_get_contents(STDIN), true);
+$function = 'provisioningbridge_' . $input['function'];
+$result = isset($input['params']) ? $function($input['params']) : $function();
+echo json_encode(['result' => $result]);

@@ -317,8 +317,8 @@ async def test_failures_open_one_ticket_then_add_notes_and_retry_resumes_without
     sqlite_url: str, whmcs: Whmcs
 ) -> None:
     async with live_bridge(sqlite_url, whmcs) as bridge:
-        for _ in range(2):
-            bridge.sim.inject_fault("db_make", "error:Access denied for user 'root'@'localhost'")
+        bridge.sim.inject_fault("db_make", "error:Access denied for user <script>x()</script>")
+        bridge.sim.inject_fault("db_make", "error:Access denied for user 'root'@'localhost'")
         params = service_params(bridge, whmcs)
         assert await whmcs.module("CreateAccount", params) == "success"
         [job_id] = await jobs_of(bridge)
@@ -329,6 +329,15 @@ async def test_failures_open_one_ticket_then_add_notes_and_retry_resumes_without
         assert values["deptid"] == 7
         assert f"#{SERVICE_ID}" in values["subject"] and "create_database" in values["subject"]
         assert "Access denied" in values["message"] and "remove domain example.com" in values["message"]
+
+        # The services tab shows the failure, with the panel's text escaped.
+        tab = await whmcs.module("AdminServicesTabFields", params)
+        assert "failed" in tab["Provisioning job"] and "create_database" in tab["Steps"]
+        assert "&lt;script&gt;x()&lt;/script&gt;" in tab["Error"]
+        assert "<script>" not in json.dumps(tab)
+        assert "remove domain example.com" in tab["To undo"]
+        assert set(whmcs.service_record()["db_passwords"]) == {"wp", "shop"}
+        assert "Database passwords" in tab
 
         # Sending the order again cannot restart it; the module says what to do instead.
         again = await whmcs.module("CreateAccount", params)
@@ -473,3 +482,30 @@ async def test_ticket_memory_per_service_and_a_failed_effect_is_redone_on_redeli
     assert [c["values"]["serviceid"] for c in whmcs.api_calls("UpdateClientProduct")] == [42, 42]
     # The still-open ticket of service 42 (the third) hears that it worked out.
     assert whmcs.api_calls("AddTicketNote")[-1]["values"]["ticketid"] == 3
+
+
+# --- the module's memory ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["capsule", "file"])
+def test_attempt_keys_passwords_and_claims_in_both_stores(store: str, tmp_path: Path) -> None:
+    """The WHMCS database (through a Capsule stand-in) and the file fallback behave alike."""
+    env = {**os.environ, "PROVISIONINGBRIDGE_STATE_DIR": str(tmp_path)}
+    run = subprocess.run(
+        [_php(), str(PHP_TESTS / "store_check.php"), store], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert run.returncode == 0, run.stderr + run.stdout
+    seen = json.loads(run.stdout)
+    assert seen.pop("class").endswith("CapsuleStore" if store == "capsule" else "FileStore")
+    assert seen == {
+        "same_key_when_repeated": True,
+        "wp_password_kept": True,
+        "passwords_after_repeat": ["wp", "shop"],
+        "job_recorded": ["job_1", "succeeded"],
+        "new_key_after_success": True,
+        "second_click_keeps_new_key": True,
+        "passwords_survive_new_attempt": True,
+        "claims": [True, False],
+        "expired_is_gone": True,
+        "deleted_is_gone": True,
+    }

@@ -59,7 +59,7 @@ final class ServiceState
             if (($record['attempt_key'] ?? null) === $attemptKey) {
                 $record['job_id'] = $jobId;
                 // A late 202 must not overwrite a final status a callback already wrote.
-                if (empty($record['job_status']) || $status !== 'accepted') {
+                if ($status !== '' && (empty($record['job_status']) || $status !== 'accepted')) {
                     $record['job_status'] = $status;
                 }
             }

@@ -1,0 +1,46 @@
+"""Helpers shared by the admin tests: a bridge with an admin token, orders, failing jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from conftest import ADMIN_TOKEN
+from engine_harness import ACCOUNT, Bridge, running_bridge
+from orders import service_create
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+LIMIT_TEXT = "Database limit exceeded."
+
+
+@contextlib.asynccontextmanager
+async def admin_bridge(db_url: str, amqp_url: str = "", **extra: Any) -> AsyncIterator[Bridge]:
+    extra.setdefault("admin_tokens", [ADMIN_TOKEN])
+    async with running_bridge(db_url, amqp_url=amqp_url, **extra) as bridge:
+        yield bridge
+
+
+def order(bridge: Bridge, **kw: Any) -> dict[str, Any]:
+    kw.setdefault("username", ACCOUNT[0])
+    kw.setdefault("password", ACCOUNT[1])
+    return service_create(callback_url=bridge.callback_url, **kw)
+
+
+async def failed_at_database(bridge: Bridge, **kw: Any) -> str:
+    """A job that failed permanently at create_database (after add_domain took effect)."""
+    bridge.sim.inject_fault("db_make", f"error:{LIMIT_TEXT}")
+    status, answer = await bridge.send(order(bridge, **kw))
+    assert status == 202, answer
+    await bridge.wait_for(answer["job_id"], "failed")
+    return str(answer["job_id"])
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,252 @@
+"""Admin operations on the store, on SQLite and PostgreSQL: what retry, cancel,
+resolve and resend change, and what they refuse."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from conftest import FERNET_KEY
+from orders import ACCOUNT_PASSWORD, service_create
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bridge.callbacks.origins import normalise_origin
+from bridge.domain.events import parse_event
+from bridge.store import admin_ops
+from bridge.store import tables as t
+from bridge.store.admin_errors import Conflict, InvalidInput, NotFound
+from bridge.store.callback_rows import CallbackPolicy
+from bridge.store.crypto import SecretBox
+from bridge.store.database import create_engine
+from bridge.store.intake import store_event
+from bridge.store.types import utcnow
+
+BOX = SecretBox([FERNET_KEY])
+CALLBACK_URL = "https://billing.example.com/bridge-callback"
+POLICY = CallbackPolicy([normalise_origin("https://billing.example.com")], secret_configured=True)
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(db_url)
+    yield engine
+    await engine.dispose()
+
+
+async def new_job(engine: AsyncEngine, **kw: Any) -> str:
+    event = parse_event(service_create(**kw))
+    return (await store_event(engine, BOX, f"msg_{uuid.uuid4().hex}", event)).job_id
+
+
+async def job_row(engine: AsyncEngine, job_id: str) -> Any:
+    async with engine.connect() as conn:
+        return (await conn.execute(select(t.jobs).where(t.jobs.c.public_id == job_id))).one()
+
+
+async def step_rows(engine: AsyncEngine, job_id: str) -> list[Any]:
+    row = await job_row(engine, job_id)
+    async with engine.connect() as conn:
+        query = select(t.steps).where(t.steps.c.job_id == row.id).order_by(t.steps.c.position)
+        return list((await conn.execute(query)).all())
+
+
+async def outbox_for(engine: AsyncEngine, job_id: str) -> int:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(t.outbox.c.id).where(t.outbox.c.job_public_id == job_id))
+        return len(rows.all())
+
+
+async def make_failed(engine: AsyncEngine, job_id: str) -> None:
+    """As the engine leaves a job that failed at create_database with an unknown outcome."""
+    row = await job_row(engine, job_id)
+    now = utcnow()
+    async with engine.begin() as conn:
+        steps = t.steps.c
+        for position, status, attempts, in_flight in [
+            (0, "succeeded", 1, False),
+            (1, "succeeded", 2, False),
+            (2, "succeeded", 1, False),
+            (3, "failed", 3, True),
+            (4, "pending", 0, False),
+        ]:
+            await conn.execute(
+                update(t.steps)
+                .where(steps.job_id == row.id, steps.position == position)
+                .values(
+                    status=status,
+                    attempts=attempts,
+                    in_flight=in_flight,
+                    first_attempt_at=now if attempts else None,
+                    error="boom" if status == "failed" else None,
+                    result={"domain_id": 7} if position == 1 else None,
+                )
+            )
+        step1 = (await conn.execute(select(steps.id).where(steps.job_id == row.id, steps.position == 1))).scalar_one()
+        await conn.execute(
+            insert(t.compensations).values(
+                job_id=row.id, step_id=step1, step="add_domain", action="remove it", status="pending", created_at=now
+            )
+        )
+        await conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.id == row.id)
+            .values(status="failed", error="create_database: boom", finished_at=now, next_run_at=None)
+        )
+
+
+async def test_list_pages_newest_first_without_overlap(engine: AsyncEngine) -> None:
+    ids = [await new_job(engine, service_id=f"svc-{i}") for i in range(7)]
+    pages, cursor = [], None
+    while True:
+        jobs, cursor = await admin_ops.list_jobs(engine, limit=3, cursor=cursor)
+        pages.append([j["job_id"] for j in jobs])
+        if cursor is None:
+            break
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [j for page in pages for j in page] == list(reversed(ids))
+    assert "account_password" not in str(pages) and "password" not in (await admin_ops.list_jobs(engine))[0][0]
+
+
+async def test_list_filters(engine: AsyncEngine) -> None:
+    a = await new_job(engine, service_id="100", domain="shop.example.com")
+    b = await new_job(engine, service_id="200", domain="blog.example.org")
+    await make_failed(engine, b)
+
+    async def ids(**kw: Any) -> list[str]:
+        return [j["job_id"] for j in (await admin_ops.list_jobs(engine, **kw))[0]]
+
+    assert await ids(status="failed") == [b]
+    assert await ids(status="accepted") == [a]
+    assert await ids(service_id="100") == [a]
+    assert await ids(service_id="10") == []  # exact, not a prefix
+    assert await ids(domain="EXAMPLE.ORG") == [b]
+    assert await ids(domain="%") == []  # wildcards are literal
+    assert await ids(search="100") == [a]
+    assert await ids(search="blog") == [b]
+    now = utcnow()
+    assert await ids(created_from=now) == []
+    assert await ids(created_to=now) == [b, a]
+    assert await ids(created_from=now - timedelta(minutes=1), created_to=now + timedelta(minutes=1)) == [b, a]
+    for bad in ({"status": "done"}, {"limit": 0}, {"cursor": "bm9wZQ"}, {"cursor": "!!"}):
+        with pytest.raises(InvalidInput) as info:
+            await admin_ops.list_jobs(engine, **bad)  # type: ignore[arg-type]
+        assert info.value.field == next(iter(bad))
+
+
+async def test_retry_reopens_only_what_did_not_take_effect(engine: AsyncEngine) -> None:
+    job_id = await new_job(engine)
+    with pytest.raises(Conflict, match="only a failed job"):
+        await admin_ops.retry_job(engine, BOX, job_id)
+    await make_failed(engine, job_id)
+    before = await outbox_for(engine, job_id)
+    job = await admin_ops.retry_job(engine, BOX, job_id)
+    assert job["status"] == "accepted" and job["error"] is None and job["finished_at"] is None
+    steps = await step_rows(engine, job_id)
+    assert [(s.status, s.attempts) for s in steps] == [
+        ("succeeded", 1),
+        ("succeeded", 2),
+        ("succeeded", 1),
+        ("pending", 0),
+        ("pending", 0),
+    ]
+    assert steps[3].in_flight is True  # read back before anything is sent again
+    assert steps[3].first_attempt_at is None and steps[3].error is None
+    assert steps[1].result == {"domain_id": 7}
+    row = await job_row(engine, job_id)
+    assert row.next_run_at is not None and row.lease_owner is None and row.cancel_requested is False
+    assert await outbox_for(engine, job_id) == before + 1
+    assert [c["status"] for c in job["compensations"]] == ["pending"]
+    with pytest.raises(Conflict):
+        await admin_ops.retry_job(engine, BOX, job_id)
+    with pytest.raises(NotFound):
+        await admin_ops.retry_job(engine, BOX, "no-such-job")
+
+
+async def test_retry_with_fresh_password_for_the_same_account_only(engine: AsyncEngine) -> None:
+    job_id = await new_job(engine, username="john", password=ACCOUNT_PASSWORD)
+    await make_failed(engine, job_id)
+    for account, field in [
+        ({"username": "mary", "password": "x-new-pass"}, "account.username"),
+        ({"username": "john"}, "account.password"),
+        ({"password": "x"}, "account.username"),
+    ]:
+        with pytest.raises(InvalidInput) as info:
+            await admin_ops.retry_job(engine, BOX, job_id, account)
+        assert info.value.field == field
+    assert (await job_row(engine, job_id)).status == "failed"  # a refusal changes nothing
+    await admin_ops.retry_job(engine, BOX, job_id, {"username": "john", "password": "Fresh-Pass-42"})
+    stored = (await job_row(engine, job_id)).account_password
+    assert "Fresh-Pass-42" not in stored and BOX.decrypt(stored) == "Fresh-Pass-42"
+
+
+async def test_cancel_without_a_worker_finishes_at_once(engine: AsyncEngine) -> None:
+    first = await new_job(engine, service_id="77", callback_url=CALLBACK_URL)
+    second = await new_job(engine, service_id="77")
+    await make_failed(engine, first)
+    row = await job_row(engine, first)
+    async with engine.begin() as conn:  # the first job half-done and waiting for a retry
+        await conn.execute(update(t.jobs).where(t.jobs.c.id == row.id).values(status="running", finished_at=None))
+        waiting = update(t.steps).where(t.steps.c.job_id == row.id, t.steps.c.position == 3)
+        await conn.execute(waiting.values(status="waiting_retry"))
+    woken = await outbox_for(engine, second)
+    job = await admin_ops.cancel_job(engine, first, policy=POLICY)
+    assert job["status"] == "cancelled" and job["error"] == admin_ops.CANCELLED_BY_ADMIN
+    assert job["finished_at"] is not None
+    assert [s["status"] for s in job["steps"]] == ["succeeded"] * 3 + ["cancelled", "cancelled"]
+    assert [c["status"] for c in job["compensations"]] == ["pending"]  # what to undo stays visible
+    assert [(c["type"], c["status"]) for c in job["callbacks"]] == [("job.cancelled", "pending")]
+    assert await outbox_for(engine, second) == woken + 1  # the service's next job gets its turn
+    with pytest.raises(Conflict, match="only an unfinished job"):
+        await admin_ops.cancel_job(engine, first, policy=POLICY)
+
+
+async def test_cancel_while_a_worker_holds_the_job_only_asks(engine: AsyncEngine) -> None:
+    job_id = await new_job(engine)
+    row = await job_row(engine, job_id)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.id == row.id)
+            .values(status="running", lease_owner="w1", lease_until=utcnow() + timedelta(seconds=30))
+        )
+    job = await admin_ops.cancel_job(engine, job_id, policy=POLICY)
+    assert job["status"] == "running" and job["cancel_requested"] is True
+    assert all(s["status"] == "pending" for s in job["steps"])
+    assert job["callbacks"] == []
+
+
+async def test_resolve_compensation(engine: AsyncEngine) -> None:
+    job_id = await new_job(engine)
+    await make_failed(engine, job_id)
+    comp_id = (await admin_ops.get_job(engine, job_id))["compensations"][0]["id"]
+    with pytest.raises(InvalidInput):
+        await admin_ops.resolve_compensation(engine, comp_id, "maybe")
+    with pytest.raises(NotFound):
+        await admin_ops.resolve_compensation(engine, 999_999)
+    record = await admin_ops.resolve_compensation(engine, comp_id, "not_needed")
+    assert record["status"] == "not_needed" and record["job_id"] == job_id and record["resolved_at"]
+    record = await admin_ops.resolve_compensation(engine, comp_id)
+    assert record["status"] == "done"
+
+
+async def test_resend_last_callback(engine: AsyncEngine) -> None:
+    silent = await new_job(engine)
+    with pytest.raises(Conflict, match="no callback_url"):
+        await admin_ops.resend_last_callback(engine, silent, policy=POLICY)
+    job_id = await new_job(engine, callback_url=CALLBACK_URL)
+    with pytest.raises(Conflict, match="no callback yet"):
+        await admin_ops.resend_last_callback(engine, job_id, policy=POLICY)
+    await admin_ops.cancel_job(engine, job_id, policy=POLICY)
+    copy = await admin_ops.resend_last_callback(engine, job_id, policy=POLICY)
+    assert copy["type"] == "job.cancelled" and copy["status"] == "pending" and copy["id"] != copy["copy_of"]
+    refused = await admin_ops.resend_last_callback(engine, job_id, policy=CallbackPolicy([], True))
+    assert refused["status"] == "refused" and "ALLOWED_ORIGINS" in refused["last_error"]
+    callbacks = (await admin_ops.get_job(engine, job_id))["callbacks"]
+    assert [c["status"] for c in callbacks] == ["pending", "pending", "refused"]
+    assert [c["attempts"] for c in callbacks] == [0, 0, 0]
+    with pytest.raises(NotFound):
+        await admin_ops.resend_last_callback(engine, "nope", policy=POLICY)

@@ -295,7 +295,7 @@ async def test_create_account_provisions_once_and_the_callback_activates_the_ser
         for secret in secrets:
             assert secret not in text
         create = next(entry for entry in log if entry["action"] == "CreateAccount")
-        assert "[password] => ********" in create["request"] and "example.com" in create["request"]
+        assert "[password] => ********\n" in create["request"] and "example.com" in create["request"]
         assert "HTTP 202" in create["response"]
 
 

@@ -33,7 +33,7 @@ class PanelAccess:
     gate: PanelGate
     breaker: PanelBreaker
     metrics: Metrics
-    # Renews the job's lease for the given seconds; False when the lease was lost.
+    # Renews the job's lease to cover a call of the given timeout; False when the lease was lost.
     fence: Callable[[float], Awaitable[bool]]
     calls: list[PanelCallRecord] = field(default_factory=list)
     # Whether these credentials have been accepted by the panel during this attempt.
@@ -63,7 +63,7 @@ class PanelAccess:
         """One mutating call: breaker closed, this panel's gate held, lease renewed just before sending."""
         async with self.gate.mutation(self.panel):
             await self._check_breaker()
-            if not await self.fence(self.client.server.timeout_for(name) + 30):
+            if not await self.fence(self.client.server.timeout_for(name)):
                 raise LeaseLost()
             return await self._record(call)
 

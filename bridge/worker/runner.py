@@ -136,7 +136,9 @@ class JobRunner:
             gate=self._gate,
             breaker=self._breaker,
             metrics=self._metrics,
-            fence=lambda seconds: leases.renew(self._engine, job.pk, self._owner, seconds),
+            fence=lambda call_timeout: leases.renew(
+                self._engine, job.pk, self._owner, call_timeout + self._config.lease_s
+            ),
         )
         extra = {"job_id": job.public_id, "event_id": job.webhook_id, "step": step.kind.value}
         try:

@@ -3,6 +3,10 @@
 On shutdown it stops taking messages, lets running steps finish within the grace
 period, and then lets go. A step cut off by the grace period stays ``in_flight``
 under an expiring lease: the next worker reconciles it, never repeats it blindly.
+Cut-off handlers are cancelled before the process closes its panel connections:
+otherwise the dropped connection would be recorded as an "unknown" outcome and
+the job released at once, letting another worker read the panel back while it
+may still be carrying out the call.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ class WorkerService:
         self._grace_s = grace_s
         self._consumer: Consumer | None = None
         self._stopped = asyncio.Event()
+        self._handling: set[asyncio.Task[object]] = set()
 
     async def run(self) -> None:
         while self._consumer is None and not self._stopped.is_set():
             try:
-                self._consumer = await self._queue.consume(self._runner.handle, self._prefetch)
+                self._consumer = await self._queue.consume(self._handle, self._prefetch)
             except Exception as exc:  # the broker may be down at start: keep trying
                 log.warning("cannot consume yet (%s); retrying", exc)
                 try:
@@ -37,11 +42,26 @@ class WorkerService:
                     pass
         await self._stopped.wait()
 
+    async def _handle(self, job_id: str) -> None:
+        # Each delivery runs in a task of its own; remember it so stop() can cut it off.
+        task = asyncio.current_task()
+        assert task is not None
+        self._handling.add(task)
+        try:
+            await self._runner.handle(job_id)
+        finally:
+            self._handling.discard(task)
+
     async def stop(self) -> None:
         self._runner.stopping = True
         if self._consumer is not None:
-            try:
-                await asyncio.wait_for(self._consumer.stop(), self._grace_s)
-            except TimeoutError:
+            stopping = asyncio.ensure_future(self._consumer.stop())
+            done, _ = await asyncio.wait({stopping}, timeout=self._grace_s)
+            if not done:
                 log.warning("grace period over: steps still running are left to their lease and reconciled later")
+                # Cancelled, nothing is recorded and the message is not acked: the step stays in
+                # flight under its lease, which outlasts the panel call.
+                for task in list(self._handling):
+                    task.cancel()
+                await stopping
         self._stopped.set()

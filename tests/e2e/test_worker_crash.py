@@ -1,0 +1,102 @@
+"""A worker process killed with SIGKILL in the middle of a job: nothing is lost, nothing done twice.
+
+Two real `bridge worker` processes consume from RabbitMQ against PostgreSQL; the
+webhook, relay, scheduler and callbacks run in the test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from conftest import FERNET_KEY
+from engine_harness import running_bridge
+from orders import service_create
+from sqlalchemy import select
+
+from bridge.bootstrap import Role
+from bridge.panel.simulator import PanelSimulator
+from bridge.store import tables as t
+
+ORDERS = 8
+
+
+def worker_env(bridge_settings: object) -> dict[str, str]:
+    settings = bridge_settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_DATABASE_URL=settings.database_url,  # type: ignore[attr-defined]
+        BRIDGE_AMQP_URL=settings.amqp_url,  # type: ignore[attr-defined]
+        BRIDGE_AMQP_PREFIX=settings.amqp_prefix,  # type: ignore[attr-defined]
+        BRIDGE_SECRET_KEY=FERNET_KEY,
+        BRIDGE_PANELS=json.dumps([p.model_dump() for p in settings.panels]),  # type: ignore[attr-defined]
+        BRIDGE_RETRY_DELAY_SCALE="0.001",
+        BRIDGE_LEASE_S="2",
+        BRIDGE_SHUTDOWN_GRACE_S="1",
+        BRIDGE_LOG_LEVEL="WARNING",
+        # Small, so both workers get jobs.
+        BRIDGE_WORKER_PREFETCH="2",
+    )
+    return env
+
+
+async def start_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge.cli", "worker", env=env, stdout=asyncio.subprocess.DEVNULL
+    )
+
+
+@pytest.fixture
+async def pg_rabbit(pg_url: str, amqp_url: str) -> AsyncIterator[dict[str, str]]:
+    yield {"db_url": pg_url, "amqp_url": amqp_url}
+
+
+async def test_sigkill_mid_job_loses_nothing_and_repeats_nothing(pg_rabbit: dict[str, str]) -> None:
+    sim = PanelSimulator()
+    for n in range(ORDERS):
+        sim.add_account(f"user{n}", f"Password-{n}-xyz")
+    sim.set_latency(0.15)
+    async with running_bridge(**pg_rabbit, sim=sim, roles={Role.BACKGROUND}) as bridge:
+        env = worker_env(bridge.runtime.settings)
+        victim, survivor = await start_worker(env), await start_worker(env)
+        try:
+            ids = []
+            for n in range(ORDERS):
+                event = service_create(
+                    service_id=f"svc{n}",
+                    username=f"user{n}",
+                    password=f"Password-{n}-xyz",
+                    domain=f"site{n}.example.com",
+                    ssl=False,
+                    cron_jobs=[],
+                )
+                ids.append((await bridge.send(event))[1]["job_id"])
+            # Kill the victim while it holds a job in the middle of a step.
+            for _ in range(400):
+                async with bridge.runtime.engine.connect() as conn:
+                    held = (
+                        await conn.execute(select(t.jobs.c.id).where(t.jobs.c.lease_owner.like(f"%:{victim.pid}:%")))
+                    ).all()
+                if held and sim.mutations_in_flight:
+                    break
+                await asyncio.sleep(0.02)
+            assert held, "the victim never took a job"
+            victim.send_signal(signal.SIGKILL)
+            await victim.wait()
+            for job_id in ids:
+                await bridge.wait_for(job_id, "succeeded", timeout=90)
+        finally:
+            for proc in (victim, survivor):
+                if proc.returncode is None:
+                    proc.terminate()
+                    await proc.wait()
+        accounts = sim.snapshot()["accounts"]
+        for n in range(ORDERS):
+            assert [d["domain"] for d in accounts[f"user{n}"]["domains"]] == [f"site{n}.example.com"]
+            assert accounts[f"user{n}"]["databases"] == [f"user{n}_wp"]
+        assert sim.snapshot()["max_concurrent_mutations"] == 1

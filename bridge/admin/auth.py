@@ -47,8 +47,8 @@ def bearer_of(request: web.Request) -> str | None:
 
 @dataclass
 class FailureLimiter:
-    """More than ``max_failures`` failures from one address within ``window_s`` blocks it
-    until the oldest of them leaves the window."""
+    """``max_failures`` failures from one address within ``window_s`` block it until the
+    oldest of them leaves the window: at most that many wrong guesses per window."""
 
     max_failures: int = 10
     window_s: float = 60.0
@@ -70,9 +70,9 @@ class FailureLimiter:
     def retry_after(self, address: str) -> int | None:
         """Seconds until ``address`` may try again, or None when it is not blocked."""
         times = self._recent(address)
-        if len(times) <= self.max_failures:
+        if len(times) < self.max_failures:
             return None
-        return max(1, math.ceil(times[-self.max_failures - 1] + self.window_s - self.clock()))
+        return max(1, math.ceil(times[-self.max_failures] + self.window_s - self.clock()))
 
     def record_failure(self, address: str) -> None:
         if address not in self._failures and len(self._failures) >= self.max_addresses:

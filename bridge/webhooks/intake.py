@@ -35,7 +35,14 @@ async def read_limited(request: web.Request, limit: int = MAX_BODY_BYTES) -> byt
     """The body, or None when it is larger than ``limit`` (checked before and while reading)."""
     if request.content_length is not None and request.content_length > limit:
         return None
-    body = await request.content.read(limit + 1)
+    # read(n) returns what has arrived so far, not n bytes: a body that comes in several
+    # TCP segments needs reading until its end.
+    body = b""
+    while len(body) <= limit:
+        chunk = await request.content.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
     return None if len(body) > limit else body
 
 

@@ -69,6 +69,14 @@ def cmd_roles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo
+    from bridge.logs import configure_logging
+
+    configure_logging("text", "ERROR")
+    return asyncio.run(run_demo())
+
+
 def cmd_panel_sim(args: argparse.Namespace) -> int:
     from bridge.panel.simulator import panel_sim_main
 
@@ -97,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="HTTP server, outbox relay, scheduler and callbacks")
     sub.add_parser("worker", help="job workers only")
     sub.add_parser("migrate", help="apply database migrations up to the latest")
+    sub.add_parser("demo", help="the embedded bridge, the panel simulator and a few sample orders, shown live")
     sim = sub.add_parser("panel-sim", help="run the panel simulator alone")
     from bridge.panel.simulator import add_panel_sim_arguments
 
@@ -116,6 +125,7 @@ HANDLERS = {
     "worker": cmd_roles,
     "migrate": cmd_migrate,
     "panel-sim": cmd_panel_sim,
+    "demo": cmd_demo,
     "secrets": cmd_secrets_new,
     "jobs": cmd_jobs,
 }

@@ -57,7 +57,7 @@ def _orders(callback_url: str) -> list[tuple[str, dict[str, Any]]]:
                 "Pete-Demo-Pass-3",
                 "pete-two.example",
                 ssl=False,
-                databases=db + [{"name": "shop", "user": "shopuser", "password": "An0ther-Db-Passw0rd"}],
+                databases=[*db, {"name": "shop", "user": "shopuser", "password": "An0ther-Db-Passw0rd"}],
             ),
         ),
     ]
@@ -189,9 +189,8 @@ async def _watch(runtime: Any, jobs: dict[str, str], timeout_s: float) -> None:
                 if seen.get(key) != state:
                     seen[key] = state
                     note = f" - {step['error']}" if step["error"] and step["status"] != "succeeded" else ""
-                    _say(
-                        f"  {jobs[job_id]:<32} {step['kind']:<16} {step['status']:<13} attempt {step['attempts']}{note[:110]}"
-                    )
+                    line = f"  {jobs[job_id]:<32} {step['kind']:<16} {step['status']:<13} attempt {step['attempts']}"
+                    _say(line + note[:110])
         if all(_settled(doc) for doc in docs.values()):
             return
         await asyncio.sleep(0.1)

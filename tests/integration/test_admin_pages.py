@@ -1,0 +1,208 @@
+"""The admin web page: signing in, the session cookie, CSRF, the job pages, masking."""
+
+from __future__ import annotations
+
+import re
+
+from admin_helpers import AUTH, admin_bridge, failed_at_database, order
+from conftest import ADMIN_TOKEN
+from engine_harness import Bridge
+from orders import ACCOUNT_PASSWORD, DB_PASSWORD
+
+from bridge.admin.sessions import SESSION_COOKIE, SessionSigner
+
+
+def hidden(html: str, name: str) -> str:
+    match = re.search(rf'name="{name}" value="([^"]+)"', html)
+    assert match, f"no hidden field {name}"
+    return match.group(1)
+
+
+async def sign_in(bridge: Bridge, token: str = ADMIN_TOKEN, **headers: str) -> tuple[int, str, list[str]]:
+    page = await bridge.client.get("/admin/login")
+    login_token = hidden(await page.text(), "login_token")
+    response = await bridge.client.post(
+        "/admin/login",
+        data={"login_token": login_token, "token": token},
+        headers=headers,
+        allow_redirects=False,
+    )
+    return response.status, response.headers.get("Location", ""), response.headers.getall("Set-Cookie", [])
+
+
+async def page(bridge: Bridge, path: str, **kw: object) -> tuple[int, str]:
+    response = await bridge.client.get(path, allow_redirects=False, **kw)  # type: ignore[arg-type]
+    return response.status, await response.text()
+
+
+async def test_sign_in_sets_a_strict_session_cookie_that_is_not_the_token(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        status, _ = await page(bridge, "/admin/")
+        assert status == 303
+        status, location, cookies = await sign_in(bridge, "wrong")
+        assert status == 401 and not any(c.startswith(SESSION_COOKIE) for c in cookies)
+        status, location, cookies = await sign_in(bridge)
+        assert (status, location) == (303, "/admin/")
+        session = next(c for c in cookies if c.startswith(f"{SESSION_COOKIE}="))
+        flags = [f.strip().lower() for f in session.split(";")]
+        assert "httponly" in flags and "samesite=strict" in flags and "path=/admin" in flags
+        assert "secure" not in flags  # plain http here
+        value = session.split(";")[0].split("=", 1)[1]
+        assert ADMIN_TOKEN not in value and value.startswith("v1.")
+        status, html = await page(bridge, "/admin/")
+        assert status == 200 and '<table id="jobs">' in html
+        assert 'name="viewport"' in html
+        # Behind TLS the cookie is Secure too.
+        bridge.client.session.cookie_jar.clear()
+        _, _, cookies = await sign_in(bridge, **{"X-Forwarded-Proto": "https"})
+        assert any(c.startswith(SESSION_COOKIE) and "secure" in c.lower() for c in cookies)
+
+
+async def test_sign_in_form_needs_its_own_token(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        response = await bridge.client.post("/admin/login", data={"token": ADMIN_TOKEN}, allow_redirects=False)
+        assert response.status == 403 and SESSION_COOKIE not in str(response.headers.getall("Set-Cookie", []))
+
+
+async def test_forged_or_expired_cookies_are_refused(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        other = SessionSigner(["another-token-entirely"])
+        forged, _ = other.issue("another-token-entirely")
+        mine = SessionSigner([ADMIN_TOKEN])
+        expired, _ = mine.issue(ADMIN_TOKEN, now=0)
+        valid, _ = mine.issue(ADMIN_TOKEN)
+        tampered = valid[:-2] + ("AA" if not valid.endswith("AA") else "BB")
+        for cookie in (forged, expired, tampered, "v1.9999999999.x.y", ADMIN_TOKEN):
+            bridge.client.session.cookie_jar.clear()
+            status, _ = await page(bridge, "/admin/", cookies={SESSION_COOKIE: cookie})
+            assert status == 303, cookie
+        # A session from another process (same token, no shared memory) is accepted.
+        bridge.client.session.cookie_jar.clear()
+        assert (await page(bridge, "/admin/", cookies={SESSION_COOKIE: valid}))[0] == 200
+
+
+async def test_csrf_guards_every_form_post(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        job_id = await failed_at_database(bridge)
+        await sign_in(bridge)
+        status, html = await page(bridge, f"/admin/jobs/{job_id}")
+        csrf = hidden(html, "csrf")
+        comp_id = (await bridge.job(job_id))["compensations"][0]["id"]
+        posts = [
+            (f"/admin/jobs/{job_id}/retry", {}),
+            (f"/admin/jobs/{job_id}/cancel", {}),
+            (f"/admin/jobs/{job_id}/callbacks/resend", {}),
+            (f"/admin/compensations/{comp_id}/resolve", {"job_id": job_id, "status": "done"}),
+            ("/admin/logout", {}),
+        ]
+        callbacks_before = len((await bridge.job(job_id))["callbacks"])
+        for path, fields in posts:
+            for token in (None, "", "wrong", csrf[:-1]):
+                data = dict(fields, **({"csrf": token} if token is not None else {}))
+                response = await bridge.client.post(path, data=data, allow_redirects=False)
+                assert response.status == 403, (path, token)
+        after = await bridge.job(job_id)
+        assert after["status"] == "failed" and after["compensations"][0]["status"] == "pending"
+        assert len(after["callbacks"]) == callbacks_before
+        assert (await page(bridge, "/admin/"))[0] == 200  # still signed in
+        # With the right field the same forms work.
+        path, fields = posts[3]
+        response = await bridge.client.post(path, data={**fields, "csrf": csrf}, allow_redirects=False)
+        assert response.status == 303 and response.headers["Location"] == f"/admin/jobs/{job_id}?notice=resolved"
+        assert (await bridge.job(job_id))["compensations"][0]["status"] == "done"
+        response = await bridge.client.post(f"/admin/jobs/{job_id}/retry", data={"csrf": csrf}, allow_redirects=False)
+        assert response.status == 303
+        await bridge.wait_for(job_id, "succeeded")
+        # A refused action shows the job with the reason.
+        response = await bridge.client.post(f"/admin/jobs/{job_id}/retry", data={"csrf": csrf}, allow_redirects=False)
+        assert response.status == 409 and "only a failed job can be retried" in await response.text()
+
+
+async def test_sign_out_ends_the_session(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        await sign_in(bridge)
+        _, html = await page(bridge, "/admin/")
+        cookie = bridge.client.session.cookie_jar.filter_cookies(bridge.client.make_url("/admin/"))[
+            SESSION_COOKIE
+        ].value
+        response = await bridge.client.post("/admin/logout", data={"csrf": hidden(html, "csrf")}, allow_redirects=False)
+        assert response.status == 303 and response.headers["Location"] == "/admin/login"
+        assert (await page(bridge, "/admin/"))[0] == 303
+        bridge.client.session.cookie_jar.clear()
+        assert (await page(bridge, "/admin/", cookies={SESSION_COOKIE: cookie}))[0] == 303  # revoked
+
+
+async def test_bearer_header_works_without_cookie_or_csrf(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        job_id = await failed_at_database(bridge)
+        assert (await page(bridge, "/admin/", headers=AUTH))[0] == 200
+        assert (await page(bridge, "/admin/", headers={"Authorization": "Bearer nope"}))[0] == 401
+        response = await bridge.client.post(f"/admin/jobs/{job_id}/retry", headers=AUTH, allow_redirects=False)
+        assert response.status == 303
+        await bridge.wait_for(job_id, "succeeded")
+        response = await bridge.client.post(f"/admin/jobs/{job_id}/retry", allow_redirects=False)
+        assert response.status == 401  # no cookie, no header
+
+
+async def test_job_page_shows_the_timeline_masked_and_escaped(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        bridge.sim.inject_fault("db_make", "error:<script>alert('x')</script> limit exceeded")
+        _, answer = await bridge.send(order(bridge))
+        job_id = answer["job_id"]
+        await bridge.wait_for(job_id, "failed")
+        status, html = await page(bridge, f"/admin/jobs/{job_id}", headers=AUTH)
+        assert status == 200
+        assert "<script>" not in html and "&lt;script&gt;" in html
+        for section in ('id="steps"', 'id="attempts"', 'id="panel-calls"', 'id="compensations"', 'id="callbacks"'):
+            assert section in html
+        assert "account_info" in html and "db_make" in html and "remove domain example.com" in html
+        assert 'id="retry"' in html and 'id="cancel"' not in html
+        assert 'http-equiv="refresh"' not in html  # finished: nothing to watch
+        for secret in (DB_PASSWORD, "John-Panel-Pass-1", ADMIN_TOKEN):
+            assert secret not in html
+        assert "Content-Security-Policy" in (await bridge.client.get(f"/admin/jobs/{job_id}", headers=AUTH)).headers
+        # While it runs again, the page refreshes itself.
+        bridge.sim.set_latency(1.0, "db_make")
+        await bridge.client.post(f"/admin/jobs/{job_id}/retry", headers=AUTH, allow_redirects=False)
+        _, html = await page(bridge, f"/admin/jobs/{job_id}", headers=AUTH)
+        assert 'http-equiv="refresh" content="2"' in html and 'id="cancel"' in html
+        assert (await page(bridge, "/admin/jobs/nope", headers=AUTH))[0] == 404
+
+
+async def test_wrong_password_never_shows(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        _, answer = await bridge.send(order(bridge, password=ACCOUNT_PASSWORD))
+        await bridge.wait_for(answer["job_id"], "failed")
+        for path in ("/admin/", f"/admin/jobs/{answer['job_id']}", "/admin/?status=failed"):
+            status, html = await page(bridge, path, headers=AUTH)
+            assert status == 200 and ACCOUNT_PASSWORD not in html and DB_PASSWORD not in html
+
+
+async def test_jobs_table_filters_searches_and_pages(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        failed = await failed_at_database(bridge, service_id="5001", domain="broken.example.com")
+        ids = []
+        for i in range(26):
+            _, answer = await bridge.send(
+                order(
+                    bridge, service_id=f"6{i:03d}", domain=f"ok{i}.example.net", ssl=False, databases=[], cron_jobs=[]
+                )
+            )
+            ids.append(answer["job_id"])
+        _, html = await page(bridge, "/admin/?status=failed", headers=AUTH)
+        assert failed in html and ids[0] not in html
+        assert '<option value="failed" selected>' in html
+        _, html = await page(bridge, "/admin/?q=5001", headers=AUTH)
+        assert failed in html and ids[0] not in html
+        _, html = await page(bridge, "/admin/?q=OK3.example", headers=AUTH)
+        assert ids[3] in html and ids[4] not in html
+        _, html = await page(bridge, "/admin/", headers=AUTH)
+        rows = re.findall(r'data-job-id="([^"]+)"', html)
+        assert rows == list(reversed(ids))[:25]  # newest first, 25 a page
+        next_url = re.search(r'href="([^"]+)" rel="next"', html)
+        assert next_url
+        _, html = await page(bridge, next_url.group(1).replace("&amp;", "&"), headers=AUTH)
+        assert re.findall(r'data-job-id="([^"]+)"', html) == [ids[0], failed]
+        assert 'rel="next"' not in html
+        status, html = await page(bridge, "/admin/?cursor=garbage", headers=AUTH)
+        assert status == 422 and "cursor" in html

@@ -1,0 +1,19 @@
+"""`bridge demo` runs to the end with the outcomes it promises."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.demo import run_demo
+
+
+async def test_demo_runs_every_order_to_its_end(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run_demo(timeout_s=60) == 0
+    out = capsys.readouterr().out
+    assert "(sent again: duplicate): HTTP 200" in out
+    assert "4713 DNS not ready for SSL       issue_ssl        waiting_retry" in out
+    assert "4714 over the package limit      failed" in out
+    assert "mutating calls ever in progress at once on the panel: 1" in out
+    assert "job.updated" in out
+    for secret in ("Str0ng-Db-Passw0rd", "John-Demo-Pass-1"):
+        assert secret not in out

@@ -114,7 +114,7 @@ async def run_demo(timeout_s: float = 60.0) -> int:
         callback_allowed_origins=[f"http://127.0.0.1:{receiver_port}"],
         secret_key=[secrets["BRIDGE_SECRET_KEY"]],
         admin_tokens=[secrets["BRIDGE_ADMIN_TOKENS"]],
-        panels=[{"name": "default", "url": f"http://127.0.0.1:{panel_port}", "timeout_s": 5}],  # type: ignore[list-item]
+        panels=[{"name": "default", "url": f"http://127.0.0.1:{panel_port}", "timeout_s": 5}],
         retry_delay_scale=0.002,
     )
     _say(f"panel simulator   http://127.0.0.1:{panel_port}  (accounts: {', '.join(a[0] for a in ACCOUNTS)})")

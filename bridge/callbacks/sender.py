@@ -116,7 +116,7 @@ class CallbackSender:
             await self._settle(r, None, http_status, error, duration_ms)
 
     async def _settle(
-        self, r: object, status: str | None, http_status: int | None, error: str | None, ms: float
+        self, r: Row[Any], status: str | None, http_status: int | None, error: str | None, ms: float
     ) -> None:
         now = utcnow()
         attempts = r.attempts + 1

@@ -16,7 +16,7 @@ async def refresh_gauges(engine: AsyncEngine, metrics: Metrics) -> None:
     """Set the gauges from the database; leaves them as they were if it cannot be read."""
     try:
         async with engine.connect() as conn:
-            by_status = dict(
+            by_status: dict[str, int] = dict(
                 (await conn.execute(select(t.jobs.c.status, func.count()).group_by(t.jobs.c.status))).all()
             )
             backlog, oldest = (

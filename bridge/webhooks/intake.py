@@ -49,8 +49,8 @@ async def read_limited(request: web.Request, limit: int = MAX_BODY_BYTES) -> byt
 def validation_fields(exc: ValidationError) -> list[dict[str, str]]:
     """Pydantic's errors as ``{"loc": "data.domain", "msg": ...}``, naming the field precisely.
 
-    Checks that run on a whole object carry the field in their message ("databases.0.name: ...");
-    that prefix is moved into ``loc``.
+    Our checks put the field's name in front of their message ("domain: ...", or for a
+    check on a whole object "databases.0.name: ..."): that name is moved into ``loc``.
     """
     fields = []
     for problem in exc.errors(include_url=False, include_input=False):
@@ -58,14 +58,13 @@ def validation_fields(exc: ValidationError) -> list[dict[str, str]]:
         msg = str(problem["msg"]).removeprefix("Value error, ")
         match = _FIELD_PREFIX.match(msg)
         if match:
-            prefix, msg = match.groups()
-            parts = prefix.split(".")
-            if parts[0] != "data" and loc[:1] != ["data"]:
+            named, msg = match.groups()
+            parts = named.split(".")
+            if loc and loc[-1] == parts[0]:
+                loc = loc[:-1]
+            if not loc and parts[0] != "data":
                 parts = ["data", *parts]
-            loc = [*loc[: len(loc) - 1 if loc and loc[-1] == parts[-1] else len(loc)], *parts]
-            # Avoid "data.data.x" when the loc already starts where the prefix does.
-            if len(loc) > 1 and loc[0] == loc[1]:
-                loc = loc[1:]
+            loc = [*loc, *parts]
         fields.append({"loc": ".".join(loc) or "body", "msg": msg})
     return fields
 

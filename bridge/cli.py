@@ -98,6 +98,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return run_jobs_command(args)
 
 
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from bridge.config_check import run_check
+
+    report = asyncio.run(run_check())
+    print(report.render())
+    return report.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     secrets = sub.add_parser("secrets", help="make fresh secrets")
     secrets_sub = secrets.add_subparsers(dest="secrets_command", required=True)
     secrets_sub.add_parser("new", help="print a webhook secret, callback secret, admin token and Fernet key")
+    config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    config_sub.add_parser(
+        "check", help="validate the settings, try the database, broker and panels; print them with secrets masked"
+    )
     from bridge.admin.cli import add_jobs_parser
 
     add_jobs_parser(sub)
@@ -128,6 +141,7 @@ HANDLERS = {
     "demo": cmd_demo,
     "secrets": cmd_secrets_new,
     "jobs": cmd_jobs,
+    "config": cmd_config_check,
 }
 
 

@@ -6,8 +6,13 @@ import asyncio
 
 from engine_harness import ACCOUNT, running_bridge
 from orders import DB_PASSWORD, service_create
+from sqlalchemy import update
 
+from bridge.domain.events import OrderEvent
 from bridge.panel.simulator import PanelSimulator
+from bridge.store import tables as t
+from bridge.store.intake import store_event
+from bridge.store.types import utcnow
 
 
 def order(bridge, **kw):  # type: ignore[no-untyped-def]
@@ -206,3 +211,14 @@ async def test_jobs_of_one_service_run_in_arrival_order(deployment: dict[str, st
         one = await bridge.wait_for(first, "succeeded")
         two = await bridge.wait_for(second, "succeeded")
         assert one["finished_at"] <= min(a["started_at"] for a in two["attempts"])
+
+
+async def test_a_lost_wake_up_only_delays_the_job(deployment: dict[str, str]) -> None:
+    async with running_bridge(**deployment) as bridge:
+        event = OrderEvent.model_validate(order(bridge, ssl=False))
+        stored = await store_event(bridge.runtime.engine, bridge.runtime.box, "msg_lost", event)
+        # As if the relay had published the wake-up and the broker had lost it.
+        async with bridge.runtime.engine.begin() as conn:
+            await conn.execute(update(t.outbox).values(sent_at=utcnow()))
+        job = await bridge.wait_for(stored.job_id, "succeeded", timeout=30)
+        assert [s["status"] for s in job["steps"]] == ["succeeded"] * 4

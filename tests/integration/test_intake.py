@@ -270,3 +270,29 @@ async def test_relay_publishes_only_committed_rows(runtime: Runtime, client: Tes
     assert [row.job_public_id for row in sent] == [answer["job_id"]]
     assert sent[0].sent_at is not None
     assert await runtime.relay.drain() == 0
+
+
+GARBAGE: dict[str, Any] = {
+    "data is a string": {"type": "service.create", "data": "x"},
+    "data is null": {"type": "service.create", "data": None},
+    "type is a number": {"type": 7, "data": {}},
+    "ssl is a word": {**service_create(), "data": {**service_create()["data"], "ssl": "perhaps"}},
+    "databases is an object": {**service_create(), "data": {**service_create()["data"], "databases": {"a": 1}}},
+    "unknown field": {**service_create(), "data": {**service_create()["data"], "colour": "blue"}},
+    "unicode domain": service_create(domain="exämple.com"),
+    "huge number": {**service_create(), "data": {**service_create()["data"], "service_id": 10**400}},
+    "deep nesting": {"type": "service.create", "data": {"account": [[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]}},
+    "list body": [1, 2, 3],
+    "string body": "hello",
+    "null body": None,
+    "callback url not http": service_create(callback_url="file:///etc/passwd"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GARBAGE))
+async def test_whatever_a_client_sends_is_a_4xx_never_a_5xx(case: str, client: TestClient, runtime: Runtime) -> None:
+    body = json.dumps(GARBAGE[case]).encode() if case != "huge number" else b'{"type": 1, "data": {"x": 1e999999}}'
+    status, answer = await post(client, *signed(WEBHOOK_SECRET, body))
+    assert 400 <= status < 500, (status, answer)
+    assert answer["error"]
+    assert await count(runtime, t.events) == 0

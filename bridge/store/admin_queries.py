@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bridge.domain.jobs import JobStatus
 from bridge.store import tables as t
 from bridge.store.admin_errors import InvalidInput, NotFound
+from bridge.store.job_view import deferred_kinds, step_document
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
@@ -42,7 +43,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def job_summary(row: Any) -> dict[str, Any]:
-    """One line of the job list: no steps, no secrets."""
+    """One line of the job list, without its steps; no secrets."""
     return {
         "job_id": row.public_id,
         "event_id": row.webhook_id,
@@ -128,9 +129,26 @@ async def list_jobs(
         query = query.where(t.jobs.c.id < decode_cursor(cursor))
     async with engine.connect() as conn:
         rows = list((await conn.execute(query)).all())
-    page = rows[:limit]
+        page = rows[:limit]
+        steps = await _steps_of(conn, [r.id for r in page])
     next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
-    return [job_summary(r) for r in page], next_cursor
+    jobs = []
+    for row in page:
+        summary = job_summary(row)
+        summary["steps"] = [step_document(s, detail=False) for s in steps.get(row.id, [])]
+        summary["deferred"] = deferred_kinds(row.status, steps.get(row.id, []))
+        jobs.append(summary)
+    return jobs, next_cursor
+
+
+async def _steps_of(conn: AsyncConnection, job_pks: list[int]) -> dict[int, list[Any]]:
+    """The steps of a page of jobs in one query (a job in the list shows its steps, as CONTRACT.md §5 says)."""
+    found: dict[int, list[Any]] = {}
+    if job_pks:
+        query = select(t.steps).where(t.steps.c.job_id.in_(job_pks)).order_by(t.steps.c.job_id, t.steps.c.position)
+        for step in (await conn.execute(query)).all():
+            found.setdefault(step.job_id, []).append(step)
+    return found
 
 
 async def job_pk_of(conn: AsyncConnection, job_public_id: str) -> int:

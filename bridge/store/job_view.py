@@ -35,6 +35,13 @@ def step_document(row: Any, *, detail: bool) -> dict[str, Any]:
     return doc
 
 
+def deferred_kinds(job_status: str, steps: list[Any]) -> list[str]:
+    """Steps still waiting on their own schedule after the job succeeded (CONTRACT.md §3)."""
+    if job_status != JobStatus.SUCCEEDED:
+        return []
+    return [s.kind for s in steps if s.kind in DEFERRABLE_KINDS and s.status == StepStatus.WAITING_RETRY]
+
+
 async def _rows(conn: AsyncConnection, table: Any, where: Any, order: Any) -> list[Any]:
     return list((await conn.execute(select(table).where(where).order_by(order))).all())
 
@@ -43,11 +50,7 @@ async def job_document(conn: AsyncConnection, job_pk: int, *, detail: bool = Fal
     job = (await conn.execute(select(t.jobs).where(t.jobs.c.id == job_pk))).one()
     steps = await _rows(conn, t.steps, t.steps.c.job_id == job_pk, t.steps.c.position)
     comps = await _rows(conn, t.compensations, t.compensations.c.job_id == job_pk, t.compensations.c.id)
-    deferred = [
-        s.kind
-        for s in steps
-        if s.kind in DEFERRABLE_KINDS and s.status == StepStatus.WAITING_RETRY and job.status == JobStatus.SUCCEEDED
-    ]
+    deferred = deferred_kinds(job.status, steps)
     doc: dict[str, Any] = {
         "job_id": job.public_id,
         "event_id": job.webhook_id,

@@ -203,6 +203,12 @@ async def test_list_pages_and_filters(sqlite_url: str) -> None:
             if cursor is None:
                 break
         assert sizes == [3, 3, 1] and seen == list(reversed(ids))
+        first = (await call(bridge, "GET", "/admin/api/jobs", params={"limit": "1"}))[1]["jobs"][0]
+        assert [(s["kind"], s["status"]) for s in first["steps"]] == [
+            ("check_account", "succeeded"),
+            ("add_domain", "succeeded"),
+        ]
+        assert first["deferred"] == []
         for params, expected in [
             ({"service_id": "p3"}, [ids[3]]),
             ({"domain": "site5"}, [ids[5]]),

@@ -62,9 +62,11 @@ class Report:
 
 
 def _scrub(text: str, secrets: Iterable[str]) -> str:
-    # A second line of defence: an error message quoting a secret must not print it.
+    # A second line of defence: an error message quoting a secret must not print it. Short
+    # values (a password like "guest" that is also the user name) would mask ordinary words;
+    # they are masked where they stand (URLs) instead.
     for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 4:
+        if len(secret) >= 8:
             text = text.replace(secret, MASK)
     return text
 

@@ -1,0 +1,223 @@
+"""Intake throughput: ``bridge serve`` against bare_intake.py (MODE=pg and MODE=pgmq).
+
+Three servers, one process each, all started by this program:
+
+- ``bridge serve`` on PostgreSQL + RabbitMQ (database ``bench_intake``, its own
+  queue prefix, one panel configured but never called at intake, log level
+  WARNING). Its one process also runs the outbox relay, the scheduler and the
+  callback sender, as in production;
+- ``bare_intake.py`` MODE=pg and MODE=pgmq (database ``bench_intake_bare``).
+
+The same load generator (bench/loadgen.py, this process) drives each in turn,
+round after round, so drift on a shared machine hits all three alike; the
+ratios are taken within each round and their median is reported. After the
+run it checks that every accepted event has exactly one job and that the
+outbox has been published, then drops the databases and deletes the queues.
+
+Run: ``.venv/bin/python bench/intake.py [--rounds 3] [--requests 6000] [--profile]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aio_pika  # noqa: E402
+import asyncpg  # noqa: E402
+from common import (  # noqa: E402
+    AMQP_URL,
+    REPO,
+    BridgeConfig,
+    baseline_cmd,
+    baseline_env,
+    bench_database,
+    bridge_cmd,
+    delete_queues,
+    free_port,
+    fresh_webhook_secrets,
+    machine_note,
+    new_prefix,
+    queue_depth,
+    running,
+    sqlalchemy_url,
+    start,
+    wait_for_port,
+)
+from loadgen import Result, bare_requests, bridge_requests, run_load  # noqa: E402
+
+TARGETS = {"ratio bridge/pg": (0.7, ">="), "ratio bridge/pgmq": (1.2, ">="), "p99 bridge / p99 pg": (2.0, "<=")}
+
+
+def verdict(name: str, value: float) -> str:
+    target, sense = TARGETS[name]
+    met = value >= target if sense == ">=" else value <= target
+    return f"{name:<22} {value:5.2f}   (target {sense} {target}: {'met' if met else 'NOT met'})"
+
+
+async def check_bridge_store(dsn: str, prefix: str, accepted: int) -> list[str]:
+    """Every accepted event has exactly one job; the outbox drains; the queue holds one wake-up per job."""
+    lines = []
+    conn = await asyncpg.connect(dsn)
+    try:
+        events = await conn.fetchval("select count(*) from events")
+        jobs = await conn.fetchval("select count(*) from jobs")
+        not_one = await conn.fetchval(
+            "select count(*) from events e where (select count(*) from jobs j where j.event_id = e.id) <> 1"
+        )
+        lines.append(f"accepted (202) {accepted}, events {events}, jobs {jobs}, events without exactly one job {not_one}")
+        started = time.monotonic()
+        unsent = await conn.fetchval("select count(*) from outbox where sent_at is null")
+        first_unsent = unsent
+        while unsent and time.monotonic() - started < 30:
+            await asyncio.sleep(0.2)
+            unsent = await conn.fetchval("select count(*) from outbox where sent_at is null")
+        lines.append(
+            f"outbox: {first_unsent} unsent right after the load, {unsent} after "
+            f"{time.monotonic() - started:.1f} s of drain"
+        )
+    finally:
+        await conn.close()
+    ready, consumers = await queue_depth(prefix)
+    lines.append(f"work queue {prefix}.jobs: {ready} wake-ups waiting (no worker runs here), {consumers} consumers")
+    ok = accepted == events == jobs and not_one == 0 and unsent == 0 and ready == jobs
+    lines.append("store check: " + ("OK" if ok else "MISMATCH"))
+    return lines
+
+
+async def purge_bare_queue() -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("bare_events", durable=True)
+        await queue.purge()
+    finally:
+        await connection.close()
+
+
+def start_profiler(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("py-spy not found; no profile taken")
+        return None
+    return subprocess.Popen(
+        [py_spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    note = machine_note()
+    secret, callback_secret = fresh_webhook_secrets()
+    prefix = new_prefix("intake")
+    async with bench_database("intake") as bridge_dsn, bench_database("intake_bare", bridge_schema=False) as bare_dsn:
+        ports = {"bridge": free_port(), "pg": free_port(), "pgmq": free_port()}
+        config = BridgeConfig(
+            database_url=sqlalchemy_url(bridge_dsn),
+            prefix=prefix,
+            panel_url="http://127.0.0.1:9",  # never called at intake
+            webhook_secret=secret,
+            callback_secret=callback_secret,
+            http_port=ports["bridge"],
+        )
+        procs = {"bridge": start(bridge_cmd("serve"), config.env())}
+        for mode in ("pg", "pgmq"):
+            if mode in args.targets:
+                env = baseline_env(MODE=mode, PG_DSN=bare_dsn, PORT=str(ports[mode]))
+                procs[mode] = start(baseline_cmd("bare_intake.py"), env)
+        try:
+            with running(*procs.values()):
+                for name, proc in procs.items():
+                    await wait_for_port(ports[name], proc)
+                await asyncio.sleep(1.0)
+                urls = {
+                    "bridge": f"http://127.0.0.1:{ports['bridge']}/webhooks/orders",
+                    "pg": f"http://127.0.0.1:{ports['pg']}/hook",
+                    "pgmq": f"http://127.0.0.1:{ports['pgmq']}/hook",
+                }
+                rounds: list[dict[str, Result]] = []
+                accepted = 0
+                signing: list[float] = []
+                print(f"intake: concurrency {args.concurrency}, {args.requests} measured requests per target per round "
+                      f"after {args.warmup} warm-up; {args.rounds} rounds; {note}")
+                for number in range(args.rounds):
+                    results: dict[str, Result] = {}
+                    for name in procs:
+                        total = args.requests + args.warmup
+                        if name == "bridge":
+                            requests, per_request = bridge_requests(secret, total)
+                            signing.append(per_request)
+                        else:
+                            requests = bare_requests(total)
+                        profiler = None
+                        if args.profile and name == "bridge" and number == args.rounds - 1:
+                            out = REPO / "bench" / "out" / "intake-serve.pyspy.txt"
+                            out.parent.mkdir(exist_ok=True)
+                            profiler = start_profiler(procs["bridge"].pid, 600, out)
+                        result = await run_load(
+                            urls[name], requests, concurrency=args.concurrency, warmup=args.warmup, label=name
+                        )
+                        if profiler is not None:
+                            profiler.send_signal(2)  # SIGINT: py-spy writes what it has
+                            profiler.wait(30)
+                            print(f"profile of the serve process written to {out}")
+                        if name == "bridge":
+                            accepted += result.statuses[202] + (result.warmup.statuses[202] if result.warmup else 0)
+                        results[name] = result
+                        print(f"  round {number + 1}: {result.line()}")
+                        await asyncio.sleep(0.5)
+                    rounds.append(results)
+                print(f"signing cost (done before the clock starts): {statistics.median(signing) * 1e6:.0f} µs per request")
+                summarise(rounds)
+                for line in await check_bridge_store(bridge_dsn, prefix, accepted):
+                    print(line)
+        finally:
+            await delete_queues(prefix)
+            if "pgmq" in procs:
+                await purge_bare_queue()
+
+
+def summarise(rounds: list[dict[str, Result]]) -> None:
+    names = list(rounds[0])
+    print()
+    print(f"{'target':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}   (medians over {len(rounds)} rounds)")
+    for name in names:
+        rps = statistics.median(r[name].rps for r in rounds)
+        p50 = statistics.median(r[name].p50_ms for r in rounds)
+        p99 = statistics.median(r[name].p99_ms for r in rounds)
+        print(f"{name:<10} {rps:8.0f} {p50:8.1f} {p99:8.1f}")
+    print()
+    if "pg" in names:
+        print(verdict("ratio bridge/pg", statistics.median(r["bridge"].rps / r["pg"].rps for r in rounds)))
+    if "pgmq" in names:
+        print(verdict("ratio bridge/pgmq", statistics.median(r["bridge"].rps / r["pgmq"].rps for r in rounds)))
+    if "pg" in names:
+        print(verdict("p99 bridge / p99 pg", statistics.median(r["bridge"].p99_ms / r["pg"].p99_ms for r in rounds)))
+    print("(ratios: median of the per-round ratios, each round driving every target with the same load generator)")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=6000, help="measured requests per target per round")
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--targets", nargs="+", default=["bridge", "pg", "pgmq"], choices=["bridge", "pg", "pgmq"])
+    parser.add_argument("--profile", action="store_true", help="py-spy the serve process during the last bridge round")
+    args = parser.parse_args()
+    if "bridge" not in args.targets:
+        parser.error("the bridge is always measured")
+    return args
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

@@ -8,6 +8,7 @@ the setting (see :func:`load_settings`).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -160,4 +161,17 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error)) from None
     except ValueError as error:  # malformed TOML or JSON in a variable
-        raise SettingsError(f"BRIDGE_CONFIG or a BRIDGE_* variable: {error}") from None
+        raise SettingsError(describe_source_error(error)) from None
+
+
+_SOURCE_FIELD = re.compile(r'field "(\w+)" from source "(\w+)"')
+
+
+def describe_source_error(error: ValueError) -> str:
+    """One line naming the variable whose JSON, or the file whose TOML, could not be parsed."""
+    found = _SOURCE_FIELD.search(str(error))
+    if found is None:  # the TOML file itself is malformed
+        return f"BRIDGE_CONFIG: not valid TOML: {error}"
+    name = "BRIDGE_" + found[1].upper()
+    where = name if found[2] == "EnvSettingsSource" else f"{name} (from BRIDGE_CONFIG)"
+    return f"{where}: not valid JSON: {error.__cause__ or error}"

@@ -175,7 +175,7 @@ def test_accounts(settings: Settings) -> tuple[dict[str, PanelCredentials], list
 
 
 def effective_settings(settings: Settings, accounts: dict[str, PanelCredentials]) -> list[str]:
-    """``BRIDGE_NAME=value`` for every setting; secrets masked (only whether they are set shows)."""
+    """``BRIDGE_<NAME>=value`` for every setting; secrets masked (only whether they are set shows)."""
     lines = [f"BRIDGE_CONFIG={os.environ.get('BRIDGE_CONFIG') or '(not set)'}"]
     for name, value in settings.model_dump(mode="json").items():
         lines.append(f"BRIDGE_{name.upper()}={_display(name, value)}")

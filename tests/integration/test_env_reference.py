@@ -50,7 +50,9 @@ def env_example_entries() -> list[tuple[str, str, bool]]:
     for line in (ROOT / ".env.example").read_text().splitlines():
         found = re.fullmatch(r"(#?)(BRIDGE_[A-Z0-9_]+)=(.*)", line)
         if found:
-            entries.append((found[2], found[3], not found[1]))
+            # docker-compose and systemd both drop one pair of single quotes around a value.
+            value = re.sub(r"^'(.*)'$", r"\1", found[3])
+            entries.append((found[2], value, not found[1]))
     return entries
 
 

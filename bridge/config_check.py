@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from bridge.config_probes import Found, check_broker, check_database, check_panel, masked_url
 from bridge.domain.masking import MASK, is_secret_field, mask
@@ -209,8 +210,6 @@ def secrets_of(settings: Settings, accounts: dict[str, PanelCredentials]) -> set
 
 
 def _url_password(url: str) -> str | None:
-    from urllib.parse import unquote, urlsplit
-
     password = urlsplit(url).password
     return unquote(password) if password else None
 

@@ -1,10 +1,11 @@
 """The live checks of ``bridge config check``: the database, the broker and each panel.
 
 Each probe returns :class:`Found` items and never raises for what it finds: an
-unreachable service is a finding, not a crash. The panel probe asks the panel's API without credentials first: the
-panel answers "API is currently disabled" or "credentials required" before it
-looks at any password, so that probe can never count as a failed login (12 of
-those in 5 minutes get the bridge's address banned by the panel's firewall).
+unreachable service is a finding, not a crash. The panel probe asks the panel's
+API without credentials first: the panel answers "API is currently disabled" or
+"credentials required" before it looks at any password, so that probe can never
+count as a failed login (12 of those in 5 minutes get the bridge's address
+banned by the panel's firewall).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bridge.bootstrap import make_queue
+from bridge.domain.masking import MASK
 from bridge.domain.outcomes import Succeeded
 from bridge.panel.client import PanelClient
 from bridge.panel.config import PanelCredentials, PanelServer
@@ -41,6 +43,8 @@ CERT_EXPIRY_WARNING = timedelta(days=30)
 
 @dataclass(frozen=True)
 class Found:
+    """One line of the report: how bad, which setting it is about, and what to do."""
+
     level: Level
     setting: str
     message: str
@@ -51,8 +55,8 @@ def masked_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    return parts._replace(netloc=f"{parts.username}:********@{netloc[-1]}").geturl()
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=f"{parts.username}:{MASK}@{host}").geturl()
 
 
 def _problem(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -11,6 +12,9 @@ from bridge.admin.routes import add_admin_routes
 from bridge.web import health
 from bridge.web.keys import RUNTIME
 from bridge.webhooks.intake import MAX_BODY_BYTES, receive_order
+
+if TYPE_CHECKING:
+    from bridge.bootstrap import Runtime
 
 log = logging.getLogger("bridge.http")
 
@@ -38,10 +42,10 @@ def _passthrough(exc: web.HTTPException) -> dict[str, str]:
 
 
 def create_app(
-    runtime: object, *, extra_routes: Callable[[web.Application], None] | None = None
+    runtime: Runtime, *, extra_routes: Callable[[web.Application], None] | None = None
 ) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES + 1)
-    app[RUNTIME] = runtime  # type: ignore[assignment]
+    app[RUNTIME] = runtime
     app.router.add_post("/webhooks/orders", receive_order)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)

@@ -2,7 +2,7 @@
 
 Every BRIDGE_* variable the code reads (the settings' fields, BRIDGE_CONFIG, and any
 other name found in bridge/**/*.py) must be documented in .env.example and in the
-configuration reference (docs/operations.md), and passed through by docker-compose.yml,
+configuration reference (README.md), and passed through by docker-compose.yml,
 and nothing may be documented that the code does not read. A new setting makes these
 tests fail until it is documented. The compose file is validated with ``docker-compose``
 when it is installed (skipped without it, except in CI, where that fails).
@@ -37,7 +37,7 @@ def variables_in(path: str) -> set[str]:
     return set(VARIABLE.findall((ROOT / path).read_text()))
 
 
-@pytest.mark.parametrize("path", [".env.example", "docs/operations.md", "docker-compose.yml"])
+@pytest.mark.parametrize("path", [".env.example", "README.md", "docker-compose.yml"])
 def test_every_variable_the_code_reads_is_documented_and_nothing_else(path: str) -> None:
     code, documented = code_variables(), variables_in(path)
     assert not code - documented, f"{path} lacks {sorted(code - documented)}"

@@ -29,6 +29,7 @@ from rabbit_fixtures import (  # noqa: F401  (fixtures shared by every test)
     make_rabbit_queue_fixture,
     rabbit_vhost_fixture,
 )
+from tls_certs import certificate_fixture  # noqa: F401
 
 from bridge.store.database import create_engine, migrate
 from bridge.store.tables import metadata

@@ -8,26 +8,18 @@ do not.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import hashlib
-import ipaddress
 import json
 import os
-import ssl
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 from conftest import ADMIN_TOKEN, CALLBACK_SECRET, FERNET_KEY, PG_ADMIN_DSN, WEBHOOK_SECRET
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tls_certs import SelfSigned
 
 from bridge.bootstrap import DELAY_BUCKETS_S
 from bridge.broker.rabbitmq import RabbitQueue
@@ -69,45 +61,6 @@ def sim() -> PanelSimulator:
 async def http_panel(sim: PanelSimulator) -> AsyncIterator[str]:
     async with TestServer(sim.app(), host="127.0.0.1") as server:
         yield f"http://127.0.0.1:{server.port}"
-
-
-class SelfSigned:
-    """A certificate like the panel installer's: self-signed for the server's IP."""
-
-    def __init__(self, directory: Path) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .sign(key, hashes.SHA256())
-        )
-        der = cert.public_bytes(serialization.Encoding.DER)
-        self.fingerprint = hashlib.sha256(der).hexdigest()
-        self.cert_path, self.key_path = directory / "panel.crt", directory / "panel.key"
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        self.key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.cert_path, self.key_path)
-        return context
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> SelfSigned:
-    return SelfSigned(tmp_path)
 
 
 @pytest.fixture

@@ -239,3 +239,32 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time ``pid`` has used so far, in seconds (from /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def backend_pids(database: str) -> list[int]:
+    """The PostgreSQL server processes serving ``database`` right now."""
+    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    try:
+        rows = await conn.fetch(
+            "select pid from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()", database
+        )
+    finally:
+        await conn.close()
+    return [int(row["pid"]) for row in rows]
+
+
+async def cpu_of(pid: int, database: str | None) -> tuple[float, float]:
+    """(CPU seconds of ``pid``, CPU seconds of the PostgreSQL backends serving ``database``)."""
+    own = cpu_seconds(pid)
+    backends = 0.0
+    for backend in await backend_pids(database) if database else []:
+        with contextlib.suppress(OSError):
+            backends += cpu_seconds(backend)
+    return own, backends

@@ -41,6 +41,7 @@ from common import (  # noqa: E402
     baseline_env,
     bench_database,
     bridge_cmd,
+    cpu_of,
     delete_queues,
     free_port,
     fresh_webhook_secrets,
@@ -129,7 +130,11 @@ async def main(args: argparse.Namespace) -> None:
             callback_secret=callback_secret,
             http_port=ports["bridge"],
         )
-        procs = {"bridge": start(bridge_cmd("serve"), config.env())}
+        serve = bridge_cmd("serve")
+        if args.uvloop:
+            # The same CLI, on uvloop's event loop (as the baselines run), to measure what the loop costs.
+            serve = [serve[0], "-c", "import sys, uvloop; uvloop.install(); from bridge.cli import main; sys.exit(main(['serve']))"]
+        procs = {"bridge": start(serve, config.env())}
         for mode in ("pg", "pgmq"):
             if mode in args.targets:
                 env = baseline_env(MODE=mode, PG_DSN=bare_dsn, PORT=str(ports[mode]))
@@ -163,8 +168,15 @@ async def main(args: argparse.Namespace) -> None:
                             out = REPO / "bench" / "out" / "intake-serve.pyspy.txt"
                             out.parent.mkdir(exist_ok=True)
                             profiler = start_profiler(procs["bridge"].pid, 600, out)
+                        database = dbname(bridge_dsn if name == "bridge" else bare_dsn)
+                        # CPU is counted over the whole call (warm-up included), per request sent.
+                        cpu_before = await cpu_of(procs[name].pid, database)
                         result = await run_load(
                             urls[name], requests, concurrency=args.concurrency, warmup=args.warmup, label=name
+                        )
+                        cpu_after = await cpu_of(procs[name].pid, database)
+                        result.cpu_ms = tuple(  # type: ignore[attr-defined]
+                            (after - before) * 1000 / total for before, after in zip(cpu_before, cpu_after, strict=True)
                         )
                         if profiler is not None:
                             profiler.send_signal(2)  # SIGINT: py-spy writes what it has
@@ -173,7 +185,9 @@ async def main(args: argparse.Namespace) -> None:
                         if name == "bridge":
                             accepted += result.statuses[202] + (result.warmup.statuses[202] if result.warmup else 0)
                         results[name] = result
-                        print(f"  round {number + 1}: {result.line()}")
+                        server_ms, pg_ms = result.cpu_ms  # type: ignore[attr-defined]
+                        print(f"  round {number + 1}: {result.line()}  CPU/request: server {server_ms:.2f} ms, "
+                              f"postgres {pg_ms:.2f} ms")
                         await asyncio.sleep(0.5)
                     rounds.append(results)
                 print(f"signing cost (done before the clock starts): {statistics.median(signing) * 1e6:.0f} µs per request")
@@ -186,15 +200,24 @@ async def main(args: argparse.Namespace) -> None:
                 await purge_bare_queue()
 
 
+def dbname(dsn: str) -> str:
+    return dsn.rsplit("/", 1)[1]
+
+
 def summarise(rounds: list[dict[str, Result]]) -> None:
     names = list(rounds[0])
     print()
-    print(f"{'target':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}   (medians over {len(rounds)} rounds)")
+    print(
+        f"{'target':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'server CPU ms/req':>18} {'postgres CPU ms/req':>20}"
+        f"   (medians over {len(rounds)} rounds)"
+    )
     for name in names:
         rps = statistics.median(r[name].rps for r in rounds)
         p50 = statistics.median(r[name].p50_ms for r in rounds)
         p99 = statistics.median(r[name].p99_ms for r in rounds)
-        print(f"{name:<10} {rps:8.0f} {p50:8.1f} {p99:8.1f}")
+        server = statistics.median(r[name].cpu_ms[0] for r in rounds)  # type: ignore[attr-defined]
+        pg = statistics.median(r[name].cpu_ms[1] for r in rounds)  # type: ignore[attr-defined]
+        print(f"{name:<10} {rps:8.0f} {p50:8.1f} {p99:8.1f} {server:18.2f} {pg:20.2f}")
     print()
     if "pg" in names:
         print(verdict("ratio bridge/pg", statistics.median(r["bridge"].rps / r["pg"].rps for r in rounds)))
@@ -212,6 +235,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--targets", nargs="+", default=["bridge", "pg", "pgmq"], choices=["bridge", "pg", "pgmq"])
+    parser.add_argument("--uvloop", action="store_true", help="run bridge serve on uvloop (as the baselines do)")
     parser.add_argument("--profile", action="store_true", help="py-spy the serve process during the last bridge round")
     args = parser.parse_args()
     if "bridge" not in args.targets:

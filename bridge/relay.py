@@ -19,6 +19,7 @@ from bridge.metrics import Metrics
 from bridge.store import tables as t
 from bridge.store.errors import DATABASE_UNAVAILABLE
 from bridge.store.types import utcnow
+from bridge.waiting import wait_for_event
 
 log = logging.getLogger("bridge.relay")
 
@@ -83,10 +84,7 @@ class OutboxRelay:
         last_prune = 0.0
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), self._poll_s)
-            except TimeoutError:
-                pass
+            await wait_for_event(self._wakeup, self._poll_s)
             self._wakeup.clear()
             await self.drain_quietly()
             if loop.time() - last_prune > 60:

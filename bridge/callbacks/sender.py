@@ -20,6 +20,7 @@ from bridge.metrics import Metrics
 from bridge.store import tables as t
 from bridge.store.errors import DATABASE_UNAVAILABLE
 from bridge.store.types import utcnow
+from bridge.waiting import wait_for_event
 from bridge.webhooks.signature import sign
 
 log = logging.getLogger("bridge.callbacks")
@@ -155,10 +156,7 @@ class CallbackSender:
                     pass
             except DATABASE_UNAVAILABLE as exc:
                 log.warning("callbacks: database unavailable (%s); will retry", exc.__class__.__name__)
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), self._poll_s)
-            except TimeoutError:
-                pass
+            await wait_for_event(self._wakeup, self._poll_s)
             self._wakeup.clear()
         if self._session is not None:
             await self._session.close()

@@ -16,6 +16,7 @@ from bridge.broker.base import JobQueue, PublishError
 from bridge.store import tables as t
 from bridge.store.errors import DATABASE_UNAVAILABLE
 from bridge.store.types import utcnow
+from bridge.waiting import wait_for_event
 
 log = logging.getLogger("bridge.scheduler")
 
@@ -78,10 +79,7 @@ class Scheduler:
                 log.warning("scheduler: broker unavailable: %s", exc)
             except DATABASE_UNAVAILABLE as exc:
                 log.warning("scheduler: database unavailable: %s", exc.__class__.__name__)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self._poll_s)
-            except TimeoutError:
-                pass
+            await wait_for_event(self._stopping, self._poll_s)
 
     async def stop(self) -> None:
         self._stopping.set()

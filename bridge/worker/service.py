@@ -15,6 +15,7 @@ import asyncio
 import logging
 
 from bridge.broker.base import Consumer, JobQueue
+from bridge.waiting import wait_for_event
 from bridge.worker.runner import JobRunner
 
 log = logging.getLogger("bridge.worker")
@@ -36,10 +37,7 @@ class WorkerService:
                 self._consumer = await self._queue.consume(self._handle, self._prefetch)
             except Exception as exc:  # the broker may be down at start: keep trying
                 log.warning("cannot consume yet (%s); retrying", exc)
-                try:
-                    await asyncio.wait_for(self._stopped.wait(), 2.0)
-                except TimeoutError:
-                    pass
+                await wait_for_event(self._stopped, 2.0)
         await self._stopped.wait()
 
     async def _handle(self, job_id: str) -> None:

@@ -260,11 +260,16 @@ async def backend_pids(database: str) -> list[int]:
     return [int(row["pid"]) for row in rows]
 
 
-async def cpu_of(pid: int, database: str | None) -> tuple[float, float]:
-    """(CPU seconds of ``pid``, CPU seconds of the PostgreSQL backends serving ``database``)."""
+async def cpu_of(pid: int, database: str | None) -> tuple[float, dict[int, float]]:
+    """(CPU seconds of ``pid``, CPU seconds by PostgreSQL backend serving ``database``)."""
     own = cpu_seconds(pid)
-    backends = 0.0
+    backends: dict[int, float] = {}
     for backend in await backend_pids(database) if database else []:
         with contextlib.suppress(OSError):
-            backends += cpu_seconds(backend)
+            backends[backend] = cpu_seconds(backend)
     return own, backends
+
+
+def backend_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the backends used between two readings (a backend gone by the second is not counted)."""
+    return sum(used - before.get(pid, 0.0) for pid, used in after.items())

@@ -40,6 +40,7 @@ from common import (  # noqa: E402
     baseline_cmd,
     baseline_env,
     bench_database,
+    backend_cpu_delta,
     bridge_cmd,
     cpu_of,
     delete_queues,
@@ -104,11 +105,12 @@ async def purge_bare_queue() -> None:
         await connection.close()
 
 
-def start_profiler(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
+def start_profiler(pid: int, out: Path, seconds: int = 600) -> subprocess.Popen[bytes] | None:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         print("py-spy not found; no profile taken")
         return None
+    out.parent.mkdir(exist_ok=True)
     return subprocess.Popen(
         [py_spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
         stdout=subprocess.DEVNULL,
@@ -167,7 +169,7 @@ async def main(args: argparse.Namespace) -> None:
                         if args.profile and name == "bridge" and number == args.rounds - 1:
                             out = REPO / "bench" / "out" / "intake-serve.pyspy.txt"
                             out.parent.mkdir(exist_ok=True)
-                            profiler = start_profiler(procs["bridge"].pid, 600, out)
+                            profiler = start_profiler(procs["bridge"].pid, out)
                         database = dbname(bridge_dsn if name == "bridge" else bare_dsn)
                         # CPU is counted over the whole call (warm-up included), per request sent.
                         cpu_before = await cpu_of(procs[name].pid, database)
@@ -175,8 +177,9 @@ async def main(args: argparse.Namespace) -> None:
                             urls[name], requests, concurrency=args.concurrency, warmup=args.warmup, label=name
                         )
                         cpu_after = await cpu_of(procs[name].pid, database)
-                        result.cpu_ms = tuple(  # type: ignore[attr-defined]
-                            (after - before) * 1000 / total for before, after in zip(cpu_before, cpu_after, strict=True)
+                        result.cpu_ms = (  # type: ignore[attr-defined]
+                            (cpu_after[0] - cpu_before[0]) * 1000 / total,
+                            backend_cpu_delta(cpu_before[1], cpu_after[1]) * 1000 / total,
                         )
                         if profiler is not None:
                             profiler.send_signal(2)  # SIGINT: py-spy writes what it has

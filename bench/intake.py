@@ -31,16 +31,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aio_pika  # noqa: E402
-import asyncpg  # noqa: E402
-from common import (  # noqa: E402
+import aio_pika
+import asyncpg
+from common import (
     AMQP_URL,
     REPO,
     BridgeConfig,
+    backend_cpu_delta,
     baseline_cmd,
     baseline_env,
     bench_database,
-    backend_cpu_delta,
     bridge_cmd,
     cpu_of,
     delete_queues,
@@ -54,7 +54,7 @@ from common import (  # noqa: E402
     start,
     wait_for_port,
 )
-from loadgen import Result, bare_requests, bridge_requests, run_load  # noqa: E402
+from loadgen import Result, bare_requests, bridge_requests, run_load
 
 TARGETS = {"ratio bridge/pg": (0.7, ">="), "ratio bridge/pgmq": (1.2, ">="), "p99 bridge / p99 pg": (2.0, "<=")}
 
@@ -75,7 +75,9 @@ async def check_bridge_store(dsn: str, prefix: str, accepted: int) -> list[str]:
         not_one = await conn.fetchval(
             "select count(*) from events e where (select count(*) from jobs j where j.event_id = e.id) <> 1"
         )
-        lines.append(f"accepted (202) {accepted}, events {events}, jobs {jobs}, events without exactly one job {not_one}")
+        lines.append(
+            f"accepted (202) {accepted}, events {events}, jobs {jobs}, events without exactly one job {not_one}"
+        )
         started = time.monotonic()
         unsent = await conn.fetchval("select count(*) from outbox where sent_at is null")
         first_unsent = unsent
@@ -112,7 +114,21 @@ def start_profiler(pid: int, out: Path, seconds: int = 600) -> subprocess.Popen[
         return None
     out.parent.mkdir(exist_ok=True)
     return subprocess.Popen(
-        [py_spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
+        [
+            py_spy,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(seconds),
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--nonblocking",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -135,7 +151,11 @@ async def main(args: argparse.Namespace) -> None:
         serve = bridge_cmd("serve")
         if args.uvloop:
             # The same CLI, on uvloop's event loop (as the baselines run), to measure what the loop costs.
-            serve = [serve[0], "-c", "import sys, uvloop; uvloop.install(); from bridge.cli import main; sys.exit(main(['serve']))"]
+            serve = [
+                serve[0],
+                "-c",
+                "import sys, uvloop; uvloop.install(); from bridge.cli import main; sys.exit(main(['serve']))",
+            ]
         procs = {"bridge": start(serve, config.env())}
         for mode in ("pg", "pgmq"):
             if mode in args.targets:
@@ -154,8 +174,10 @@ async def main(args: argparse.Namespace) -> None:
                 rounds: list[dict[str, Result]] = []
                 accepted = 0
                 signing: list[float] = []
-                print(f"intake: concurrency {args.concurrency}, {args.requests} measured requests per target per round "
-                      f"after {args.warmup} warm-up; {args.rounds} rounds; {note}")
+                print(
+                    f"intake: concurrency {args.concurrency}, {args.requests} measured requests per target per round "
+                    f"after {args.warmup} warm-up; {args.rounds} rounds; {note}"
+                )
                 for number in range(args.rounds):
                     results: dict[str, Result] = {}
                     for name in procs:
@@ -189,11 +211,14 @@ async def main(args: argparse.Namespace) -> None:
                             accepted += result.statuses[202] + (result.warmup.statuses[202] if result.warmup else 0)
                         results[name] = result
                         server_ms, pg_ms = result.cpu_ms  # type: ignore[attr-defined]
-                        print(f"  round {number + 1}: {result.line()}  CPU/request: server {server_ms:.2f} ms, "
-                              f"postgres {pg_ms:.2f} ms")
+                        print(
+                            f"  round {number + 1}: {result.line()}  CPU/request: server {server_ms:.2f} ms, "
+                            f"postgres {pg_ms:.2f} ms"
+                        )
                         await asyncio.sleep(0.5)
                     rounds.append(results)
-                print(f"signing cost (done before the clock starts): {statistics.median(signing) * 1e6:.0f} µs per request")
+                per_request = statistics.median(signing) * 1e6
+                print(f"signing cost (done before the clock starts): {per_request:.0f} µs per request")
                 summarise(rounds)
                 for line in await check_bridge_store(bridge_dsn, prefix, accepted):
                     print(line)

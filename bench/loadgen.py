@@ -115,9 +115,7 @@ def bridge_requests(
     now = int(time.time())
     bodies = [json.dumps(order_event(n, run, callback_url=callback_url, ssl=ssl)).encode() for n in range(count)]
     started = time.perf_counter()
-    requests = [
-        Request(body, {**sign(secret, f"msg_{run}_{n}", now, body), **JSON}) for n, body in enumerate(bodies)
-    ]
+    requests = [Request(body, {**sign(secret, f"msg_{run}_{n}", now, body), **JSON}) for n, body in enumerate(bodies)]
     return requests, (time.perf_counter() - started) / max(count, 1)
 
 
@@ -125,8 +123,7 @@ def bare_requests(count: int, *, run: str | None = None) -> list[Request]:
     """Bodies for bare_intake.py: a unique ``id`` plus the same order, so the sizes match."""
     run = run or run_tag()
     return [
-        Request(json.dumps({"id": f"msg_{run}_{n}", **order_event(n, run)}).encode(), dict(JSON))
-        for n in range(count)
+        Request(json.dumps({"id": f"msg_{run}_{n}", **order_event(n, run)}).encode(), dict(JSON)) for n in range(count)
     ]
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import statistics
@@ -44,17 +45,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
-import asyncpg  # noqa: E402
-from aiohttp import web  # noqa: E402
-from common import (  # noqa: E402
+import aiohttp
+import asyncpg
+from aiohttp import web
+from common import (
     FERNET_KEY,
     PYTHON,
     REPO,
     BridgeConfig,
+    backend_cpu_delta,
     baseline_cmd,
     baseline_env,
-    backend_cpu_delta,
     bench_database,
     bridge_cmd,
     cpu_of,
@@ -71,8 +72,8 @@ from common import (  # noqa: E402
     stop,
     wait_for_port,
 )
-from intake import start_profiler  # noqa: E402
-from loadgen import bridge_requests, order_event, run_load, run_tag  # noqa: E402
+from intake import start_profiler
+from loadgen import bridge_requests, order_event, run_load, run_tag
 
 # ---------------------------------------------------------------------------------------------
 # Pieces shared by the sub-benchmarks.
@@ -84,6 +85,15 @@ class CallbackCounter:
     def __init__(self) -> None:
         self.types: Counter[str] = Counter()
         self.last_succeeded_at = 0.0
+        self._arrived = asyncio.Event()
+
+    async def wait_for(self, succeeded: int, timeout: float) -> None:
+        """Until ``succeeded`` job.succeeded callbacks have arrived, or ``timeout`` passed."""
+        deadline = time.monotonic() + timeout
+        while self.types["job.succeeded"] < succeeded and time.monotonic() < deadline:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), deadline - time.monotonic())
 
     def app(self) -> web.Application:
         async def receive(request: web.Request) -> web.Response:
@@ -91,6 +101,7 @@ class CallbackCounter:
             self.types[body.get("type", "?")] += 1
             if body.get("type") == "job.succeeded":
                 self.last_succeeded_at = time.perf_counter()
+            self._arrived.set()
             return web.Response(status=204)
 
         app = web.Application()
@@ -155,9 +166,7 @@ def mutating_calls(state: dict[str, Any]) -> int:
     return sum(n for call, n in state["counters"].items() if call in MUTATING_CALLS)
 
 
-async def run_bridge_orders(
-    args: argparse.Namespace, name: str, orders: int, latency: float
-) -> dict[str, Any]:
+async def run_bridge_orders(args: argparse.Namespace, name: str, orders: int, latency: float) -> dict[str, Any]:
     """Post ``orders`` to a full bridge deployment and time them to the last succeeded job."""
     secret, callback_secret = fresh_webhook_secrets()
     run = run_tag()
@@ -191,7 +200,11 @@ async def run_bridge_orders(
                     conn = await asyncpg.connect(dsn)
                     database = dsn.rsplit("/", 1)[1]
                     cpu_before = [await cpu_of(p.pid, database) for p in (serve, *workers)]
-                    profiler = start_profiler(workers[0].pid, REPO / "bench" / "out" / f"{name}-worker.pyspy.txt") if args.profile else None
+                    profiler = (
+                        start_profiler(workers[0].pid, REPO / "bench" / "out" / f"{name}-worker.pyspy.txt")
+                        if args.profile
+                        else None
+                    )
                     try:
                         started = time.perf_counter()
                         posted = await run_load(
@@ -199,9 +212,7 @@ async def run_bridge_orders(
                         )
                         posted_at = time.perf_counter()
                         finished_at, counts = await wait_until_finished(conn, orders, timeout=args.timeout)
-                        deadline = time.monotonic() + 30
-                        while receiver.types["job.succeeded"] < counts.get("succeeded", 0) and time.monotonic() < deadline:
-                            await asyncio.sleep(0.05)
+                        await receiver.wait_for(counts.get("succeeded", 0), timeout=30)
                         calls = await conn.fetchval("select count(*) from panel_calls")
                         cpu_after = [await cpu_of(p.pid, database) for p in (serve, *workers)]
                     finally:
@@ -259,8 +270,10 @@ async def run_baseline(program: str, env: dict[str, str], pattern: str, timeout:
         await proc.wait()
         return None, f"{program}: timed out after {timeout}s"
     text = out.decode() + err.decode()
-    found = re.search(pattern, text)
-    return (float(found.group(1)) if found else None), text.strip().splitlines()[-1] if text.strip() else ""
+    lines = [line for line in text.splitlines() if re.search(pattern, line)]
+    if not lines:
+        return None, f"{program}: no figure in its output: {text.strip()[-500:]}"
+    return float(re.search(pattern, lines[-1]).group(1)), lines[-1]  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,8 +281,10 @@ async def run_baseline(program: str, env: dict[str, str], pattern: str, timeout:
 
 
 async def throughput(args: argparse.Namespace) -> None:
-    print(f"\n== throughput: {args.orders} orders; bridge: 1 serve + {args.workers} worker(s), prefetch "
-          f"{args.prefetch}, 1 panel, simulator without latency; {machine_note()}")
+    print(
+        f"\n== throughput: {args.orders} orders; bridge: 1 serve + {args.workers} worker(s), prefetch "
+        f"{args.prefetch}, 1 panel, simulator without latency; {machine_note()}"
+    )
     rounds: list[dict[str, float | None]] = []
     for number in range(args.rounds):
         figures: dict[str, float | None] = {}
@@ -300,8 +315,10 @@ async def throughput(args: argparse.Namespace) -> None:
     peer = [r["bridge"] / r["celery"] for r in rounds if r["bridge"] and r.get("celery")]
     if peer:
         ratio = statistics.median(peer)
-        print(f"  ratio bridge/celery_pipeline {ratio:.2f}  (the bridge should beat its peer: "
-              f"{'yes' if ratio > 1 else 'NO'})")
+        print(
+            f"  ratio bridge/celery_pipeline {ratio:.2f}  (the bridge should beat its peer: "
+            f"{'yes' if ratio > 1 else 'NO'})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,8 +327,10 @@ async def throughput(args: argparse.Namespace) -> None:
 
 async def latency(args: argparse.Namespace) -> None:
     orders = args.latency_orders
-    print(f"\n== latency: {orders} orders, {args.latency_s * 1000:.0f} ms on every mutating panel call; "
-          f"bridge: 1 serve + {args.workers} worker(s), prefetch {args.prefetch}; {machine_note()}")
+    print(
+        f"\n== latency: {orders} orders, {args.latency_s * 1000:.0f} ms on every mutating panel call; "
+        f"bridge: 1 serve + {args.workers} worker(s), prefetch {args.prefetch}; {machine_note()}"
+    )
     result = await run_bridge_orders(args, "pipeline_latency", orders, args.latency_s)
     for line in describe_bridge(result):
         print(line)
@@ -374,38 +393,66 @@ async def insert_jobs(database_url: str, run: str, count: int, batch: int = 2000
             now = utcnow()
             async with engine.begin() as conn:
                 event_ids = (
-                    await conn.execute(
-                        insert(t.events).returning(t.events.c.id, sort_by_parameter_order=True),
-                        [
-                            {"webhook_id": f"msg_{run}_{n}", "type": "service.create",
-                             "payload": personal(payload, n), "received_at": now}
-                            for n in numbers
-                        ],
+                    (
+                        await conn.execute(
+                            insert(t.events).returning(t.events.c.id, sort_by_parameter_order=True),
+                            [
+                                {
+                                    "webhook_id": f"msg_{run}_{n}",
+                                    "type": "service.create",
+                                    "payload": personal(payload, n),
+                                    "received_at": now,
+                                }
+                                for n in numbers
+                            ],
+                        )
                     )
-                ).scalars().all()
+                    .scalars()
+                    .all()
+                )
                 public_ids = [str(uuid.uuid4()) for _ in numbers]
                 job_ids = (
-                    await conn.execute(
-                        insert(t.jobs).returning(t.jobs.c.id, sort_by_parameter_order=True),
-                        [
-                            {
-                                "public_id": public_id, "event_id": event_id, "webhook_id": f"msg_{run}_{n}",
-                                "type": "service.create", "service_id": f"svc-{run}-{n}", "panel": "default",
-                                "domain": f"site{n}.r{run}.example.com", "account_username": f"u{run}{n}",
-                                "account_password": password, "callback_url": None, "status": JobStatus.ACCEPTED,
-                                "next_run_at": now, "enqueued_at": now, "cancel_requested": False,
-                                "created_at": now, "updated_at": now,
-                            }
-                            for n, public_id, event_id in zip(numbers, public_ids, event_ids, strict=True)
-                        ],
+                    (
+                        await conn.execute(
+                            insert(t.jobs).returning(t.jobs.c.id, sort_by_parameter_order=True),
+                            [
+                                {
+                                    "public_id": public_id,
+                                    "event_id": event_id,
+                                    "webhook_id": f"msg_{run}_{n}",
+                                    "type": "service.create",
+                                    "service_id": f"svc-{run}-{n}",
+                                    "panel": "default",
+                                    "domain": f"site{n}.r{run}.example.com",
+                                    "account_username": f"u{run}{n}",
+                                    "account_password": password,
+                                    "callback_url": None,
+                                    "status": JobStatus.ACCEPTED,
+                                    "next_run_at": now,
+                                    "enqueued_at": now,
+                                    "cancel_requested": False,
+                                    "created_at": now,
+                                    "updated_at": now,
+                                }
+                                for n, public_id, event_id in zip(numbers, public_ids, event_ids, strict=True)
+                            ],
+                        )
                     )
-                ).scalars().all()
+                    .scalars()
+                    .all()
+                )
                 await conn.execute(
                     insert(t.steps),
                     [
                         {
-                            "job_id": job_id, "position": position, "kind": kind, "params": personal(params, n),
-                            "status": StepStatus.PENDING, "attempts": 0, "in_flight": False, "updated_at": now,
+                            "job_id": job_id,
+                            "position": position,
+                            "kind": kind,
+                            "params": personal(params, n),
+                            "status": StepStatus.PENDING,
+                            "attempts": 0,
+                            "in_flight": False,
+                            "updated_at": now,
                         }
                         for n, job_id in zip(numbers, job_ids, strict=True)
                         for position, (kind, params) in enumerate(steps)
@@ -422,12 +469,13 @@ async def insert_jobs(database_url: str, run: str, count: int, batch: int = 2000
 
 async def publish_outbox(database_url: str, prefix: str) -> tuple[int, float]:
     """Publish every unsent outbox row with the bridge's own relay; (count, seconds)."""
+    from common import AMQP_URL
+
     from bridge.bootstrap import make_queue
     from bridge.metrics import Metrics
     from bridge.relay import OutboxRelay
     from bridge.settings import Settings
     from bridge.store.database import create_engine
-    from common import AMQP_URL
 
     settings = Settings(database_url=database_url, amqp_url=AMQP_URL, amqp_prefix=prefix)
     queue = make_queue(settings)
@@ -445,8 +493,10 @@ async def publish_outbox(database_url: str, prefix: str) -> tuple[int, float]:
 
 async def memory(args: argparse.Namespace) -> None:
     count = args.memory_jobs
-    print(f"\n== memory: {count} queued jobs, one bridge worker, prefetch {args.prefetch}; sampling RSS every "
-          f"second for at most {args.minutes} min or {args.jobs} finished jobs; {machine_note()}")
+    print(
+        f"\n== memory: {count} queued jobs, one bridge worker, prefetch {args.prefetch}; sampling RSS every "
+        f"second for at most {args.minutes} min or {args.jobs} finished jobs; {machine_note()}"
+    )
     run = run_tag()
     prefix = new_prefix("memory")
     sim_port = free_port()
@@ -466,8 +516,10 @@ async def memory(args: argparse.Namespace) -> None:
         try:
             with running(sim):
                 seconds = await insert_jobs(url, run, count)
-                print(f"  inserted {count} jobs directly through the store's tables in batches of 2000: "
-                      f"{seconds:.1f} s ({count / seconds:.0f} jobs/s)")
+                print(
+                    f"  inserted {count} jobs directly through the store's tables in batches of 2000: "
+                    f"{seconds:.1f} s ({count / seconds:.0f} jobs/s)"
+                )
                 published, seconds = await publish_outbox(url, prefix)
                 print(f"  outbox relay published {published} wake-ups: {seconds:.1f} s ({published / seconds:.0f}/s)")
                 ready, _ = await queue_depth(prefix)
@@ -483,7 +535,9 @@ async def memory(args: argparse.Namespace) -> None:
     report_memory(samples)
 
 
-async def sample_worker(worker: subprocess.Popen[bytes], dsn: str, args: argparse.Namespace) -> list[tuple[float, int, int]]:
+async def sample_worker(
+    worker: subprocess.Popen[bytes], dsn: str, args: argparse.Namespace
+) -> list[tuple[float, int, int]]:
     """(seconds since start, RSS KiB, finished jobs) every second until the time or job budget is spent."""
     samples: list[tuple[float, int, int]] = []
     conn = await asyncpg.connect(dsn)
@@ -509,14 +563,19 @@ def report_memory(samples: list[tuple[float, int, int]]) -> None:
     settled = [s for s in samples if s[0] >= 10] or samples
     first, last = settled[0], samples[-1]
     peak = max(samples, key=lambda s: s[1])
-    minute = [s[1] for s in samples if s[0] >= samples[-1][0] - 60]
+    minute = [s[1] for s in settled if s[0] >= samples[-1][0] - 60]
     print(f"  samples: {len(samples)} over {last[0]:.0f} s; jobs finished {last[2]} ({last[2] / last[0]:.0f}/s)")
-    print(f"  RSS at 10 s {first[1] / 1024:.1f} MiB ({first[2]} jobs done), peak {peak[1] / 1024:.1f} MiB "
-          f"at {peak[0]:.0f} s, end {last[1] / 1024:.1f} MiB")
+    print(
+        f"  RSS at 10 s {first[1] / 1024:.1f} MiB ({first[2]} jobs done), peak {peak[1] / 1024:.1f} MiB "
+        f"at {peak[0]:.0f} s, end {last[1] / 1024:.1f} MiB"
+    )
     growth = (last[1] - first[1]) / 1024
     per_k = growth / max(1, (last[2] - first[2]) / 1000)
-    print(f"  growth from 10 s to the end: {growth:+.1f} MiB over {last[2] - first[2]} jobs ({per_k:+.2f} MiB per 1000 jobs); "
-          f"last minute min/max {min(minute) / 1024:.1f}/{max(minute) / 1024:.1f} MiB")
+    print(
+        f"  growth from 10 s to the end: {growth:+.1f} MiB over {last[2] - first[2]} jobs "
+        f"({per_k:+.2f} MiB per 1000 jobs); "
+        f"last minute min/max {min(minute) / 1024:.1f}/{max(minute) / 1024:.1f} MiB"
+    )
     flat = growth < 10 and peak[1] - first[1] < 15 * 1024
     print(f"  flat: {'yes' if flat else 'NO'} (flat = under 10 MiB growth and under 15 MiB above the settled start)")
     step = max(1, len(samples) // 12)
@@ -539,7 +598,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-orders", type=int, default=100)
     parser.add_argument("--latency-s", type=float, default=0.2)
     parser.add_argument("--memory-jobs", type=int, default=100_000)
-    parser.add_argument("--minutes", type=float, default=3.0, help="memory: stop sampling after this long")
+    parser.add_argument("--minutes", type=float, default=4.0, help="memory: stop sampling after this long")
     parser.add_argument("--jobs", type=int, default=30_000, help="memory: stop sampling after this many jobs")
     return parser.parse_args()
 

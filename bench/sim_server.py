@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge.panel.simulator import PanelSimulator, run_simulator  # noqa: E402
+from bridge.panel.simulator import PanelSimulator, run_simulator
 
 
 def account_password(n: int, shared: str | None) -> str:

@@ -28,7 +28,9 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No ping on every checkout (a round trip each time, on the hot path): a connection
+        # that died is detected on use, and SQLAlchemy then discards the whole pool.
+        pool_recycle=900,
         pool_timeout=5,
         connect_args={"timeout": 5, "command_timeout": 60},
     )

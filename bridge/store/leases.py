@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import exists, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES
@@ -80,15 +80,46 @@ async def _why_not(conn: AsyncConnection, public_id: str, now: datetime) -> Leas
     return Lease(LeaseOutcome.BLOCKED, row.id)
 
 
-async def renew(engine: AsyncEngine, job_pk: int, owner: str, seconds: float) -> bool:
-    """Extend the lease if this worker still holds it (the fence before every mutating call)."""
-    now = utcnow()
-    async with engine.begin() as conn:
-        result = await conn.execute(
-            update(t.jobs)
-            # Owner unchanged means nobody else leased it, even if the lease ran out meanwhile.
-            .where(t.jobs.c.id == job_pk, t.jobs.c.lease_owner == owner)
-            .values(lease_until=now + timedelta(seconds=seconds))
-        )
-    return result.rowcount == 1
+@dataclass(frozen=True)
+class Clearance:
+    """Whether a call may go to the panel now: this worker still holds the job, and the panel's breaker is closed."""
 
+    leased: bool
+    breaker_open_until: datetime | None
+
+
+async def clear_to_send(
+    bind: AsyncConnection | AsyncEngine,
+    *,
+    panel: str,
+    job_pk: int | None = None,
+    owner: str = "",
+    lease_s: float = 0.0,
+) -> Clearance:
+    """Renew the lease of ``job_pk`` (when given) for ``lease_s`` and read the panel's breaker.
+
+    Called inside the panel's gate right before a call, so it must be quick: on the gate's
+    own PostgreSQL connection it is one statement (one round trip); with an engine
+    (the embedded mode) it is one short transaction.
+    """
+    now = utcnow()
+    breaker = select(t.panel_breakers.c.open_until).where(t.panel_breakers.c.panel == panel).scalar_subquery()
+    renew = (
+        update(t.jobs)
+        # Owner unchanged means nobody else leased it, even if the lease ran out meanwhile.
+        .where(t.jobs.c.id == job_pk, t.jobs.c.lease_owner == owner)
+        .values(lease_until=now + timedelta(seconds=lease_s))
+    )
+    if isinstance(bind, AsyncConnection):
+        if job_pk is None:
+            row = (await bind.execute(select(breaker.label("open_until"), literal(1).label("leased")))).one()
+        else:
+            renewed = renew.returning(t.jobs.c.id).cte("renewed")
+            owned = select(func.count()).select_from(renewed).scalar_subquery()
+            row = (await bind.execute(select(breaker.label("open_until"), owned.label("leased")))).one()
+    else:
+        async with bind.begin() as conn:
+            leased = 1 if job_pk is None else (await conn.execute(renew)).rowcount
+            row = (await conn.execute(select(breaker.label("open_until"), literal(leased).label("leased")))).one()
+    until = row.open_until
+    return Clearance(leased=bool(row.leased), breaker_open_until=until if until is not None and until > now else None)

@@ -40,15 +40,6 @@ class PanelBreaker:
         self._window = window
         self._cooldown = cooldown
 
-    async def open_until(self, panel: str, now: datetime | None = None) -> datetime | None:
-        """When the breaker for ``panel`` closes again, or None if it is closed."""
-        now = now or utcnow()
-        async with self._engine.connect() as conn:
-            until = (
-                await conn.execute(select(t.panel_breakers.c.open_until).where(t.panel_breakers.c.panel == panel))
-            ).scalar_one_or_none()
-        return until if until is not None and until > now else None
-
     async def record(self, panel: str, reason: FailureReason, now: datetime | None = None) -> None:
         if reason not in TRIPPING_REASONS:
             return

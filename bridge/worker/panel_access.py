@@ -8,10 +8,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from bridge.domain.outcomes import PermanentFailure
 from bridge.metrics import Metrics
 from bridge.panel.client import CallResult, PanelCallRecord, PanelClient
 from bridge.panel.config import PanelCredentials
+from bridge.store.leases import Clearance, clear_to_send
 from bridge.worker.breaker import PanelBreaker
 from bridge.worker.panel_gate import PanelGate
 
@@ -33,8 +36,10 @@ class PanelAccess:
     gate: PanelGate
     breaker: PanelBreaker
     metrics: Metrics
-    # Renews the job's lease to cover a call of the given timeout; False when the lease was lost.
-    fence: Callable[[float], Awaitable[bool]]
+    engine: AsyncEngine
+    job_pk: int
+    owner: str
+    lease_s: float
     calls: list[PanelCallRecord] = field(default_factory=list)
     # Whether these credentials have been accepted by the panel during this attempt.
     proven: bool = False
@@ -53,24 +58,32 @@ class PanelAccess:
         however many jobs with bad credentials arrive at once, they cannot outrun the breaker."""
         if self.proven:
             return await self._record(call)
-        async with self.gate.mutation(self.panel):
-            await self._check_breaker()
+        async with self.gate.mutation(self.panel) as locked:
+            self._check(await clear_to_send(locked or self.engine, panel=self.panel))
             return await self._record(call)
 
     async def mutate(
         self, name: str, call: Callable[[PanelClient, PanelCredentials], Awaitable[CallResult]]
     ) -> CallResult:
-        """One mutating call: breaker closed, this panel's gate held, lease renewed just before sending."""
-        async with self.gate.mutation(self.panel):
-            await self._check_breaker()
-            if not await self.fence(self.client.server.timeout_for(name)):
-                raise LeaseLost()
+        """One mutating call: this panel's gate held, breaker closed, and the lease renewed to cover
+        the call just before sending (a worker that lost the job sends nothing)."""
+        async with self.gate.mutation(self.panel) as locked:
+            clearance = await clear_to_send(
+                locked or self.engine,
+                panel=self.panel,
+                job_pk=self.job_pk,
+                owner=self.owner,
+                lease_s=self.client.server.timeout_for(name) + self.lease_s,
+            )
+            self._check(clearance)
             return await self._record(call)
 
-    async def _check_breaker(self) -> None:
-        until = await self.breaker.open_until(self.panel)
-        if until is not None:
-            raise BreakerOpen(until)
+    @staticmethod
+    def _check(clearance: Clearance) -> None:
+        if not clearance.leased:
+            raise LeaseLost()
+        if clearance.breaker_open_until is not None:
+            raise BreakerOpen(clearance.breaker_open_until)
 
     async def _record(self, call: Callable[[PanelClient, PanelCredentials], Awaitable[CallResult]]) -> CallResult:
         started = time.monotonic()

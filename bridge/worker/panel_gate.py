@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 # The advisory-lock namespace of the bridge (first key of the two-key form).
 _LOCK_NAMESPACE = 0x6272  # "br"
@@ -36,19 +36,21 @@ class PanelGate:
         self._local: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @contextlib.asynccontextmanager
-    async def mutation(self, panel: str) -> AsyncIterator[None]:
+    async def mutation(self, panel: str) -> AsyncIterator[AsyncConnection | None]:
+        """Hold the panel's gate; yields the connection holding the lock (None in the embedded mode).
+
+        The connection is in autocommit mode, so the caller's last checks before sending
+        take one round trip on it, with no transaction around them.
+        """
         async with self._local[panel]:
             if self._engine is None:
-                yield
+                yield None
                 return
-            key = panel_lock_key(panel)
+            params = {"ns": _LOCK_NAMESPACE, "key": panel_lock_key(panel)}
             async with self._engine.connect() as conn:
-                await conn.execute(text("SELECT pg_advisory_lock(:ns, :key)"), {"ns": _LOCK_NAMESPACE, "key": key})
-                await conn.commit()
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(text("SELECT pg_advisory_lock(:ns, :key)"), params)
                 try:
-                    yield
+                    yield conn
                 finally:
-                    await conn.execute(
-                        text("SELECT pg_advisory_unlock(:ns, :key)"), {"ns": _LOCK_NAMESPACE, "key": key}
-                    )
-                    await conn.commit()
+                    await conn.execute(text("SELECT pg_advisory_unlock(:ns, :key)"), params)

@@ -136,9 +136,10 @@ class JobRunner:
             gate=self._gate,
             breaker=self._breaker,
             metrics=self._metrics,
-            fence=lambda call_timeout: leases.renew(
-                self._engine, job.pk, self._owner, call_timeout + self._config.lease_s
-            ),
+            engine=self._engine,
+            job_pk=job.pk,
+            owner=self._owner,
+            lease_s=self._config.lease_s,
         )
         extra = {"job_id": job.public_id, "event_id": job.webhook_id, "step": step.kind.value}
         try:

@@ -70,6 +70,11 @@ class Runtime:
         return [panel.name for panel in self.settings.panels]
 
     def wake_relay(self) -> None:
+        """After a commit that wrote outbox rows: publish them now."""
+        self.relay.wake()
+
+    def wake_all(self) -> None:
+        """After a commit that may also have written callbacks: deliver them now too."""
         self.relay.wake()
         self.callbacks.wake()
 
@@ -94,7 +99,7 @@ class Runtime:
             metrics=self.metrics,
             owner=self.worker_id,
             config=RunnerConfig(lease_s=settings.lease_s, delay_scale=settings.retry_delay_scale),
-            wake_relay=self.wake_relay,
+            wake_relay=self.wake_all,
         )
 
     async def close_clients(self) -> None:

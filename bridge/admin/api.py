@@ -84,7 +84,7 @@ async def show_job(request: web.Request, runtime: Runtime) -> web.Response:
 async def retry_job(request: web.Request, runtime: Runtime) -> web.Response:
     body = await _body(request, "account")
     job = await admin_ops.retry_job(runtime.engine, runtime.box, request.match_info["job_id"], body.get("account"))
-    runtime.wake_relay()
+    runtime.wake_all()
     log.info("admin retried job %s", job["job_id"], extra={"job_id": job["job_id"]})
     return web.json_response(job, status=202)
 
@@ -95,7 +95,7 @@ async def cancel_job(request: web.Request, runtime: Runtime) -> web.Response:
     job = await admin_ops.cancel_job(
         runtime.engine, request.match_info["job_id"], policy=runtime.records.callback_policy
     )
-    runtime.wake_relay()
+    runtime.wake_all()
     log.info("admin cancelled job %s (%s)", job["job_id"], job["status"], extra={"job_id": job["job_id"]})
     # 200: cancelled now; 202: a worker finishes its current step first, then cancels.
     return web.json_response(job, status=200 if job["status"] == "cancelled" else 202)
@@ -117,7 +117,7 @@ async def resend_callback(request: web.Request, runtime: Runtime) -> web.Respons
     callback = await admin_ops.resend_last_callback(
         runtime.engine, request.match_info["job_id"], policy=runtime.records.callback_policy
     )
-    runtime.wake_relay()
+    runtime.wake_all()
     return web.json_response(callback, status=202)
 
 

@@ -124,7 +124,7 @@ async def _after_action(
             raise
         job = await admin_ops.get_job(runtime.engine, job_id)
         return render(request, "job.html", _job_context(viewer, job, None, str(exc)), status=exc.status)
-    runtime.wake_relay()
+    runtime.wake_all()
     raise web.HTTPSeeOther(f"/admin/jobs/{job_id}?notice={notice}")
 
 

@@ -149,7 +149,8 @@ class JobRunner:
             await self._records.abandon_attempt(attempt_id, "lease lost before sending; nothing was sent")
             return False
         except BreakerOpen as exc:
-            outcome = StepOutcome("retry", f"Not sent: the panel's {exc}.", "breaker_open", in_flight=step.in_flight)
+            # Nothing was sent: the step is exactly as unsure as it was before this attempt.
+            outcome = StepOutcome("retry", f"Not sent: the panel's {exc}.", "breaker_open", in_flight=unsure)
             await self._record(job, step, attempt_id, outcome, access, not_before=exc.until)
             return True
         await self._record(job, step, attempt_id, outcome, access)

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from bridge.domain import validation
 
 EventType = Literal["service.create", "domain.add", "ssl.issue", "database.create", "cronjob.add"]
-EVENT_TYPES: tuple[str, ...] = ("service.create", "domain.add", "ssl.issue", "database.create", "cronjob.add")
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 

@@ -42,6 +42,10 @@ class StepStatus(StrEnum):
         return self in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING_RETRY)
 
 
+# What an admin's retry reopens: steps that did not take effect (never one that succeeded).
+REOPENED_BY_RETRY: frozenset[StepStatus] = frozenset({StepStatus.FAILED, StepStatus.CANCELLED})
+
+
 class StepKind(StrEnum):
     CHECK_ACCOUNT = "check_account"
     ADD_DOMAIN = "add_domain"
@@ -93,9 +97,7 @@ def plan(event: OrderEvent) -> list[PlannedStep]:
     if wants_ssl:
         steps.append(PlannedStep(StepKind.ISSUE_SSL, {"domain": data.domain}))
     for db in databases:
-        steps.append(
-            PlannedStep(StepKind.CREATE_DATABASE, {"name": db.name, "user": db.user, "password": db.password})
-        )
+        steps.append(PlannedStep(StepKind.CREATE_DATABASE, {"name": db.name, "user": db.user, "password": db.password}))
     for cron in cron_jobs:
         steps.append(PlannedStep(StepKind.ADD_CRON_JOB, cron.model_dump()))
     return steps

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from bridge.domain.jobs import DEFERRABLE_KINDS, JobStatus, StepKind, StepStatus
+from bridge.domain.jobs import DEFERRABLE_KINDS, REOPENED_BY_RETRY, JobStatus, StepKind, StepStatus
 
 
 @dataclass(frozen=True)
@@ -76,4 +76,4 @@ def next_action(
 
 def resumable(steps: Sequence[StepState]) -> list[int]:
     """Positions an admin retry reopens: failed and cancelled steps (never one that took effect)."""
-    return [s.position for s in steps if s.status in (StepStatus.FAILED, StepStatus.CANCELLED)]
+    return [s.position for s in steps if s.status in REOPENED_BY_RETRY]

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bridge.domain.jobs import JobStatus, StepStatus
+from bridge.domain.jobs import REOPENED_BY_RETRY, JobStatus, StepStatus
 from bridge.store import tables as t
 from bridge.store.admin_errors import AdminError, Conflict, InvalidInput, NotFound
 from bridge.store.admin_queries import job_pk_of, list_jobs
@@ -44,7 +44,6 @@ __all__ = [
 CANCELLED_BY_ADMIN = "cancelled by an admin"
 COMPENSATION_STATUSES = ("done", "not_needed")
 _OPEN_STEPS = (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING_RETRY)
-_REOPENED_STEPS = (StepStatus.FAILED, StepStatus.CANCELLED)
 
 
 async def get_job(engine: AsyncEngine, job_public_id: str) -> dict[str, Any]:
@@ -114,7 +113,7 @@ async def retry_job(
             raise Conflict(f"job {busy} of service {job.service_id} is running; retry this one after it has finished")
         await conn.execute(
             update(t.steps)
-            .where(t.steps.c.job_id == job.id, t.steps.c.status.in_(_REOPENED_STEPS))
+            .where(t.steps.c.job_id == job.id, t.steps.c.status.in_(REOPENED_BY_RETRY))
             .values(
                 status=StepStatus.PENDING,
                 attempts=0,

@@ -4,7 +4,6 @@ callbacks, outbox wake-ups), so a crash between two of them loses nothing."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -323,7 +322,3 @@ async def wake_next_of_service(conn: AsyncConnection, service_id: str, job_pk: i
     ).scalar_one_or_none()
     if following is not None:
         await _wake(conn, following, 0.0)
-
-
-def new_public_id() -> str:
-    return str(uuid.uuid4())

@@ -180,7 +180,7 @@ async def cancel_job(engine: AsyncEngine, job_public_id: str, *, policy: Callbac
                     updated_at=now,
                 )
             )
-            await enqueue_callback(conn, job.id, "job.cancelled", policy)
+            await enqueue_callback(conn, job.id, job.callback_url, "job.cancelled", policy)
             await wake_next_of_service(conn, job.service_id, job.id)
         return await job_document(conn, job.id, detail=True)
 

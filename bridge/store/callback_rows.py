@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bridge.callbacks.origins import origin_allowed
@@ -29,8 +29,10 @@ def refusal_reason(url: str, policy: CallbackPolicy) -> str | None:
     return None
 
 
-async def enqueue_callback(conn: AsyncConnection, job_pk: int, event_type: str, policy: CallbackPolicy) -> None:
-    url = (await conn.execute(select(t.jobs.c.callback_url).where(t.jobs.c.id == job_pk))).scalar_one()
+async def enqueue_callback(
+    conn: AsyncConnection, job_pk: int, url: str | None, event_type: str, policy: CallbackPolicy
+) -> None:
+    """Write the ``event_type`` callback of the job (whose callback URL is ``url``), if it has a URL."""
     if not url:
         return
     now = utcnow()

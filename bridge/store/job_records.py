@@ -49,6 +49,7 @@ class JobRecord:
     account_password: str
     status: JobStatus
     cancel_requested: bool
+    callback_url: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
 
     def step_at(self, position: int) -> StepRecord:
@@ -83,6 +84,7 @@ class JobRecords:
             account_password=self._box.decrypt(job.account_password),
             status=JobStatus(job.status),
             cancel_requested=job.cancel_requested,
+            callback_url=job.callback_url,
             steps=[
                 StepRecord(
                     id=s.id,
@@ -109,7 +111,7 @@ class JobRecords:
                     update(t.jobs).where(t.jobs.c.id == job.pk).values(status=JobStatus.RUNNING, updated_at=now)
                 )
                 job.status = JobStatus.RUNNING
-                await enqueue_callback(conn, job.pk, "job.started", self._callbacks)
+                await enqueue_callback(conn, job.pk, job.callback_url, "job.started", self._callbacks)
             await conn.execute(
                 update(t.jobs).where(t.jobs.c.id == job.pk).values(lease_until=now + timedelta(seconds=lease_s))
             )
@@ -152,8 +154,6 @@ class JobRecords:
         compensation: str | None,
         next_attempt_at: datetime | None,
         calls: list[PanelCallRecord],
-        job_update: dict[str, Any] | None = None,
-        callback: str | None = None,
     ) -> None:
         now = utcnow()
         async with self._engine.begin() as conn:
@@ -205,10 +205,6 @@ class JobRecords:
                         created_at=now,
                     )
                 )
-            if job_update:
-                await conn.execute(update(t.jobs).where(t.jobs.c.id == job.pk).values(updated_at=now, **job_update))
-            if callback:
-                await enqueue_callback(conn, job.pk, callback, self._callbacks)
             # An admin may have asked to cancel while this step ran: the runner honours it before the next step.
             requested = (
                 await conn.execute(select(t.jobs.c.cancel_requested).where(t.jobs.c.id == job.pk))
@@ -251,7 +247,7 @@ class JobRecords:
             else:
                 callback = f"job.{action.status.value}"
                 await _wake_next_of_service(conn, job)
-            await enqueue_callback(conn, job.pk, callback, self._callbacks)
+            await enqueue_callback(conn, job.pk, job.callback_url, callback, self._callbacks)
         job.status = action.status
 
     async def wait(self, job: JobRecord, until: datetime) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.domain.validation import is_small_whole_number
 from bridge.store.admin_errors import InvalidInput
 from bridge.store.admin_queries import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -64,7 +65,7 @@ def _limit(query: Mapping[str, str]) -> int:
     value = query.get("limit", "").strip()
     if not value:
         return DEFAULT_LIMIT
-    if not value.isdigit() or int(value) < 1:
+    if not is_small_whole_number(value, 6) or int(value) < 1:
         raise InvalidInput(f"limit: must be a whole number from 1 to {MAX_LIMIT}", field="limit")
     return min(int(value), MAX_LIMIT)
 
@@ -104,7 +105,7 @@ def json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
         return {}
     try:
         decoded = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BadJson(f"body: not valid JSON ({exc})") from None
     if not isinstance(decoded, dict):
         raise InvalidInput("body: must be a JSON object", field="body")

@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bridge.domain.validation import is_small_whole_number
+
 SESSION_COOKIE = "bridge_admin_session"
 LOGIN_COOKIE = "bridge_admin_login"  # double-submit token of the sign-in form
 SESSION_LIFETIME_S = 8 * 3600
@@ -68,7 +70,7 @@ class SessionSigner:
         if not cookie:
             return None
         parts = cookie.split(".")
-        if len(parts) != 4 or parts[0] != _VERSION or not parts[1].isdigit():
+        if len(parts) != 4 or parts[0] != _VERSION or not is_small_whole_number(parts[1], 12):
             return None
         payload, signature = ".".join(parts[:3]), parts[3]
         expires, nonce = int(parts[1]), parts[2]

@@ -321,3 +321,12 @@ def cron_command(value: str, field: str = "command") -> str:
     if len(text) > _MAX_COMMAND:
         raise InvalidField(field, f"is {len(text)} characters long; at most {_MAX_COMMAND} are allowed")
     return text
+
+
+def is_small_whole_number(value: str, max_digits: int) -> bool:
+    """ASCII digits only, at most ``max_digits`` of them.
+
+    ``str.isdigit`` also accepts characters such as "²" that ``int()`` refuses, and
+    ``int()`` refuses strings of thousands of digits: both would surface as a 500.
+    """
+    return 0 < len(value) <= max_digits and value.isascii() and value.isdigit()

@@ -57,7 +57,7 @@ def parse_json(body: str) -> Any:
     """The decoded JSON body, or a sentinel (never None: ``null`` is valid JSON)."""
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested input exhausts the parser's recursion
         return _NOT_JSON
 
 

@@ -83,14 +83,12 @@ async def receive_order(request: web.Request) -> web.Response:
         return error(401, str(exc))
     try:
         decoded = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nesting deep enough exhausts the parser
         metrics.webhooks.labels("bad_json").inc()
         return error(400, f"body: not valid JSON ({exc.__class__.__name__}: {exc})")
     if not isinstance(decoded, dict):
         metrics.webhooks.labels("invalid").inc()
-        return error(
-            422, "body: must be a JSON object", fields=[{"loc": "body", "msg": "must be a JSON object"}]
-        )
+        return error(422, "body: must be a JSON object", fields=[{"loc": "body", "msg": "must be a JSON object"}])
     try:
         event = parse_event(decoded)
     except ValidationError as exc:
@@ -114,9 +112,7 @@ async def receive_order(request: web.Request) -> web.Response:
         return error(503, "the database is unavailable; the event was NOT stored, send it again later")
     if stored.duplicate:
         metrics.webhooks.labels("duplicate").inc()
-        return web.json_response(
-            {"job_id": stored.job_id, "status": "accepted", "duplicate": True}, status=200
-        )
+        return web.json_response({"job_id": stored.job_id, "status": "accepted", "duplicate": True}, status=200)
     metrics.webhooks.labels("accepted").inc()
     runtime.wake_relay()
     log.info("order accepted", extra={"job_id": stored.job_id, "event_id": webhook_id})

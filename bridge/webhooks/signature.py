@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
+from bridge.domain.validation import is_small_whole_number
+
 TOLERANCE_S = 5 * 60
 SECRET_PREFIX = "whsec_"
 
@@ -60,7 +62,7 @@ class SignatureVerifier:
             raise InvalidSignature(f"missing header(s): {', '.join(missing)}")
         if len(msg_id) > 255:
             raise InvalidSignature("webhook-id: longer than 255 characters")
-        if not stamp.isdigit():
+        if not is_small_whole_number(stamp, 12):
             raise InvalidSignature("webhook-timestamp: must be whole Unix seconds")
         timestamp = int(stamp)
         now = time.time() if now is None else now

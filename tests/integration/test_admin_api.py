@@ -226,6 +226,8 @@ async def test_list_pages_and_filters(sqlite_url: str) -> None:
         ({"status": "done"}, "status"),
         ({"limit": "0"}, "limit"),
         ({"limit": "ten"}, "limit"),
+        ({"limit": "²"}, "limit"),
+        ({"limit": "9" * 5000}, "limit"),
         ({"from": "yesterday"}, "from"),
         ({"to": "2025-13-01"}, "to"),
         ({"cursor": "not-a-cursor"}, "cursor"),

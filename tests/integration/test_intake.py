@@ -122,6 +122,9 @@ SIGNATURE_CASES = {
     "signature without version": _header("webhook-signature", "abcdef"),
     "bad base64": _header("webhook-signature", "v1,!!!not-base64!!!"),
     "unknown version only": _header("webhook-signature", "v2,AAAA"),
+    "timestamp of thousands of digits": _header("webhook-timestamp", "9" * 5000),
+    "timestamp with a superscript digit": _header("webhook-timestamp", "²"),
+    "bad signature on a body that is not even JSON": lambda b, h: (b"{not json", h),
 }
 
 
@@ -282,6 +285,7 @@ GARBAGE: dict[str, Any] = {
     "unicode domain": service_create(domain="exämple.com"),
     "huge number": {**service_create(), "data": {**service_create()["data"], "service_id": 10**400}},
     "deep nesting": {"type": "service.create", "data": {"account": [[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]}},
+    "nesting deeper than the parser's recursion": None,
     "list body": [1, 2, 3],
     "string body": "hello",
     "null body": None,
@@ -291,7 +295,11 @@ GARBAGE: dict[str, Any] = {
 
 @pytest.mark.parametrize("case", sorted(GARBAGE))
 async def test_whatever_a_client_sends_is_a_4xx_never_a_5xx(case: str, client: TestClient, runtime: Runtime) -> None:
-    body = json.dumps(GARBAGE[case]).encode() if case != "huge number" else b'{"type": 1, "data": {"x": 1e999999}}'
+    special = {
+        "huge number": b'{"type": 1, "data": {"x": 1e999999}}',
+        "nesting deeper than the parser's recursion": b"[" * 30000 + b"]" * 30000,
+    }
+    body = special.get(case) or json.dumps(GARBAGE[case]).encode()
     status, answer = await post(client, *signed(WEBHOOK_SECRET, body))
     assert 400 <= status < 500, (status, answer)
     assert answer["error"]

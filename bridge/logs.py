@@ -41,9 +41,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         context = " ".join(
-            f"{name}={getattr(record, name)}"
-            for name in CONTEXT_FIELDS
-            if getattr(record, name, None) is not None
+            f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS if getattr(record, name, None) is not None
         )
         return f"{text} [{context}]" if context else text
 

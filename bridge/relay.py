@@ -103,6 +103,8 @@ class OutboxRelay:
             log.warning("outbox relay: broker did not take the wake-ups, will retry: %s", exc)
         except DATABASE_UNAVAILABLE as exc:
             log.warning("outbox relay: database unavailable, will retry: %s", exc.__class__.__name__)
+        except Exception:  # the relay must outlive any one bad batch
+            log.exception("outbox relay: unexpected error, will retry")
 
     def stop(self) -> None:
         self._stopping = True

@@ -59,9 +59,7 @@ class Settings(BaseSettings):
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
-    @field_validator(
-        "webhook_secrets", "callback_allowed_origins", "admin_tokens", "secret_key", mode="before"
-    )
+    @field_validator("webhook_secrets", "callback_allowed_origins", "admin_tokens", "secret_key", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_commas(value)

@@ -156,6 +156,8 @@ class CallbackSender:
                     pass
             except DATABASE_UNAVAILABLE as exc:
                 log.warning("callbacks: database unavailable (%s); will retry", exc.__class__.__name__)
+            except Exception:  # the sender must outlive any one bad batch
+                log.exception("callbacks: unexpected error; will retry")
             await wait_for_event(self._wakeup, self._poll_s)
             self._wakeup.clear()
         if self._session is not None:

@@ -42,6 +42,11 @@ class StepStatus(StrEnum):
         return self in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING_RETRY)
 
 
+# Steps that have not reached an end: a cancelled job cancels them.
+OPEN_STEP_STATUSES: frozenset[StepStatus] = frozenset(s for s in StepStatus if s.open)
+
+CANCELLED_BY_ADMIN = "cancelled by an admin"
+
 # What an admin's retry reopens: steps that did not take effect (never one that succeeded).
 REOPENED_BY_RETRY: frozenset[StepStatus] = frozenset({StepStatus.FAILED, StepStatus.CANCELLED})
 

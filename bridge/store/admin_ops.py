@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bridge.domain.jobs import REOPENED_BY_RETRY, JobStatus, StepStatus
+from bridge.domain.jobs import CANCELLED_BY_ADMIN, OPEN_STEP_STATUSES, REOPENED_BY_RETRY, JobStatus, StepStatus
 from bridge.store import tables as t
 from bridge.store.admin_errors import AdminError, Conflict, InvalidInput, NotFound
 from bridge.store.admin_queries import job_pk_of, list_jobs
@@ -41,9 +41,7 @@ __all__ = [
     "retry_job",
 ]
 
-CANCELLED_BY_ADMIN = "cancelled by an admin"
 COMPENSATION_STATUSES = ("done", "not_needed")
-_OPEN_STEPS = (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING_RETRY)
 
 
 async def get_job(engine: AsyncEngine, job_public_id: str) -> dict[str, Any]:
@@ -163,7 +161,7 @@ async def cancel_job(engine: AsyncEngine, job_public_id: str, *, policy: Callbac
         else:
             await conn.execute(
                 update(t.steps)
-                .where(t.steps.c.job_id == job.id, t.steps.c.status.in_(_OPEN_STEPS))
+                .where(t.steps.c.job_id == job.id, t.steps.c.status.in_(OPEN_STEP_STATUSES))
                 .values(status=StepStatus.CANCELLED, next_attempt_at=None, updated_at=now)
             )
             await conn.execute(

@@ -25,8 +25,7 @@ def check_fernet_key(key: str) -> None:
         Fernet(key.encode())
     except (ValueError, TypeError):
         raise ValueError(
-            "each key must be a Fernet key (32 url-safe base64-encoded bytes); "
-            "make one with `bridge secrets new`"
+            "each key must be a Fernet key (32 url-safe base64-encoded bytes); make one with `bridge secrets new`"
         ) from None
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bridge.domain.jobs import JobStatus, StepKind, StepStatus
+from bridge.domain.jobs import OPEN_STEP_STATUSES, JobStatus, StepKind, StepStatus
 from bridge.domain.saga import Finish, StepState
 from bridge.panel.client import PanelCallRecord
 from bridge.store import tables as t
@@ -237,7 +237,7 @@ class JobRecords:
             if action.status is JobStatus.CANCELLED:
                 await conn.execute(
                     update(t.steps)
-                    .where(t.steps.c.job_id == job.pk, t.steps.c.status.in_(["pending", "waiting_retry"]))
+                    .where(t.steps.c.job_id == job.pk, t.steps.c.status.in_(OPEN_STEP_STATUSES))
                     .values(status=StepStatus.CANCELLED, updated_at=now)
                 )
             if action.wake_at is not None:
@@ -261,13 +261,13 @@ class JobRecords:
             )
             await _wake(conn, job.public_id, max(0.0, (until - now).total_seconds()))
 
-    async def release(self, job: JobRecord, *, retry_in_s: float = 0.0) -> None:
+    async def release(self, job_pk: int, job_public_id: str, *, retry_in_s: float = 0.0) -> None:
         """Give the job back (shutdown, unexpected error); it runs again after ``retry_in_s``."""
         now = utcnow()
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(t.jobs)
-                .where(t.jobs.c.id == job.pk)
+                .where(t.jobs.c.id == job_pk)
                 .values(
                     next_run_at=now + timedelta(seconds=retry_in_s),
                     lease_owner=None,
@@ -276,7 +276,7 @@ class JobRecords:
                     updated_at=now,
                 )
             )
-            await _wake(conn, job.public_id, retry_in_s)
+            await _wake(conn, job_public_id, retry_in_s)
 
     async def attempt_times(self, step_id: int, since: datetime) -> list[datetime]:
         async with self._engine.connect() as conn:

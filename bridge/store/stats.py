@@ -27,9 +27,7 @@ async def refresh_gauges(engine: AsyncEngine, metrics: Metrics) -> None:
             callbacks_pending = (
                 await conn.execute(select(func.count()).where(t.callbacks.c.status == "pending"))
             ).scalar_one()
-            breakers = (
-                await conn.execute(select(t.panel_breakers.c.panel, t.panel_breakers.c.open_until))
-            ).all()
+            breakers = (await conn.execute(select(t.panel_breakers.c.panel, t.panel_breakers.c.open_until))).all()
     except DATABASE_UNAVAILABLE:
         return
     for status in JobStatus:

@@ -41,9 +41,7 @@ def _passthrough(exc: web.HTTPException) -> dict[str, str]:
     return {"Allow": allow} if allow else {}
 
 
-def create_app(
-    runtime: Runtime, *, extra_routes: Callable[[web.Application], None] | None = None
-) -> web.Application:
+def create_app(runtime: Runtime, *, extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES + 1)
     app[RUNTIME] = runtime
     app.router.add_post("/webhooks/orders", receive_order)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.broker.base import JobQueue
-from bridge.domain.jobs import DEFERRABLE_KINDS, JobStatus, StepKind, StepStatus
+from bridge.domain.jobs import CANCELLED_BY_ADMIN, DEFERRABLE_KINDS, JobStatus, StepKind, StepStatus
 from bridge.domain.retry import DEFAULT_POLICIES, RetryPolicy
 from bridge.domain.saga import Finish, RunStep, WaitUntil, next_action
 from bridge.metrics import Metrics
@@ -80,12 +80,14 @@ class JobRunner:
         if lease.outcome is not leases.LeaseOutcome.LEASED:
             return
         assert lease.job_pk is not None
-        job = await self._records.load(lease.job_pk)
         try:
-            await self._advance(job)
+            await self._advance(await self._records.load(lease.job_pk))
         except Exception:
-            log.exception("unexpected error running job %s; it will be tried again", job.public_id)
-            await self._records.release(job, retry_in_s=self._config.error_backoff_s * self._config.delay_scale)
+            # Includes a job that cannot even be loaded (say, a secret under a retired key).
+            log.exception("unexpected error running job %s; it will be tried again", job_id, extra={"job_id": job_id})
+            await self._records.release(
+                lease.job_pk, job_id, retry_in_s=self._config.error_backoff_s * self._config.delay_scale
+            )
         finally:
             self._wake_relay()
 
@@ -94,7 +96,7 @@ class JobRunner:
         deferrable = DEFERRABLE_KINDS if job.type == "service.create" else frozenset()
         while True:
             if job.cancel_requested and not job.status.finished:
-                await self._records.finish(job, Finish(JobStatus.CANCELLED), error="cancelled by an admin", was=was)
+                await self._records.finish(job, Finish(JobStatus.CANCELLED), error=CANCELLED_BY_ADMIN, was=was)
                 self._metrics.jobs_finished.labels("cancelled").inc()
                 return
             action = next_action([s.state() for s in job.steps], utcnow(), deferrable)
@@ -114,7 +116,7 @@ class JobRunner:
                 return
             assert isinstance(action, RunStep)
             if self.stopping:
-                await self._records.release(job)
+                await self._records.release(job.pk, job.public_id)
                 return
             if not await self._run_step(job, job.step_at(action.position)):
                 return

@@ -67,7 +67,18 @@ class Scheduler:
             if not rows:
                 return 0
             await asyncio.gather(*(self._queue.publish(row.public_id) for row in rows))
-            await conn.execute(update(t.jobs).where(t.jobs.c.id.in_([row.id for row in rows])).values(enqueued_at=now))
+            await conn.execute(
+                update(t.jobs)
+                .where(t.jobs.c.id.in_([row.id for row in rows]))
+                .values(
+                    # Freeing an expired lease makes the job an ordinary due one: re-published
+                    # again only after requeue_after, not on every tick. A worker that still
+                    # thinks it holds the lease is fenced out before it sends anything.
+                    enqueued_at=now,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
         log.info("re-enqueued %d overdue job(s)", len(rows))
         return len(rows)
 
@@ -79,6 +90,8 @@ class Scheduler:
                 log.warning("scheduler: broker unavailable: %s", exc)
             except DATABASE_UNAVAILABLE as exc:
                 log.warning("scheduler: database unavailable: %s", exc.__class__.__name__)
+            except Exception:  # the loop must outlive any one bad tick
+                log.exception("scheduler: unexpected error; continuing")
             await wait_for_event(self._stopping, self._poll_s)
 
     async def stop(self) -> None:

@@ -206,9 +206,7 @@ def upgrade() -> None:
         sa.Column("message", sa.Text(), nullable=True),
         sa.Column("duration_ms", sa.Float(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["attempt_id"], ["attempts.id"], name=op.f("fk_panel_calls_attempt_id_attempts")
-        ),
+        sa.ForeignKeyConstraint(["attempt_id"], ["attempts.id"], name=op.f("fk_panel_calls_attempt_id_attempts")),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_panel_calls_job_id_jobs")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_panel_calls")),
     )

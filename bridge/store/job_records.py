@@ -106,15 +106,14 @@ class JobRecords:
         """Commit the intent before anything is sent: if the worker dies now, the next one reconciles."""
         now = utcnow()
         async with self._engine.begin() as conn:
-            if job.status is JobStatus.ACCEPTED:
-                await conn.execute(
-                    update(t.jobs).where(t.jobs.c.id == job.pk).values(status=JobStatus.RUNNING, updated_at=now)
-                )
+            job_values: dict[str, Any] = {"lease_until": now + timedelta(seconds=lease_s)}
+            starting = job.status is JobStatus.ACCEPTED
+            if starting:
+                job_values.update(status=JobStatus.RUNNING, updated_at=now)
+            await conn.execute(update(t.jobs).where(t.jobs.c.id == job.pk).values(**job_values))
+            if starting:
                 job.status = JobStatus.RUNNING
                 await enqueue_callback(conn, job.pk, job.callback_url, "job.started", self._callbacks)
-            await conn.execute(
-                update(t.jobs).where(t.jobs.c.id == job.pk).values(lease_until=now + timedelta(seconds=lease_s))
-            )
             step.attempts += 1
             step.first_attempt_at = step.first_attempt_at or now
             # A mutating step stays in flight from here until an answer proves what happened.
@@ -207,7 +206,12 @@ class JobRecords:
                 )
             # An admin may have asked to cancel while this step ran: the runner honours it before the next step.
             requested = (
-                await conn.execute(select(t.jobs.c.cancel_requested).where(t.jobs.c.id == job.pk))
+                await conn.execute(
+                    update(t.jobs)
+                    .where(t.jobs.c.id == job.pk)
+                    .values(updated_at=now)
+                    .returning(t.jobs.c.cancel_requested)
+                )
             ).scalar_one()
         step.status, step.in_flight, step.next_attempt_at = status, in_flight, next_attempt_at
         step.error = None if status is StepStatus.SUCCEEDED else message

@@ -15,9 +15,9 @@ import aiohttp
 from sqlalchemy import Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bridge.callbacks.origins import origin_allowed
 from bridge.metrics import Metrics
 from bridge.store import tables as t
+from bridge.store.callback_rows import CallbackPolicy, refusal_reason
 from bridge.store.errors import DATABASE_UNAVAILABLE
 from bridge.store.types import utcnow
 from bridge.waiting import wait_for_event
@@ -46,7 +46,9 @@ class CallbackSender:
         self._engine = engine
         self._metrics = metrics
         self._secret = secret
-        self._allowed = allowed_origins
+        # The same rule that decided, when the row was written, whether it may be sent at all;
+        # checked again here because the settings may have changed since.
+        self._policy = CallbackPolicy(allowed_origins, bool(secret))
         self._scale = delay_scale
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._poll_s = poll_s
@@ -92,8 +94,9 @@ class CallbackSender:
         started = time.monotonic()
         http_status: int | None = None
         error: str | None = None
-        if not origin_allowed(r.url, self._allowed):
-            await self._settle(r, "refused", None, "origin not allowed; never called", 0.0)
+        refused = refusal_reason(r.url, self._policy)
+        if refused is not None:
+            await self._settle(r, "refused", None, refused, 0.0)
             return
         body = json.dumps(r.body, separators=(",", ":")).encode()
         headers = sign(self._secret, r.public_id, int(time.time()), body)

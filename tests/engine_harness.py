@@ -38,6 +38,7 @@ class CallbackReceiver:
 
     secret: str
     received: list[dict[str, Any]] = field(default_factory=list)
+    delivery_ids: list[str] = field(default_factory=list)  # every delivery, answered or not
     rejected: int = 0
     fail_next: int = 0  # answer 503 to this many deliveries first
     up: bool = True
@@ -47,6 +48,7 @@ class CallbackReceiver:
 
         async def receive(request: web.Request) -> web.Response:
             body = await request.read()
+            self.delivery_ids.append(request.headers.get("webhook-id", ""))
             if not self.up or self.fail_next > 0:
                 self.fail_next = max(0, self.fail_next - 1)
                 return web.Response(status=503)

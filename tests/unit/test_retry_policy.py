@@ -41,14 +41,28 @@ def test_the_scale_shrinks_delays_and_limits_alike() -> None:
     policy = RetryPolicy(max_attempts=5, max_total_s=100, base_delay_s=10)
     at = policy.next_attempt_at(attempts_made=1, first_attempt_at=T0, now=T0, scale=0.01, rand=no_jitter)
     assert at == T0 + timedelta(seconds=0.1)
+    late = T0 + timedelta(seconds=0.95)  # past 100 s x 0.01 once the next delay is added
+    assert policy.next_attempt_at(attempts_made=1, first_attempt_at=T0, now=late, scale=0.01, rand=no_jitter) is None
 
 
 def test_ssl_waits_minutes_then_hours() -> None:
     ssl = DEFAULT_POLICIES[StepKind.ISSUE_SSL]
-    delays = [ssl.delay_before(n, no_jitter) for n in range(1, 8)]
-    assert delays[0] >= 5 * 60
-    assert delays[3] >= 3600
-    assert delays == sorted(delays)
+    delays = [ssl.delay_before(n, no_jitter) for n in range(1, 9)]
+    assert delays == [600, 1800, 3600, 10800, 21600, 43200, 86400, 86400]
+
+
+def test_ssl_following_its_own_schedule_never_exceeds_five_attempts_a_day() -> None:
+    ssl = DEFAULT_POLICIES[StepKind.ISSUE_SSL]
+    attempts = [T0]
+    while (
+        at := ssl.next_attempt_at(
+            attempts_made=len(attempts), first_attempt_at=T0, now=attempts[-1], recent_attempts=attempts, rand=no_jitter
+        )
+    ) is not None:
+        attempts.append(at)
+    assert len(attempts) == ssl.max_attempts
+    for start in attempts:
+        assert sum(start <= a < start + timedelta(days=1) for a in attempts) <= 5
 
 
 def test_ssl_daily_cap_pushes_the_next_attempt_to_the_next_day() -> None:

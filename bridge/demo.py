@@ -19,11 +19,12 @@ import aiohttp
 from aiohttp import web
 
 from bridge.bootstrap import Role, background_services, build_app, open_runtime
+from bridge.domain.jobs import JobStatus, StepStatus
 from bridge.panel.simulator import PanelSimulator
 from bridge.secrets_gen import new_secrets
 from bridge.settings import Settings
+from bridge.store.admin_ops import get_job
 from bridge.store.database import migrate
-from bridge.store.job_view import job_document
 from bridge.webhooks.signature import InvalidSignature, SignatureVerifier, sign
 
 ACCOUNTS = [("john", "John-Demo-Pass-1", 5, 5), ("mary", "Mary-Demo-Pass-2", 5, 5), ("pete", "Pete-Demo-Pass-3", 5, 1)]
@@ -158,22 +159,14 @@ async def _send_orders(port: int, secret: str, receiver_port: int) -> dict[str, 
 
 
 async def _documents(runtime: Any, jobs: dict[str, str]) -> dict[str, dict[str, Any]]:
-    from sqlalchemy import select
-
-    from bridge.store import tables as t
-
-    docs = {}
-    async with runtime.engine.connect() as conn:
-        for job_id in jobs:
-            pk = (await conn.execute(select(t.jobs.c.id).where(t.jobs.c.public_id == job_id))).scalar_one()
-            docs[job_id] = await job_document(conn, pk, detail=True)
-    return docs
+    return {job_id: await get_job(runtime.engine, job_id) for job_id in jobs}
 
 
 def _settled(doc: dict[str, Any]) -> bool:
-    return doc["status"] in ("succeeded", "failed", "cancelled") and not any(
-        s["status"] in ("pending", "running", "waiting_retry") for s in doc["steps"] if doc["status"] == "succeeded"
-    )
+    # A failed job keeps its unfinished steps; a succeeded one may still have a deferred step to watch.
+    status = JobStatus(doc["status"])
+    deferred = status is JobStatus.SUCCEEDED and any(StepStatus(s["status"]).open for s in doc["steps"])
+    return status.finished and not deferred
 
 
 async def _watch(runtime: Any, jobs: dict[str, str], timeout_s: float) -> None:

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from bridge.admin.cli_backends import ApiBackend, Backend, CommandFailed, DatabaseBackend, refusals_as_failures
 from bridge.admin.text_tables import excerpt, table
+from bridge.domain.jobs import JobStatus
 from bridge.settings import SettingsError, load_settings
 
 
@@ -29,7 +30,7 @@ def add_jobs_parser(sub: Any) -> None:
     common.add_argument("--token", help="admin token for --url (default: BRIDGE_ADMIN_TOKEN)")
     actions = jobs.add_subparsers(dest="jobs_command", required=True)
     listing = actions.add_parser("list", parents=[common], help="jobs, newest first")
-    listing.add_argument("--status", choices=["accepted", "running", "succeeded", "failed", "cancelled"])
+    listing.add_argument("--status", choices=[s.value for s in JobStatus])
     listing.add_argument("--service-id")
     listing.add_argument("--domain", help="part of the domain")
     listing.add_argument("--limit", type=int, default=50, help="at most 200")

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge.domain.events import OrderEvent
+from bridge.domain.jobs import JobStatus
 
 _REF = "#/components/schemas/{model}"
 
@@ -95,7 +96,7 @@ def _schemas() -> dict[str, Any]:
                     "panel": {"type": "string"},
                     "domain": nullable_str,
                     "account": {"type": "string"},
-                    "status": {"enum": ["accepted", "running", "succeeded", "failed", "cancelled"]},
+                    "status": {"enum": [s.value for s in JobStatus]},
                     "error": nullable_str,
                     "cancel_requested": {"type": "boolean"},
                     "created_at": {"type": "string", "format": "date-time"},

@@ -153,10 +153,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    try:
-        viewer, _form = await require_form(request)
-    except PageAnswer as exc:
-        return exc.response
+    viewer, _form = await require_form(request)  # the route's page_handler answers PageAnswer
     session = request.app[ADMIN_AUTH].sessions.verify(request.cookies.get(SESSION_COOKIE))
     if session is not None and session.nonce == viewer.nonce:
         request.app[ADMIN_AUTH].sessions.revoke(session)

@@ -22,7 +22,7 @@ from aiohttp import web
 from bridge.admin import page_auth
 from bridge.admin.page_auth import PageAnswer, Viewer, message_page, render, require_form, require_viewer
 from bridge.admin.params import job_filter
-from bridge.domain.jobs import JobStatus
+from bridge.domain.jobs import UNFINISHED_JOB_STATUSES, JobStatus
 from bridge.store import admin_ops
 from bridge.store.admin_errors import AdminError, NotFound
 from bridge.store.crypto import SecretsUnavailable
@@ -97,9 +97,9 @@ def _job_context(viewer: Viewer, job: dict[str, Any], notice: str | None, proble
         "job": job,
         "notice": notice,
         "problem": problem,
-        "refresh": job["status"] in ("accepted", "running"),
+        "refresh": job["status"] in UNFINISHED_JOB_STATUSES,
         "can_retry": job["status"] == "failed",
-        "can_cancel": job["status"] in ("accepted", "running") and not job.get("cancel_requested"),
+        "can_cancel": job["status"] in UNFINISHED_JOB_STATUSES and not job.get("cancel_requested"),
         "can_resend": bool(job.get("callbacks")),
     }
 

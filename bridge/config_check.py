@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bridge.config_probes import Found, check_broker, check_database, check_panel, masked_url
-from bridge.domain.masking import MASK, is_secret_field, mask
+from bridge.domain.masking import MASK, is_secret_field, mask, scrub
 from bridge.panel.config import PanelCredentials
 from bridge.settings import Settings, SettingsError, load_settings
 from bridge.webhooks.signature import check_secret
@@ -59,17 +58,10 @@ class Report:
         errors = sum(f.level == "error" for f in self.findings)
         warnings = sum(f.level == "warning" for f in self.findings)
         lines.append(f"{errors} error(s), {warnings} warning(s)")
-        return _scrub("\n".join(lines), self.secrets)
-
-
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    # A second line of defence: an error message quoting a secret must not print it. Short
-    # values (a password like "guest" that is also the user name) would mask ordinary words;
-    # they are masked where they stand (URLs) instead.
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 8:
-            text = text.replace(secret, MASK)
-    return text
+        # A second line of defence: an error message quoting a secret must not print it. Short
+        # values (a password like "guest" that is also the user name) would mask ordinary words;
+        # they are masked where they stand (URLs) instead.
+        return str(scrub("\n".join(lines), self.secrets, min_length=8))
 
 
 # --- rules on the values ------------------------------------------------------------------

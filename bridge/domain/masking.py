@@ -6,7 +6,7 @@ catches every field that can hold one, wherever it sits in a nested structure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "********"
@@ -48,4 +48,28 @@ def mask(value: Any) -> Any:
         return {k: (MASK if isinstance(k, str) and is_secret_field(k) else mask(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [mask(v) for v in value]
+    return value
+
+
+def scrub(value: Any, secrets: Iterable[str], *, min_length: int = 1) -> Any:
+    """A copy of ``value`` with every known secret value replaced inside its strings.
+
+    Names are masked by :func:`mask`; this guards free text, where a secret may be
+    quoted back (a MySQL error quoting a statement, an exception naming a URL).
+    Longer secrets go first, so one that begins with another is masked whole.
+    ``min_length`` skips values so short that masking them would mangle ordinary words.
+    """
+    ordered = sorted((s for s in secrets if len(s) >= max(min_length, 1)), key=len, reverse=True)
+    return _scrub(value, ordered)
+
+
+def _scrub(value: Any, ordered: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in ordered:
+            value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, Mapping):
+        return {k: _scrub(v, ordered) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v, ordered) for v in value]
     return value

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from bridge.domain.masking import MASK
+from bridge.domain.masking import scrub
 from bridge.domain.outcomes import (
     AlreadyExists,
     FailureReason,
@@ -47,7 +47,6 @@ __all__ = [
     "classify_message",
     "normalise_limit",
     "parse_json",
-    "scrub",
 ]
 
 _NOT_JSON = object()
@@ -59,24 +58,6 @@ def parse_json(body: str) -> Any:
         return json.loads(body)
     except (ValueError, RecursionError):  # deeply nested input exhausts the parser's recursion
         return _NOT_JSON
-
-
-def scrub(value: Any, secrets: Iterable[str]) -> Any:
-    """A copy of ``value`` with every known secret value replaced inside its strings.
-
-    Names are masked elsewhere; this guards free text, where the panel may echo
-    what it was sent (a MySQL error quoting a statement, say).
-    """
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret:
-                value = value.replace(secret, MASK)
-        return value
-    if isinstance(value, dict):
-        return {k: scrub(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub(v, secrets) for v in value]
-    return value
 
 
 def _quoted(text: str) -> str:

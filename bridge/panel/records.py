@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.domain.masking import mask
+from bridge.domain.masking import mask, scrub
 from bridge.domain.outcomes import PanelOutcome
-from bridge.panel.classify import parse_json, scrub
+from bridge.panel.classify import parse_json
 
 __all__ = ["CallResult", "PanelCallRecord", "response_excerpt"]
 

@@ -10,7 +10,6 @@ process without one (the CLI against the database) only adds a second's delay.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +20,7 @@ from bridge.domain.jobs import CANCELLED_BY_ADMIN, OPEN_STEP_STATUSES, REOPENED_
 from bridge.store import tables as t
 from bridge.store.admin_errors import AdminError, Conflict, InvalidInput, NotFound
 from bridge.store.admin_queries import job_pk_of, list_jobs
-from bridge.store.callback_rows import CallbackPolicy, enqueue_callback, refusal_reason
+from bridge.store.callback_rows import CallbackPolicy, enqueue_callback, insert_callback
 from bridge.store.crypto import SecretBox
 from bridge.store.job_records import wake_next_of_service
 from bridge.store.job_view import job_document
@@ -219,7 +218,6 @@ async def resend_last_callback(engine: AsyncEngine, job_public_id: str, *, polic
     The copy goes through the same policy as any callback: one whose origin is not
     allowed, or that cannot be signed, is recorded as refused and never sent.
     """
-    now = utcnow()
     async with engine.begin() as conn:
         job = await _locked_job(conn, job_public_id)
         if not job.callback_url:
@@ -231,28 +229,13 @@ async def resend_last_callback(engine: AsyncEngine, job_public_id: str, *, polic
         ).one_or_none()
         if last is None:
             raise Conflict(f"job {job_public_id} has sent no callback yet")
-        error = refusal_reason(last.url, policy)
-        public_id = f"cb_{uuid.uuid4().hex}"
-        await conn.execute(
-            insert(t.callbacks).values(
-                public_id=public_id,
-                job_id=job.id,
-                type=last.type,
-                url=last.url,
-                body=last.body,
-                status="pending" if error is None else "refused",
-                attempts=0,
-                next_attempt_at=now if error is None else None,
-                created_at=now,
-                last_error=error,
-            )
-        )
+        new = await insert_callback(conn, job.id, last.type, last.url, last.body, policy)
     return {
-        "id": public_id,
+        "id": new.public_id,
         "job_id": job_public_id,
         "type": last.type,
         "url": last.url,
-        "status": "pending" if error is None else "refused",
+        "status": new.status,
         "copy_of": last.public_id,
-        "last_error": error,
+        "last_error": new.refusal,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -35,21 +36,36 @@ async def enqueue_callback(
     """Write the ``event_type`` callback of the job (whose callback URL is ``url``), if it has a URL."""
     if not url:
         return
-    now = utcnow()
-    error = refusal_reason(url, policy)
-    status = "pending" if error is None else "refused"
     body = callback_body(await job_document(conn, job_pk), event_type)
+    await insert_callback(conn, job_pk, event_type, url, body, policy)
+
+
+@dataclass(frozen=True)
+class NewCallback:
+    public_id: str
+    status: str  # pending, or refused (never to be sent)
+    refusal: str | None
+
+
+async def insert_callback(
+    conn: AsyncConnection, job_pk: int, event_type: str, url: str, body: dict[str, Any], policy: CallbackPolicy
+) -> NewCallback:
+    """One callback row, pending or (when the policy forbids sending it) refused."""
+    now = utcnow()
+    refusal = refusal_reason(url, policy)
+    new = NewCallback(f"cb_{uuid.uuid4().hex}", "pending" if refusal is None else "refused", refusal)
     await conn.execute(
         insert(t.callbacks).values(
-            public_id=f"cb_{uuid.uuid4().hex}",
+            public_id=new.public_id,
             job_id=job_pk,
             type=event_type,
             url=url,
             body=body,
-            status=status,
+            status=new.status,
             attempts=0,
-            next_attempt_at=now if status == "pending" else None,
+            next_attempt_at=now if refusal is None else None,
             created_at=now,
-            last_error=error,
+            last_error=refusal,
         )
     )
+    return new

@@ -186,6 +186,7 @@ class JobRecords:
                 .where(t.steps.c.id == step.id)
                 .values(
                     status=status,
+                    attempts=step.attempts,
                     in_flight=in_flight,
                     result=result,
                     error=None if status is StepStatus.SUCCEEDED else message,

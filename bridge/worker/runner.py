@@ -151,7 +151,9 @@ class JobRunner:
             await self._records.abandon_attempt(attempt_id, "lease lost before sending; nothing was sent")
             return False
         except BreakerOpen as exc:
-            # Nothing was sent: the step is exactly as unsure as it was before this attempt.
+            # Nothing was sent: the step is exactly as unsure as it was before, and the attempt does
+            # not count against its retry budget (jobs wait for the breaker, they do not fail on it).
+            step.attempts -= 1
             outcome = StepOutcome("retry", f"Not sent: the panel's {exc}.", "breaker_open", in_flight=unsure)
             await self._record(job, step, attempt_id, outcome, access, not_before=exc.until)
             return True
@@ -175,8 +177,10 @@ class JobRunner:
             status = StepStatus.SUCCEEDED
         elif outcome.verdict == "failed":
             status = StepStatus.FAILED
+        elif not_before is not None:
+            status, next_at = StepStatus.WAITING_RETRY, not_before
         else:
-            next_at = await self._retry_at(step, not_before)
+            next_at = await self._retry_at(step)
             if next_at is None:
                 status = StepStatus.FAILED
                 message = f"gave up after {step.attempts} attempt(s): {message}"
@@ -196,7 +200,7 @@ class JobRunner:
             calls=access.calls,
         )
 
-    async def _retry_at(self, step: StepRecord, not_before: datetime | None) -> datetime | None:
+    async def _retry_at(self, step: StepRecord) -> datetime | None:
         policy = self._config.policies[step.kind]
         now = utcnow()
         recent: list[datetime] = []
@@ -211,6 +215,4 @@ class JobRunner:
             recent_attempts=recent,
             scale=self._config.delay_scale,
         )
-        if at is not None and not_before is not None:
-            at = max(at, not_before)
         return at

@@ -136,6 +136,8 @@ async def test_repeated_bad_credentials_open_the_breaker_before_the_firewall_ban
         waiting = [d for d in docs if d["status"] != "failed"]
         assert len(waiting) == 11
         assert all("circuit breaker" in (d["steps"][0]["error"] or "") for d in waiting)
+        # Held back by the breaker, nothing was sent: no attempt counts against the retry budget.
+        assert all(d["steps"][0]["attempts"] == 0 for d in waiting)
 
 
 async def test_ssl_is_deferred_then_issued_and_reported_with_job_updated(deployment: dict[str, str]) -> None:

@@ -47,25 +47,32 @@ class NewCallback:
     refusal: str | None
 
 
-async def insert_callback(
-    conn: AsyncConnection, job_pk: int, event_type: str, url: str, body: dict[str, Any], policy: CallbackPolicy
-) -> NewCallback:
-    """One callback row, pending or (when the policy forbids sending it) refused."""
+def callback_row(
+    job_pk: int, event_type: str, url: str, body: dict[str, Any], policy: CallbackPolicy
+) -> tuple[dict[str, Any], NewCallback]:
+    """The ``callbacks`` row of one callback, pending or (when the policy forbids sending it) refused."""
     now = utcnow()
     refusal = refusal_reason(url, policy)
     new = NewCallback(f"cb_{uuid.uuid4().hex}", "pending" if refusal is None else "refused", refusal)
-    await conn.execute(
-        insert(t.callbacks).values(
-            public_id=new.public_id,
-            job_id=job_pk,
-            type=event_type,
-            url=url,
-            body=body,
-            status=new.status,
-            attempts=0,
-            next_attempt_at=now if refusal is None else None,
-            created_at=now,
-            last_error=refusal,
-        )
-    )
+    row = {
+        "public_id": new.public_id,
+        "job_id": job_pk,
+        "type": event_type,
+        "url": url,
+        "body": body,
+        "status": new.status,
+        "attempts": 0,
+        "next_attempt_at": now if refusal is None else None,
+        "created_at": now,
+        "last_error": refusal,
+    }
+    return row, new
+
+
+async def insert_callback(
+    conn: AsyncConnection, job_pk: int, event_type: str, url: str, body: dict[str, Any], policy: CallbackPolicy
+) -> NewCallback:
+    """Write one callback row (see :func:`callback_row`)."""
+    row, new = callback_row(job_pk, event_type, url, body, policy)
+    await conn.execute(insert(t.callbacks).values(**row))
     return new

@@ -1,6 +1,6 @@
-"""The job engine's transactions. Each commits a state change together with what
-follows from it (attempt rows, panel-call records, compensation records,
-callbacks, outbox wake-ups), so a crash between two of them loses nothing."""
+"""The job engine's writes. Each commits a state change together with what follows
+from it (attempt rows, panel-call records, compensation records, callbacks, outbox
+wake-ups) as one :class:`JobChange`, so a crash between two of them loses nothing."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.jobs import OPEN_STEP_STATUSES, JobStatus, StepKind, StepStatus
 from bridge.domain.saga import Finish, StepState
 from bridge.panel.client import PanelCallRecord
 from bridge.store import tables as t
-from bridge.store.callback_rows import CallbackPolicy, enqueue_callback
+from bridge.store.callback_rows import CallbackPolicy, callback_row
 from bridge.store.crypto import SecretBox
+from bridge.store.job_change import JobChange
+from bridge.store.job_view import callback_body, deferred_kinds
 from bridge.store.types import utcnow
 
 
@@ -32,9 +34,18 @@ class StepRecord:
     next_attempt_at: datetime | None
     first_attempt_at: datetime | None
     error: str | None = None
+    result: dict[str, Any] | None = None
 
     def state(self) -> StepState:
         return StepState(self.position, self.kind, self.status, self.next_attempt_at)
+
+
+@dataclass
+class CompensationRecord:
+    id: int
+    step: str
+    action: str
+    status: str
 
 
 @dataclass
@@ -50,13 +61,43 @@ class JobRecord:
     status: JobStatus
     cancel_requested: bool
     callback_url: str | None = None
+    error: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
+    compensations: list[CompensationRecord] = field(default_factory=list)
 
     def step_at(self, position: int) -> StepRecord:
         return next(s for s in self.steps if s.position == position)
 
+    def callback_body(self, event_type: str) -> dict[str, Any]:
+        """The callback's body for the job as it is now (the same as the admin read of it gives)."""
+        return callback_body(
+            {
+                "job_id": self.public_id,
+                "event_id": self.webhook_id,
+                "service_id": self.service_id,
+                "status": self.status.value,
+                "steps": [
+                    {
+                        "kind": s.kind.value,
+                        "status": s.status.value,
+                        "attempts": s.attempts,
+                        "result": s.result,
+                        "error": s.error,
+                    }
+                    for s in self.steps
+                ],
+                "deferred": deferred_kinds(self.status, self.steps),
+                "error": self.error,
+                "compensations": [vars(c) for c in self.compensations],
+            },
+            event_type,
+        )
+
 
 class JobRecords:
+    """The worker's reads and writes of a job it holds. Every write is fenced by the lease
+    (:class:`LeaseLost` when another worker took the job over) and commits in one go."""
+
     def __init__(self, engine: AsyncEngine, box: SecretBox, callbacks: CallbackPolicy) -> None:
         self._engine = engine
         self._box = box
@@ -67,11 +108,20 @@ class JobRecords:
         """Where callbacks may go and whether they can be signed (admin operations write callbacks too)."""
         return self._callbacks
 
-    async def load(self, job_pk: int) -> JobRecord:
+    async def load(self, job: Any) -> JobRecord:
+        """The job whose row (as the lease returned it) is ``job``, with its steps and compensations."""
         async with self._engine.connect() as conn:
-            job = (await conn.execute(select(t.jobs).where(t.jobs.c.id == job_pk))).one()
             steps = (
-                await conn.execute(select(t.steps).where(t.steps.c.job_id == job_pk).order_by(t.steps.c.position))
+                await conn.execute(select(t.steps).where(t.steps.c.job_id == job.id).order_by(t.steps.c.position))
+            ).all()
+            comps = (
+                await conn.execute(
+                    select(
+                        t.compensations.c.id, t.compensations.c.step, t.compensations.c.action, t.compensations.c.status
+                    )
+                    .where(t.compensations.c.job_id == job.id)
+                    .order_by(t.compensations.c.id)
+                )
             ).all()
         return JobRecord(
             pk=job.id,
@@ -85,6 +135,7 @@ class JobRecords:
             status=JobStatus(job.status),
             cancel_requested=job.cancel_requested,
             callback_url=job.callback_url,
+            error=job.error,
             steps=[
                 StepRecord(
                     id=s.id,
@@ -97,47 +148,51 @@ class JobRecords:
                     next_attempt_at=s.next_attempt_at,
                     first_attempt_at=s.first_attempt_at,
                     error=s.error,
+                    result=s.result,
                 )
                 for s in steps
             ],
+            compensations=[CompensationRecord(c.id, c.step, c.action, c.status) for c in comps],
         )
+
+    def _change(self, job: JobRecord, owner: str, **job_values: Any) -> JobChange:
+        return JobChange(job.pk, owner, job_values)
+
+    def _callback(self, change: JobChange, job: JobRecord, event_type: str) -> None:
+        if job.callback_url:
+            row, _ = callback_row(job.pk, event_type, job.callback_url, job.callback_body(event_type), self._callbacks)
+            change.insert(t.callbacks, row)
 
     async def start_attempt(self, job: JobRecord, step: StepRecord, owner: str, lease_s: float) -> int:
         """Commit the intent before anything is sent: if the worker dies now, the next one reconciles."""
         now = utcnow()
-        async with self._engine.begin() as conn:
-            job_values: dict[str, Any] = {"lease_until": now + timedelta(seconds=lease_s)}
-            starting = job.status is JobStatus.ACCEPTED
-            if starting:
-                job_values.update(status=JobStatus.RUNNING, updated_at=now)
-            await conn.execute(update(t.jobs).where(t.jobs.c.id == job.pk).values(**job_values))
-            if starting:
-                job.status = JobStatus.RUNNING
-                await enqueue_callback(conn, job.pk, job.callback_url, "job.started", self._callbacks)
-            step.attempts += 1
-            step.first_attempt_at = step.first_attempt_at or now
-            # A mutating step stays in flight from here until an answer proves what happened.
-            step.in_flight = step.in_flight or step.kind.mutating
-            await conn.execute(
-                update(t.steps)
-                .where(t.steps.c.id == step.id)
-                .values(
-                    status=StepStatus.RUNNING,
-                    attempts=step.attempts,
-                    first_attempt_at=step.first_attempt_at,
-                    in_flight=step.in_flight,
-                    updated_at=now,
-                )
+        change = self._change(job, owner, lease_until=now + timedelta(seconds=lease_s))
+        if job.status is JobStatus.ACCEPTED:
+            job.status = JobStatus.RUNNING
+            change.job_values.update(status=JobStatus.RUNNING, updated_at=now)
+            self._callback(change, job, "job.started")
+        step.attempts += 1
+        step.first_attempt_at = step.first_attempt_at or now
+        # A mutating step stays in flight from here until an answer proves what happened.
+        step.in_flight = step.in_flight or step.kind.mutating
+        step.status = StepStatus.RUNNING
+        change.update(
+            update(t.steps)
+            .where(t.steps.c.id == step.id)
+            .values(
+                status=StepStatus.RUNNING,
+                attempts=step.attempts,
+                first_attempt_at=step.first_attempt_at,
+                in_flight=step.in_flight,
+                updated_at=now,
             )
-            step.status = StepStatus.RUNNING
-            attempt_id = (
-                await conn.execute(
-                    insert(t.attempts)
-                    .values(step_id=step.id, number=step.attempts, worker=owner, started_at=now)
-                    .returning(t.attempts.c.id)
-                )
-            ).scalar_one()
-        return int(attempt_id)
+        )
+        change.insert(
+            t.attempts,
+            {"step_id": step.id, "number": step.attempts, "worker": owner, "started_at": now},
+            return_id=True,
+        )
+        return int((await change.apply(self._engine))["new_id"])
 
     async def record_outcome(
         self,
@@ -145,6 +200,7 @@ class JobRecords:
         step: StepRecord,
         attempt_id: int,
         *,
+        owner: str,
         status: StepStatus,
         label: str,
         message: str,
@@ -155,133 +211,130 @@ class JobRecords:
         calls: list[PanelCallRecord],
     ) -> None:
         now = utcnow()
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(t.attempts)
-                .where(t.attempts.c.id == attempt_id)
-                .values(finished_at=now, outcome=label, message=message)
+        # An admin may have asked to cancel while this step ran: the runner honours it before the next step.
+        change = JobChange(job.pk, owner, {"updated_at": now}, returning=("cancel_requested",))
+        change.update(
+            update(t.attempts)
+            .where(t.attempts.c.id == attempt_id)
+            .values(finished_at=now, outcome=label, message=message)
+        )
+        for c in calls:
+            change.insert(
+                t.panel_calls,
+                {
+                    "job_id": job.pk,
+                    "attempt_id": attempt_id,
+                    "panel": job.panel,
+                    "call": c.call,
+                    "request": c.request,
+                    "http_status": c.http_status,
+                    "response": c.response,
+                    "outcome": c.outcome,
+                    "message": c.message,
+                    "duration_ms": c.duration_ms,
+                    "created_at": now,
+                },
             )
-            if calls:
-                await conn.execute(
-                    insert(t.panel_calls),
-                    [
-                        {
-                            "job_id": job.pk,
-                            "attempt_id": attempt_id,
-                            "panel": job.panel,
-                            "call": c.call,
-                            "request": c.request,
-                            "http_status": c.http_status,
-                            "response": c.response,
-                            "outcome": c.outcome,
-                            "message": c.message,
-                            "duration_ms": c.duration_ms,
-                            "created_at": now,
-                        }
-                        for c in calls
-                    ],
-                )
-            await conn.execute(
-                update(t.steps)
-                .where(t.steps.c.id == step.id)
-                .values(
-                    status=status,
-                    attempts=step.attempts,
-                    in_flight=in_flight,
-                    result=result,
-                    error=None if status is StepStatus.SUCCEEDED else message,
-                    next_attempt_at=next_attempt_at,
-                    updated_at=now,
-                )
+        error = None if status is StepStatus.SUCCEEDED else message
+        change.update(
+            update(t.steps)
+            .where(t.steps.c.id == step.id)
+            .values(
+                status=status,
+                attempts=step.attempts,
+                in_flight=in_flight,
+                result=result,
+                error=error,
+                next_attempt_at=next_attempt_at,
+                updated_at=now,
             )
-            if compensation is not None:
-                await conn.execute(
-                    insert(t.compensations).values(
-                        job_id=job.pk,
-                        step_id=step.id,
-                        step=step.kind,
-                        action=compensation,
-                        status="pending",
-                        created_at=now,
-                    )
-                )
-            # An admin may have asked to cancel while this step ran: the runner honours it before the next step.
-            requested = (
-                await conn.execute(
-                    update(t.jobs)
-                    .where(t.jobs.c.id == job.pk)
-                    .values(updated_at=now)
-                    .returning(t.jobs.c.cancel_requested)
-                )
-            ).scalar_one()
+        )
+        if compensation is not None:
+            change.insert(
+                t.compensations,
+                {
+                    "job_id": job.pk,
+                    "step_id": step.id,
+                    "step": step.kind.value,
+                    "action": compensation,
+                    "status": "pending",
+                    "created_at": now,
+                },
+                return_id=True,
+            )
+        changed = await change.apply(self._engine)
+        if compensation is not None:
+            job.compensations.append(CompensationRecord(changed["new_id"], step.kind.value, compensation, "pending"))
         step.status, step.in_flight, step.next_attempt_at = status, in_flight, next_attempt_at
-        step.error = None if status is StepStatus.SUCCEEDED else message
-        job.cancel_requested = bool(requested)
+        step.error, step.result = error, result
+        job.cancel_requested = bool(changed["cancel_requested"])
 
-    async def finish(self, job: JobRecord, action: Finish, *, error: str | None, was: JobStatus) -> None:
+    async def finish(self, job: JobRecord, action: Finish, *, owner: str, error: str | None, was: JobStatus) -> None:
         """Final status (or succeeded-with-deferred), lease released, callbacks, next job of the service woken."""
         now = utcnow()
-        async with self._engine.begin() as conn:
-            values: dict[str, Any] = {
-                "status": action.status,
-                "next_run_at": action.wake_at,
-                "lease_owner": None,
-                "lease_until": None,
-                "updated_at": now,
-                "error": error,
-            }
-            if not was.finished:
-                values["finished_at"] = now
-            await conn.execute(update(t.jobs).where(t.jobs.c.id == job.pk).values(**values))
-            if action.status is JobStatus.SUCCEEDED and not action.deferred:
-                await conn.execute(
-                    update(t.compensations)
-                    .where(t.compensations.c.job_id == job.pk, t.compensations.c.status == "pending")
-                    .values(status="not_needed")
-                )
-            if action.status is JobStatus.CANCELLED:
-                await conn.execute(
-                    update(t.steps)
-                    .where(t.steps.c.job_id == job.pk, t.steps.c.status.in_(OPEN_STEP_STATUSES))
-                    .values(status=StepStatus.CANCELLED, updated_at=now)
-                )
-            if action.wake_at is not None:
-                await _wake(conn, job.public_id, max(0.0, (action.wake_at - now).total_seconds()))
-            if was.finished:
-                callback = "job.updated"
-            else:
-                callback = f"job.{action.status.value}"
-                await _wake_next_of_service(conn, job)
-            await enqueue_callback(conn, job.pk, job.callback_url, callback, self._callbacks)
-        job.status = action.status
+        values: dict[str, Any] = {
+            "status": action.status,
+            "next_run_at": action.wake_at,
+            "lease_owner": None,
+            "lease_until": None,
+            "updated_at": now,
+            "error": error,
+        }
+        if not was.finished:
+            values["finished_at"] = now
+        change = self._change(job, owner, **values)
+        job.status, job.error = action.status, error
+        if action.status is JobStatus.SUCCEEDED and not action.deferred:
+            change.update(
+                update(t.compensations)
+                .where(t.compensations.c.job_id == job.pk, t.compensations.c.status == "pending")
+                .values(status="not_needed")
+            )
+            for comp in job.compensations:
+                comp.status = "not_needed" if comp.status == "pending" else comp.status
+        if action.status is JobStatus.CANCELLED:
+            change.update(
+                update(t.steps)
+                .where(t.steps.c.job_id == job.pk, t.steps.c.status.in_(OPEN_STEP_STATUSES))
+                .values(status=StepStatus.CANCELLED, updated_at=now)
+            )
+            for step in job.steps:
+                step.status = StepStatus.CANCELLED if step.status in OPEN_STEP_STATUSES else step.status
+        if action.wake_at is not None:
+            _wake(change, job.public_id, max(0.0, (action.wake_at - now).total_seconds()))
+        if was.finished:
+            callback = "job.updated"
+        else:
+            callback = f"job.{action.status.value}"
+            change.insert_from(t.outbox, _WAKE_COLUMNS, next_of_service(job.service_id, job.pk, now))
+        self._callback(change, job, callback)
+        await change.apply(self._engine)
 
-    async def wait(self, job: JobRecord, until: datetime) -> None:
+    async def wait(self, job: JobRecord, until: datetime, *, owner: str) -> None:
         """Nothing to run before ``until``: release the lease and schedule a wake-up."""
         now = utcnow()
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(t.jobs)
-                .where(t.jobs.c.id == job.pk)
-                .values(next_run_at=until, lease_owner=None, lease_until=None, enqueued_at=now, updated_at=now)
-            )
-            await _wake(conn, job.public_id, max(0.0, (until - now).total_seconds()))
+        change = self._change(
+            job, owner, next_run_at=until, lease_owner=None, lease_until=None, enqueued_at=now, updated_at=now
+        )
+        _wake(change, job.public_id, max(0.0, (until - now).total_seconds()))
+        await change.apply(self._engine)
 
-    async def release(self, job_pk: int, job_public_id: str, *, retry_in_s: float = 0.0) -> None:
+    async def release(self, job_pk: int, job_public_id: str, *, owner: str, retry_in_s: float = 0.0) -> None:
         """Give the job back (shutdown, unexpected error); it runs again after ``retry_in_s``."""
         now = utcnow()
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(t.jobs)
-                .where(t.jobs.c.id == job_pk)
-                .values(
-                    next_run_at=now + timedelta(seconds=retry_in_s),
-                    lease_owner=None,
-                    lease_until=None,
-                    enqueued_at=now,
-                    updated_at=now,
-                )
-            )
-            await _wake(conn, job_public_id, retry_in_s)
+        change = JobChange(
+            job_pk,
+            owner,
+            {
+                "next_run_at": now + timedelta(seconds=retry_in_s),
+                "lease_owner": None,
+                "lease_until": None,
+                "enqueued_at": now,
+                "updated_at": now,
+            },
+        )
+        _wake(change, job_public_id, retry_in_s)
+        await change.apply(self._engine)
 
     async def attempt_times(self, step_id: int, since: datetime) -> list[datetime]:
         async with self._engine.connect() as conn:
@@ -299,27 +352,31 @@ class JobRecords:
             )
 
 
-async def _wake(conn: AsyncConnection, job_public_id: str, delay_s: float) -> None:
-    await conn.execute(insert(t.outbox).values(job_public_id=job_public_id, delay_s=delay_s, created_at=utcnow()))
+def _wake(change: JobChange, job_public_id: str, delay_s: float) -> None:
+    change.insert(t.outbox, {"job_public_id": job_public_id, "delay_s": delay_s, "created_at": utcnow()})
 
 
-async def _wake_next_of_service(conn: AsyncConnection, job: JobRecord) -> None:
-    await wake_next_of_service(conn, job.service_id, job.pk)
+_WAKE_COLUMNS = ["job_public_id", "delay_s", "created_at"]
+
+
+def next_of_service(service_id: str, job_pk: int, now: datetime) -> Select[Any]:
+    """The outbox row waking the next unfinished job of ``service_id`` after job ``job_pk``."""
+    return (
+        select(
+            t.jobs.c.public_id,
+            literal(0.0, type_=t.outbox.c.delay_s.type),
+            literal(now, type_=t.outbox.c.created_at.type),
+        )
+        .where(
+            t.jobs.c.service_id == service_id,
+            t.jobs.c.id > job_pk,
+            t.jobs.c.status.in_([JobStatus.ACCEPTED, JobStatus.RUNNING]),
+        )
+        .order_by(t.jobs.c.id)
+        .limit(1)
+    )
 
 
 async def wake_next_of_service(conn: AsyncConnection, service_id: str, job_pk: int) -> None:
     """Wake the next unfinished job of ``service_id`` after job ``job_pk`` (it was waiting its turn)."""
-    following = (
-        await conn.execute(
-            select(t.jobs.c.public_id)
-            .where(
-                t.jobs.c.service_id == service_id,
-                t.jobs.c.id > job_pk,
-                t.jobs.c.status.in_([JobStatus.ACCEPTED, JobStatus.RUNNING]),
-            )
-            .order_by(t.jobs.c.id)
-            .limit(1)
-        )
-    ).scalar_one_or_none()
-    if following is not None:
-        await _wake(conn, following, 0.0)
+    await conn.execute(insert(t.outbox).from_select(_WAKE_COLUMNS, next_of_service(service_id, job_pk, utcnow())))

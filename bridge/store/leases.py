@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import exists, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -28,6 +29,8 @@ class Lease:
     outcome: LeaseOutcome
     job_pk: int | None = None
     due_at: datetime | None = None
+    # The leased job's row (saves the worker reading it again).
+    row: Any = None
 
 
 _earlier = t.jobs.alias("earlier")
@@ -55,11 +58,11 @@ async def acquire(engine: AsyncEngine, public_id: str, owner: str, lease_s: floa
                     _no_earlier_unfinished_job(),  # type: ignore[arg-type]
                 )
                 .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s))
-                .returning(t.jobs.c.id)
+                .returning(*t.jobs.c)
             )
-        ).scalar_one_or_none()
+        ).one_or_none()
         if got is not None:
-            return Lease(LeaseOutcome.LEASED, got)
+            return Lease(LeaseOutcome.LEASED, got.id, row=got)
         return await _why_not(conn, public_id, now)
 
 

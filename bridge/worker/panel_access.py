@@ -14,6 +14,7 @@ from bridge.domain.outcomes import PermanentFailure
 from bridge.metrics import Metrics
 from bridge.panel.client import CallResult, PanelCallRecord, PanelClient
 from bridge.panel.config import PanelCredentials
+from bridge.store.job_change import LeaseLost
 from bridge.store.leases import Clearance, clear_to_send
 from bridge.worker.breaker import PanelBreaker
 from bridge.worker.panel_gate import PanelGate
@@ -23,10 +24,6 @@ class BreakerOpen(Exception):
     def __init__(self, until: datetime) -> None:
         super().__init__(f"circuit breaker open until {until.isoformat()}")
         self.until = until
-
-
-class LeaseLost(Exception):
-    """Another worker owns the job now; this one must not send anything."""
 
 
 @dataclass

@@ -25,10 +25,11 @@ from bridge.metrics import Metrics
 from bridge.panel.client import PanelClient
 from bridge.panel.config import PanelCredentials
 from bridge.store import leases
+from bridge.store.job_change import LeaseLost
 from bridge.store.job_records import JobRecord, JobRecords, StepRecord
 from bridge.store.types import utcnow
 from bridge.worker.breaker import PanelBreaker
-from bridge.worker.panel_access import BreakerOpen, LeaseLost, PanelAccess
+from bridge.worker.panel_access import BreakerOpen, PanelAccess
 from bridge.worker.panel_gate import PanelGate
 from bridge.worker.steps import EXECUTORS, Step, StepOutcome
 
@@ -79,24 +80,34 @@ class JobRunner:
             return
         if lease.outcome is not leases.LeaseOutcome.LEASED:
             return
-        assert lease.job_pk is not None
         try:
-            await self._advance(await self._records.load(lease.job_pk))
+            await self._advance(await self._records.load(lease.row))
+        except LeaseLost:
+            log.warning("lease lost; another worker has the job now", extra={"job_id": job_id})
         except Exception:
             # Includes a job that cannot even be loaded (say, a secret under a retired key).
             log.exception("unexpected error running job %s; it will be tried again", job_id, extra={"job_id": job_id})
-            await self._records.release(
-                lease.job_pk, job_id, retry_in_s=self._config.error_backoff_s * self._config.delay_scale
-            )
+            await self._give_back(lease.job_pk, job_id)
         finally:
             self._wake_relay()
+
+    async def _give_back(self, job_pk: int | None, job_id: str) -> None:
+        assert job_pk is not None
+        try:
+            await self._records.release(
+                job_pk, job_id, owner=self._owner, retry_in_s=self._config.error_backoff_s * self._config.delay_scale
+            )
+        except LeaseLost:
+            pass
 
     async def _advance(self, job: JobRecord) -> None:
         was = job.status
         deferrable = DEFERRABLE_KINDS if job.type == "service.create" else frozenset()
         while True:
             if job.cancel_requested and not job.status.finished:
-                await self._records.finish(job, Finish(JobStatus.CANCELLED), error=CANCELLED_BY_ADMIN, was=was)
+                await self._records.finish(
+                    job, Finish(JobStatus.CANCELLED), owner=self._owner, error=CANCELLED_BY_ADMIN, was=was
+                )
                 self._metrics.jobs_finished.labels("cancelled").inc()
                 return
             action = next_action([s.state() for s in job.steps], utcnow(), deferrable)
@@ -104,19 +115,19 @@ class JobRunner:
                 if job.status.finished and action.status is JobStatus.SUCCEEDED and action.deferred:
                     # Still waiting on the deferred step: nothing changed, only the next wake-up.
                     assert action.wake_at is not None
-                    await self._records.wait(job, action.wake_at)
+                    await self._records.wait(job, action.wake_at, owner=self._owner)
                     return
-                await self._records.finish(job, action, error=self._job_error(job, action), was=was)
+                await self._records.finish(job, action, owner=self._owner, error=self._job_error(job, action), was=was)
                 if not was.finished:
                     self._metrics.jobs_finished.labels(action.status.value).inc()
                 log.info("job %s %s", job.public_id, action.status.value, extra={"job_id": job.public_id})
                 return
             if isinstance(action, WaitUntil):
-                await self._records.wait(job, action.at)
+                await self._records.wait(job, action.at, owner=self._owner)
                 return
             assert isinstance(action, RunStep)
             if self.stopping:
-                await self._records.release(job.pk, job.public_id)
+                await self._records.release(job.pk, job.public_id, owner=self._owner)
                 return
             if not await self._run_step(job, job.step_at(action.position)):
                 return
@@ -190,6 +201,7 @@ class JobRunner:
             job,
             step,
             attempt_id,
+            owner=self._owner,
             status=status,
             label=outcome.label,
             message=message,

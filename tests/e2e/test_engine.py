@@ -12,6 +12,7 @@ from bridge.domain.events import OrderEvent
 from bridge.panel.simulator import PanelSimulator
 from bridge.store import tables as t
 from bridge.store.intake import store_event
+from bridge.store.job_view import callback_body
 from bridge.store.tables import metadata
 from bridge.store.types import utcnow
 
@@ -44,6 +45,7 @@ async def test_happy_path_provisions_everything_once_and_calls_back(deployment: 
         assert types == ["job.started", "job.succeeded"]
         done = next(c for c in bridge.receiver.received if c["type"] == "job.succeeded")
         assert done["data"]["status"] == "succeeded"
+        assert done["data"] == callback_body(await bridge.job(answer["job_id"], detail=False), "job.succeeded")["data"]
         assert done["data"]["steps"][1]["result"]["domain_id"] is not None
         everything = str(bridge.receiver.received) + await dump_every_table(bridge)
         for secret in (DB_PASSWORD, ACCOUNT[1]):
@@ -102,6 +104,8 @@ async def test_a_permanent_failure_fails_the_job_with_compensation_records(deplo
         failed = next(c for c in bridge.receiver.received if c["type"] == "job.failed")
         assert failed["data"]["compensations"][0]["action"].startswith("remove domain example.com")
         assert failed["data"]["error"] == job["error"]
+        # The worker writes the body from the job it holds: it must say what the admin read says.
+        assert failed["data"] == callback_body(await bridge.job(answer["job_id"], detail=False), "job.failed")["data"]
 
 
 async def test_bad_credentials_fail_the_job_after_one_call(deployment: dict[str, str]) -> None:
@@ -156,6 +160,7 @@ async def test_ssl_is_deferred_then_issued_and_reported_with_job_updated(deploym
         assert first_success["data"]["deferred"] == ["issue_ssl"]
         updated = next(c for c in bridge.receiver.received if c["type"] == "job.updated")
         assert updated["data"]["deferred"] == []
+        assert updated["data"] == callback_body(await bridge.job(answer["job_id"], detail=False), "job.updated")["data"]
 
 
 async def test_mutating_calls_to_one_panel_never_overlap(deployment: dict[str, str]) -> None:

@@ -1,0 +1,149 @@
+"""The worker's writes are fenced by its lease: once another worker has taken the job
+over, nothing the first one writes lands. On SQLite and on PostgreSQL (where each
+write is one statement)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import FERNET_KEY
+from orders import service_create
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bridge.domain.events import OrderEvent
+from bridge.domain.jobs import JobStatus, StepStatus
+from bridge.domain.saga import Finish
+from bridge.panel.client import PanelCallRecord
+from bridge.store import leases
+from bridge.store import tables as t
+from bridge.store.callback_rows import CallbackPolicy
+from bridge.store.crypto import SecretBox
+from bridge.store.database import create_engine
+from bridge.store.intake import store_event
+from bridge.store.job_change import LeaseLost
+from bridge.store.job_records import JobRecord, JobRecords
+from bridge.store.types import utcnow
+
+CALLBACK_URL = "https://billing.example.com/bridge-callback"
+POLICY = CallbackPolicy(allowed_origins=["https://billing.example.com"], secret_configured=True)
+WRITTEN_BY_STEPS = (t.attempts, t.panel_calls, t.compensations, t.callbacks, t.outbox)
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(db_url)
+    yield engine
+    await engine.dispose()
+
+
+async def leased_job(engine: AsyncEngine, records: JobRecords, owner: str) -> JobRecord:
+    event = OrderEvent.model_validate(service_create(callback_url=CALLBACK_URL))
+    stored = await store_event(engine, SecretBox([FERNET_KEY]), "msg_fence", event)
+    lease = await leases.acquire(engine, stored.job_id, owner, 60)
+    assert lease.outcome is leases.LeaseOutcome.LEASED
+    return await records.load(lease.row)
+
+
+async def take_over(engine: AsyncEngine, job: JobRecord, new_owner: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(update(t.jobs).where(t.jobs.c.id == job.pk).values(lease_owner=new_owner))
+
+
+async def counts(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        return {
+            table.name: (await conn.execute(select(func.count()).select_from(table))).scalar_one()
+            for table in WRITTEN_BY_STEPS
+        }
+
+
+async def job_and_steps(engine: AsyncEngine, job: JobRecord) -> tuple[Any, list[Any]]:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(t.jobs).where(t.jobs.c.id == job.pk))).one()
+        steps = (await conn.execute(select(t.steps).where(t.steps.c.job_id == job.pk).order_by(t.steps.c.id))).all()
+    return row, steps
+
+
+def call() -> PanelCallRecord:
+    return PanelCallRecord(
+        call="add_domain",
+        url="https://panel.example.com:2083/api/add_domain/",
+        request={"domain": "example.com"},
+        http_status=200,
+        response='{"success": true}',
+        outcome="succeeded",
+        message="ok",
+        duration_ms=3.0,
+    )
+
+
+async def test_the_holder_writes_the_step_its_call_and_its_compensation_together(engine: AsyncEngine) -> None:
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await leased_job(engine, records, "worker-a")
+    step = job.steps[1]
+    attempt_id = await records.start_attempt(job, step, "worker-a", 60)
+    await records.record_outcome(
+        job,
+        step,
+        attempt_id,
+        owner="worker-a",
+        status=StepStatus.SUCCEEDED,
+        label="succeeded",
+        message="Domain added",
+        in_flight=False,
+        result={"domain_id": 7},
+        compensation="remove domain example.com (panel id 7) from account john",
+        next_attempt_at=None,
+        calls=[call(), call()],
+    )
+    row, steps = await job_and_steps(engine, job)
+    assert row.status == JobStatus.RUNNING and steps[1].status == StepStatus.SUCCEEDED
+    assert steps[1].result == {"domain_id": 7} and steps[1].attempts == 1
+    async with engine.connect() as conn:
+        comp_ids = (await conn.execute(select(t.compensations.c.id))).scalars().all()
+        call_attempts = (await conn.execute(select(t.panel_calls.c.attempt_id))).scalars().all()
+        started = (await conn.execute(select(t.callbacks.c.body).where(t.callbacks.c.type == "job.started"))).scalar()
+    assert [c.id for c in job.compensations] == comp_ids and len(comp_ids) == 1
+    assert call_attempts == [attempt_id, attempt_id]
+    assert started["data"]["status"] == "running"
+
+
+async def test_a_worker_that_lost_its_lease_writes_nothing(engine: AsyncEngine) -> None:
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await leased_job(engine, records, "worker-a")
+    step = job.steps[1]
+    attempt_id = await records.start_attempt(job, step, "worker-a", 60)
+    await take_over(engine, job, "worker-b")
+    before, (row_before, steps_before) = await counts(engine), await job_and_steps(engine, job)
+
+    with pytest.raises(LeaseLost):
+        await records.start_attempt(job, job.steps[2], "worker-a", 60)
+    with pytest.raises(LeaseLost):
+        await records.record_outcome(
+            job,
+            step,
+            attempt_id,
+            owner="worker-a",
+            status=StepStatus.SUCCEEDED,
+            label="succeeded",
+            message="Domain added",
+            in_flight=False,
+            result={"domain_id": 7},
+            compensation="remove domain example.com (panel id 7) from account john",
+            next_attempt_at=None,
+            calls=[call()],
+        )
+    with pytest.raises(LeaseLost):
+        await records.finish(job, Finish(JobStatus.FAILED), owner="worker-a", error="x", was=JobStatus.RUNNING)
+    with pytest.raises(LeaseLost):
+        await records.wait(job, utcnow(), owner="worker-a")
+    with pytest.raises(LeaseLost):
+        await records.release(job.pk, job.public_id, owner="worker-a")
+
+    assert await counts(engine) == before
+    row_after, steps_after = await job_and_steps(engine, job)
+    assert row_after == row_before and steps_after == steps_before
+    assert row_after.lease_owner == "worker-b"

@@ -32,6 +32,7 @@ from bridge.settings import Settings
 from bridge.store.callback_rows import CallbackPolicy
 from bridge.store.crypto import SecretBox
 from bridge.store.database import create_engine, is_sqlite
+from bridge.store.intake import EventIntake
 from bridge.store.job_records import JobRecords
 from bridge.webhooks.signature import SignatureVerifier
 from bridge.worker.breaker import PanelBreaker
@@ -56,6 +57,7 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     box: SecretBox
+    intake: EventIntake
     queue: JobQueue
     verifier: SignatureVerifier
     metrics: Metrics
@@ -134,6 +136,7 @@ async def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> 
         settings=settings,
         engine=engine,
         box=box,
+        intake=EventIntake(engine, box),
         queue=queue,
         verifier=SignatureVerifier(settings.webhook_secrets),
         metrics=metrics,
@@ -148,11 +151,13 @@ async def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> 
         ),
     )
     try:
+        await runtime.intake.start()
         await _start_queue(queue)
         yield runtime
     finally:
         await runtime.close_clients()
         await queue.close()
+        await runtime.intake.close()
         await engine.dispose()
 
 

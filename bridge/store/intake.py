@@ -1,26 +1,42 @@
 """Storing an accepted event: event, job, planned steps and the outbox row in ONE transaction.
 
 On PostgreSQL the four inserts are one statement (data-modifying CTEs, so one implicit
-transaction and one round trip); elsewhere they are four statements in one transaction.
+transaction and one round trip), sent straight through asyncpg on a small pool of the
+intake's own: the webhook's hot path pays for no statement building, no connection
+churn and no pool bookkeeping beyond asyncpg's. Elsewhere (SQLite) they are four
+statements in one SQLAlchemy transaction.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text
-from sqlalchemy.dialects.postgresql import JSONB
+import asyncpg
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.types import DateTime
 
 from bridge.domain.events import OrderEvent
 from bridge.domain.jobs import JobStatus, StepStatus, plan
 from bridge.store import tables as t
 from bridge.store.crypto import SecretBox
 from bridge.store.types import utcnow
+
+# How long a request waits for one of the intake's connections before answering 503.
+ACQUIRE_TIMEOUT_S = 5.0
+
+
+# Everything asyncpg raises of its own: server errors, a connection gone, a protocol
+# out of step. None of them leaves the event stored.
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
+
+
+class IntakeUnavailable(Exception):
+    """The database did not take the event: it is NOT stored."""
 
 
 @dataclass(frozen=True)
@@ -29,52 +45,190 @@ class StoredEvent:
     duplicate: bool
 
 
-async def store_event(engine: AsyncEngine, box: SecretBox, webhook_id: str, event: OrderEvent) -> StoredEvent:
-    """Commit the event and its job, or find the job of an earlier copy of the same ``webhook_id``.
+@dataclass(frozen=True)
+class IntakeRows:
+    """What one accepted event writes, secrets already encrypted."""
 
-    The unique ``webhook_id`` makes concurrent copies race safely: exactly one insert
-    wins, the others find its job.
+    webhook_id: str
+    job_id: str
+    now: datetime
+    event: dict[str, Any]
+    job: dict[str, Any]
+    steps: list[dict[str, Any]]
+
+    @classmethod
+    def build(cls, box: SecretBox, webhook_id: str, event: OrderEvent) -> IntakeRows:
+        now = utcnow()
+        job_id = str(uuid.uuid4())
+        data = event.data
+        event_row = {
+            "webhook_id": webhook_id,
+            "type": event.type,
+            "payload": box.encrypt_fields(event.model_dump(mode="json")),
+            "received_at": now,
+        }
+        job_row = {
+            "public_id": job_id,
+            "webhook_id": webhook_id,
+            "type": event.type,
+            "service_id": data.service_id,
+            "panel": data.panel,
+            "domain": data.domain,
+            "account_username": data.account.username,
+            "account_password": box.encrypt(data.account.password),
+            "callback_url": data.callback_url,
+            "status": JobStatus.ACCEPTED.value,
+            "next_run_at": now,
+            "enqueued_at": now,
+            "cancel_requested": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        step_rows = [
+            {"position": position, "kind": step.kind.value, "params": box.encrypt_fields(step.params)}
+            for position, step in enumerate(plan(event))
+        ]
+        return cls(webhook_id, job_id, now, event_row, job_row, step_rows)
+
+
+class EventIntake:
+    """Stores accepted events; on PostgreSQL through an asyncpg pool of its own.
+
+    The pool connects lazily (a database that is down at start only makes requests
+    answer 503) and holds at most ``pool_size`` connections, which requests share in
+    turn instead of opening and closing connections under load.
     """
-    now = utcnow()
-    job_id = str(uuid.uuid4())
-    data = event.data
-    event_row = {
-        "webhook_id": webhook_id,
-        "type": event.type,
-        "payload": box.encrypt_fields(event.model_dump(mode="json")),
-        "received_at": now,
-    }
-    job_row = {
-        "public_id": job_id,
-        "webhook_id": webhook_id,
-        "type": event.type,
-        "service_id": data.service_id,
-        "panel": data.panel,
-        "domain": data.domain,
-        "account_username": data.account.username,
-        "account_password": box.encrypt(data.account.password),
-        "callback_url": data.callback_url,
-        "status": JobStatus.ACCEPTED.value,
-        "next_run_at": now,
-        "enqueued_at": now,
-        "cancel_requested": False,
-        "created_at": now,
-        "updated_at": now,
-    }
-    step_rows = [
-        {"position": position, "kind": step.kind.value, "params": box.encrypt_fields(step.params)}
-        for position, step in enumerate(plan(event))
-    ]
-    if engine.dialect.name == "postgresql":
-        return await _store_in_one_statement(engine, event_row, job_row, step_rows, now)
+
+    def __init__(self, engine: AsyncEngine, box: SecretBox, *, pool_size: int = 10) -> None:
+        self._engine = engine
+        self._box = box
+        self._pool: asyncpg.Pool | None = None
+        if engine.dialect.name == "postgresql":
+            _, connect_kwargs = engine.dialect.create_connect_args(engine.url)
+            self._pool = asyncpg.create_pool(
+                min_size=0,
+                max_size=pool_size,
+                timeout=5,
+                command_timeout=60,
+                reset=_no_session_state,
+                **connect_kwargs,
+            )
+
+    async def start(self) -> None:
+        if self._pool is not None:
+            await self._pool  # min_size=0: makes no connection yet
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def store(self, webhook_id: str, event: OrderEvent) -> StoredEvent:
+        """Commit the event and its job, or find the job of an earlier copy of the same ``webhook_id``.
+
+        Raises :class:`IntakeUnavailable` (or one of ``DATABASE_UNAVAILABLE``) when
+        the event could not be stored.
+        """
+        rows = IntakeRows.build(self._box, webhook_id, event)
+        if self._pool is None:
+            return await _store_in_transaction(self._engine, rows)
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                try:
+                    return await store_on_postgresql(conn, rows)
+                except BaseException:
+                    # The connection is in a state nobody knows (dropped by the server,
+                    # cancelled mid-statement): close it, the pool opens a fresh one.
+                    conn.terminate()
+                    raise
+        except _DRIVER_ERRORS as exc:
+            raise IntakeUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
+
+
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    # The intake's connections run one autocommitted statement and a look-up: no
+    # transaction, lock, LISTEN or SET outlives a request, so the pool's reset query
+    # (a round trip on every release) would clear nothing. asyncpg still rolls back
+    # a transaction left open, without a query when there is none.
+    return None
+
+
+async def store_event(engine: AsyncEngine, box: SecretBox, webhook_id: str, event: OrderEvent) -> StoredEvent:
+    """:meth:`EventIntake.store` on one of ``engine``'s connections (for tools and tests)."""
+    rows = IntakeRows.build(box, webhook_id, event)
+    if engine.dialect.name != "postgresql":
+        return await _store_in_transaction(engine, rows)
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        return await store_on_postgresql(raw.driver_connection, rows)
+
+
+# A single statement is a transaction of its own: the event, job, steps and outbox row are
+# committed together or not at all. A copy of an earlier webhook_id inserts nothing (the
+# conflict waits for a concurrent copy to commit or roll back), and then finds that job.
+STORE_ONE_STATEMENT = """
+    WITH new_event AS (
+        INSERT INTO events (webhook_id, type, payload, received_at)
+        VALUES ($1, $2, $3::jsonb, $4)
+        ON CONFLICT (webhook_id) DO NOTHING
+        RETURNING id
+    ), new_job AS (
+        INSERT INTO jobs (public_id, event_id, webhook_id, type, service_id, panel, domain,
+                          account_username, account_password, callback_url, status, next_run_at,
+                          enqueued_at, cancel_requested, created_at, updated_at)
+        SELECT $5, new_event.id, $1, $2, $6, $7, $8, $9, $10, $11, $12, $4, $4, false, $4, $4
+        FROM new_event
+        RETURNING id
+    ), new_steps AS (
+        INSERT INTO steps (job_id, position, kind, params, status, attempts, in_flight, updated_at)
+        SELECT new_job.id, step.position, step.kind, step.params, $13, 0, false, $4
+        FROM new_job CROSS JOIN jsonb_to_recordset($14::jsonb) AS step(position integer, kind text, params jsonb)
+    ), new_outbox AS (
+        INSERT INTO outbox (job_public_id, delay_s, created_at)
+        SELECT $5, 0.0, $4 FROM new_job
+    )
+    SELECT id FROM new_job
+"""
+
+JOB_FOR_WEBHOOK = "SELECT public_id FROM jobs WHERE webhook_id = $1"
+
+
+async def store_on_postgresql(conn: asyncpg.Connection, rows: IntakeRows) -> StoredEvent:
+    # Outside any transaction block: the one statement commits by itself, no BEGIN/COMMIT.
+    job = rows.job
+    inserted = await conn.fetchval(
+        STORE_ONE_STATEMENT,
+        rows.webhook_id,
+        job["type"],
+        json.dumps(rows.event["payload"]),
+        rows.now,
+        rows.job_id,
+        job["service_id"],
+        job["panel"],
+        job["domain"],
+        job["account_username"],
+        job["account_password"],
+        job["callback_url"],
+        job["status"],
+        StepStatus.PENDING.value,
+        json.dumps(rows.steps),
+    )
+    if inserted is not None:
+        return StoredEvent(rows.job_id, duplicate=False)
+    existing = await conn.fetchval(JOB_FOR_WEBHOOK, rows.webhook_id)
+    if existing is None:
+        raise LookupError(f"webhook {rows.webhook_id!r} has an event but no job")
+    return StoredEvent(existing, duplicate=True)
+
+
+async def _store_in_transaction(engine: AsyncEngine, rows: IntakeRows) -> StoredEvent:
     try:
         async with engine.begin() as conn:
-            existing = await _job_for_webhook(conn, webhook_id)
+            existing = await _job_for_webhook(conn, rows.webhook_id)
             if existing is not None:
                 return StoredEvent(existing, duplicate=True)
-            event_pk = (await conn.execute(insert(t.events).values(event_row).returning(t.events.c.id))).scalar_one()
+            event_pk = (await conn.execute(insert(t.events).values(rows.event).returning(t.events.c.id))).scalar_one()
             job_pk = (
-                await conn.execute(insert(t.jobs).values(event_id=event_pk, **job_row).returning(t.jobs.c.id))
+                await conn.execute(insert(t.jobs).values(event_id=event_pk, **rows.job).returning(t.jobs.c.id))
             ).scalar_one()
             await conn.execute(
                 insert(t.steps),
@@ -85,89 +239,18 @@ async def store_event(engine: AsyncEngine, box: SecretBox, webhook_id: str, even
                         "status": StepStatus.PENDING,
                         "attempts": 0,
                         "in_flight": False,
-                        "updated_at": now,
+                        "updated_at": rows.now,
                     }
-                    for row in step_rows
+                    for row in rows.steps
                 ],
             )
-            await conn.execute(insert(t.outbox).values(job_public_id=job_id, delay_s=0.0, created_at=now))
+            await conn.execute(insert(t.outbox).values(job_public_id=rows.job_id, delay_s=0.0, created_at=rows.now))
     except IntegrityError:
-        existing = await find_job_for_webhook(engine, webhook_id)
+        existing = await find_job_for_webhook(engine, rows.webhook_id)
         if existing is None:
             raise
         return StoredEvent(existing, duplicate=True)
-    return StoredEvent(job_id, duplicate=False)
-
-
-# A single statement is a transaction of its own: the event, job, steps and outbox row are
-# committed together or not at all. A copy of an earlier webhook_id inserts nothing (the
-# conflict waits for a concurrent copy to commit or roll back), and then finds that job.
-_STORE_ONE_STATEMENT = text(
-    """
-    WITH new_event AS (
-        INSERT INTO events (webhook_id, type, payload, received_at)
-        VALUES (:webhook_id, :type, :payload, :now)
-        ON CONFLICT (webhook_id) DO NOTHING
-        RETURNING id
-    ), new_job AS (
-        INSERT INTO jobs (public_id, event_id, webhook_id, type, service_id, panel, domain,
-                          account_username, account_password, callback_url, status, next_run_at,
-                          enqueued_at, cancel_requested, created_at, updated_at)
-        SELECT :public_id, new_event.id, :webhook_id, :type, :service_id, :panel, :domain,
-               :account_username, :account_password, :callback_url, :status, :now,
-               :now, false, :now, :now
-        FROM new_event
-        RETURNING id
-    ), new_steps AS (
-        INSERT INTO steps (job_id, position, kind, params, status, attempts, in_flight, updated_at)
-        SELECT new_job.id, step.position, step.kind, step.params, :step_status, 0, false, :now
-        FROM new_job CROSS JOIN jsonb_to_recordset(:steps) AS step(position integer, kind text, params jsonb)
-    ), new_outbox AS (
-        INSERT INTO outbox (job_public_id, delay_s, created_at)
-        SELECT :public_id, 0.0, :now FROM new_job
-    )
-    SELECT id FROM new_job
-    """
-).bindparams(
-    bindparam("payload", type_=JSONB),
-    bindparam("steps", type_=JSONB),
-    bindparam("now", type_=DateTime(timezone=True)),
-)
-
-
-async def _store_in_one_statement(
-    engine: AsyncEngine,
-    event_row: dict[str, Any],
-    job_row: dict[str, Any],
-    step_rows: list[dict[str, Any]],
-    now: Any,
-) -> StoredEvent:
-    params = {
-        "webhook_id": event_row["webhook_id"],
-        "type": event_row["type"],
-        "payload": event_row["payload"],
-        "now": now,
-        "public_id": job_row["public_id"],
-        "service_id": job_row["service_id"],
-        "panel": job_row["panel"],
-        "domain": job_row["domain"],
-        "account_username": job_row["account_username"],
-        "account_password": job_row["account_password"],
-        "callback_url": job_row["callback_url"],
-        "status": job_row["status"],
-        "step_status": StepStatus.PENDING.value,
-        "steps": step_rows,
-    }
-    async with engine.connect() as conn:
-        # No BEGIN/COMMIT round trips: the one statement commits by itself.
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        inserted = (await conn.execute(_STORE_ONE_STATEMENT, params)).scalar_one_or_none()
-        if inserted is not None:
-            return StoredEvent(job_row["public_id"], duplicate=False)
-        existing = await _job_for_webhook(conn, event_row["webhook_id"])
-    if existing is None:
-        raise LookupError(f"webhook {event_row['webhook_id']!r} has an event but no job")
-    return StoredEvent(existing, duplicate=True)
+    return StoredEvent(rows.job_id, duplicate=False)
 
 
 async def find_job_for_webhook(engine: AsyncEngine, webhook_id: str) -> str | None:

@@ -16,13 +16,16 @@ from pydantic import ValidationError
 from bridge.domain.events import parse_event
 from bridge.store.crypto import SecretsUnavailable
 from bridge.store.errors import DATABASE_UNAVAILABLE
-from bridge.store.intake import store_event
+from bridge.store.intake import IntakeUnavailable
 from bridge.web.keys import RUNTIME
 from bridge.webhooks.signature import InvalidSignature
 
 log = logging.getLogger("bridge.webhooks")
 
 MAX_BODY_BYTES = 64 * 1024
+
+# What the store raises when the event is NOT stored: the answer is a 503.
+NOT_STORED: tuple[type[BaseException], ...] = (IntakeUnavailable, *DATABASE_UNAVAILABLE)
 
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*): (.*)$", re.DOTALL)
 
@@ -101,12 +104,12 @@ async def receive_order(request: web.Request) -> web.Response:
         msg = f"unknown panel {event.data.panel!r}; configured: {', '.join(runtime.panel_names) or 'none'}"
         return error(422, f"data.panel: {msg}", fields=[{"loc": "data.panel", "msg": msg}])
     try:
-        stored = await store_event(runtime.engine, runtime.box, webhook_id, event)
+        stored = await runtime.intake.store(webhook_id, event)
     except SecretsUnavailable as exc:
         metrics.webhooks.labels("unavailable").inc()
         log.error("cannot store an order: %s", exc)
         return error(503, "the bridge cannot store secrets right now (BRIDGE_SECRET_KEY)")
-    except DATABASE_UNAVAILABLE as exc:
+    except NOT_STORED as exc:
         metrics.webhooks.labels("unavailable").inc()
         log.error("database unavailable, order not stored: %s", exc.__class__.__name__)
         return error(503, "the database is unavailable; the event was NOT stored, send it again later")

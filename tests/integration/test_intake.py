@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import FERNET_KEY, WEBHOOK_SECRET
 from orders import ACCOUNT_PASSWORD, DB_PASSWORD, service_create, signed
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from bridge.bootstrap import Runtime, build_app, open_runtime
 from bridge.broker.memory import InProcessQueue
@@ -257,6 +257,31 @@ async def test_database_down_is_503_and_nothing_is_published() -> None:
         assert status == 503 and "NOT stored" in answer["error"]
         await rt.relay.drain_quietly()
         assert await consumed(queue) == []
+
+
+async def test_orders_are_stored_again_after_postgresql_drops_the_intake_connections(pg_url: str) -> None:
+    async with (
+        open_runtime(make_settings(pg_url), queue=InProcessQueue()) as rt,
+        TestClient(TestServer(build_app(rt))) as test_client,
+    ):
+        first = await asyncio.gather(*(post(test_client, *signed(WEBHOOK_SECRET, service_create())) for _ in range(5)))
+        assert [status for status, _ in first] == [202] * 5
+        async with rt.engine.connect() as conn:
+            dropped = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        assert dropped
+        statuses = []
+        for _ in range(3):
+            status, _ = await post(test_client, *signed(WEBHOOK_SECRET, service_create()))
+            statuses.append(status)
+        # A connection found dead is a 503 (the event was not stored, the sender retries); the
+        # pool then reconnects.
+        assert set(statuses) <= {202, 503} and statuses[-1] == 202
+        assert await count(rt, t.jobs) == 5 + statuses.count(202)
 
 
 async def test_relay_publishes_only_committed_rows(runtime: Runtime, client: TestClient) -> None:

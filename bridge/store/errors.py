@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 # DBAPIError covers connection loss mid-statement on both drivers; OSError and
-# TimeoutError cover a refused or hanging connect before the driver wraps it.
+# TimeoutError cover a refused or hanging connect before the driver wraps it; the
+# asyncpg errors, the few hot statements sent on the driver's own connection.
 DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     OperationalError,
     InterfaceError,
@@ -14,4 +16,6 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     PoolTimeout,
     OSError,
     TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
 )

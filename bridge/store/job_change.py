@@ -4,22 +4,29 @@ The engine commits a handful of rows per step (the job, the step, an attempt, th
 panel calls, a compensation, callbacks, wake-ups). On PostgreSQL they are written by
 ONE statement: the job's UPDATE, fenced by ``lease_owner``, is a CTE every other
 write depends on, so a worker that lost the job writes nothing at all, and a step
-costs one round trip instead of one per row plus BEGIN and COMMIT. On SQLite the same
-writes run one after another inside a transaction that the fence can roll back.
+costs one round trip instead of one per row plus BEGIN and COMMIT. That statement is
+the worker's hottest path, so it is rendered here and sent on the driver's
+connection, without the ORM layer's per-statement work (several times the cost of
+the round trip itself). On SQLite the same writes run one after another, through
+SQLAlchemy, inside a transaction that the fence can roll back.
 """
 
 from __future__ import annotations
 
+import enum
+import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CTE, Table, exists, insert, literal, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, Select, Table, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql import Select
-from sqlalchemy.sql.dml import Update
 
+from bridge.domain.jobs import UNFINISHED_JOB_STATUSES
 from bridge.store import tables as t
+from bridge.store.driver import driver_connection
+from bridge.store.types import UTCDateTime
 
 
 class LeaseLost(Exception):
@@ -27,10 +34,11 @@ class LeaseLost(Exception):
 
 
 @dataclass
-class _InsertFrom:
+class _RowsUpdate:
     table: Table
-    columns: list[str]
-    rows: Select[Any]
+    # column -> value, or a collection of values (IN)
+    match: dict[str, Any]
+    values: dict[str, Any]
 
 
 @dataclass
@@ -42,14 +50,14 @@ class JobChange:
     job_values: dict[str, Any]
     # Job columns to read back from the job's UPDATE (the row after the change).
     returning: tuple[str, ...] = ()
-    _updates: list[Update] = field(default_factory=list)
+    _updates: list[_RowsUpdate] = field(default_factory=list)
     _rows: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
-    _selected: list[_InsertFrom] = field(default_factory=list)
     # The insert whose new id the change returns as ``new_id`` (index into _rows).
     _id_of: int | None = None
+    _wake_next: tuple[str, datetime] | None = None
 
-    def update(self, statement: Update) -> None:
-        self._updates.append(statement)
+    def update(self, table: Table, match: dict[str, Any], values: dict[str, Any]) -> None:
+        self._updates.append(_RowsUpdate(table, match, values))
 
     def insert(self, table: Table, row: dict[str, Any], *, return_id: bool = False) -> None:
         if return_id:
@@ -57,70 +65,156 @@ class JobChange:
             self._id_of = len(self._rows)
         self._rows.append((table, row))
 
-    def insert_from(self, table: Table, columns: list[str], rows: Select[Any]) -> None:
-        self._selected.append(_InsertFrom(table, columns, rows))
+    def wake_next_of_service(self, service_id: str, now: datetime) -> None:
+        """Wake the next unfinished job of ``service_id`` after this one (it was waiting its turn)."""
+        self._wake_next = (service_id, now)
 
     async def apply(self, engine: AsyncEngine) -> dict[str, Any]:
         """Commit the change; the ``returning`` columns (and ``new_id``). Raises :class:`LeaseLost`."""
         if engine.dialect.name == "postgresql":
-            return await self._apply_as_one_statement(engine)
+            return await self._apply_on_postgresql(engine)
         return await self._apply_in_turn(engine)
 
-    def _job_update(self) -> Update:
-        return (
-            update(t.jobs)
-            .where(t.jobs.c.id == self.job_pk, t.jobs.c.lease_owner == self.owner)
-            .values(**self.job_values)
-            .returning(t.jobs.c.id, *(t.jobs.c[name] for name in self.returning))
-        )
-
-    async def _apply_as_one_statement(self, engine: AsyncEngine) -> dict[str, Any]:
-        job = self._job_update().cte("changed_job")
-        fenced = exists(select(job.c.id))
-        ctes: list[CTE] = []
-        for n, statement in enumerate(self._updates):
-            ctes.append(statement.where(fenced).cte(f"update_{n}"))
-        new_id: CTE | None = None
-        for n, (table, row) in enumerate(self._rows):
-            values = select(*(literal(value, type_=table.c[name].type) for name, value in row.items())).where(fenced)
-            adding = insert(table).from_select(list(row), values)
-            if n == self._id_of:
-                new_id = adding.returning(table.c.id).cte(f"insert_{n}")
-                continue
-            ctes.append(adding.cte(f"insert_{n}"))
-        for n, selected in enumerate(self._selected):
-            adding = insert(selected.table).from_select(selected.columns, selected.rows.where(fenced))
-            ctes.append(adding.cte(f"insert_from_{n}"))
-        columns = [job.c[name] for name in ("id", *self.returning)]
-        if new_id is not None:
-            columns.append(select(new_id.c.id).scalar_subquery().label("new_id"))
-        async with engine.connect() as conn:
-            # One statement runs in a transaction of its own; autocommit saves BEGIN and COMMIT.
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            changed = (await conn.execute(select(*columns).add_cte(*ctes))).one_or_none()
-        return self._result(changed)
-
-    async def _apply_in_turn(self, engine: AsyncEngine) -> dict[str, Any]:
-        async with engine.begin() as conn:
-            row = (await conn.execute(self._job_update())).one_or_none()
-            if row is None:
-                raise LeaseLost()
-            for statement in self._updates:
-                await conn.execute(statement)
-            new_id = None
-            for n, (table, values) in enumerate(self._rows):
-                if n == self._id_of:
-                    new_id = (await conn.execute(insert(table).values(**values).returning(table.c.id))).scalar_one()
-                else:
-                    await conn.execute(insert(table).values(**values))
-            for selected in self._selected:
-                await conn.execute(insert(selected.table).from_select(selected.columns, selected.rows))
-        result = self._result(row)
-        if self._id_of is not None:
-            result["new_id"] = new_id
-        return result
-
-    def _result(self, row: Row[Any] | None) -> dict[str, Any]:
+    async def _apply_on_postgresql(self, engine: AsyncEngine) -> dict[str, Any]:
+        sql, args = self.postgresql_statement()
+        async with driver_connection(engine) as driver:
+            # One statement is a transaction of its own (no BEGIN/COMMIT round trips).
+            row = await driver.fetchrow(sql, *args)
         if row is None:
             raise LeaseLost()
-        return dict(row._mapping)
+        return dict(row)
+
+    def postgresql_statement(self) -> tuple[str, list[Any]]:
+        p = _Params()
+        jobs = t.jobs.c
+        sets = ", ".join(f'"{name}" = {p(jobs[name], value)}' for name, value in self.job_values.items())
+        back = ", ".join(f'"{name}"' for name in ("id", *self.returning))
+        ctes = [
+            f"changed_job AS (UPDATE jobs SET {sets} WHERE id = {p(jobs.id, self.job_pk)} "
+            f"AND lease_owner = {p(jobs.lease_owner, self.owner)} RETURNING {back})"
+        ]
+        fenced = "EXISTS (SELECT 1 FROM changed_job)"
+        for n, change in enumerate(self._updates):
+            cols = change.table.c
+            sets = ", ".join(f'"{name}" = {p(cols[name], value)}' for name, value in change.values.items())
+            where = " AND ".join(_match(p, cols[name], value) for name, value in change.match.items())
+            ctes.append(f'update_{n} AS (UPDATE "{change.table.name}" SET {sets} WHERE {where} AND {fenced})')
+        for n, (table, row) in enumerate(self._rows):
+            names = ", ".join(f'"{name}"' for name in row)
+            values = ", ".join(p(table.c[name], value) for name, value in row.items())
+            returning = " RETURNING id" if n == self._id_of else ""
+            ctes.append(
+                f'insert_{n} AS (INSERT INTO "{table.name}" ({names}) SELECT {values} WHERE {fenced}{returning})'
+            )
+        if self._wake_next is not None:
+            service_id, now = self._wake_next
+            ctes.append(
+                "wake_next AS (INSERT INTO outbox (job_public_id, delay_s, created_at) "
+                f"SELECT public_id, 0.0, {p(t.outbox.c.created_at, now)} FROM jobs "
+                f"WHERE service_id = {p(jobs.service_id, service_id)} AND id > {p(jobs.id, self.job_pk)} "
+                f"AND {_match(p, jobs.status, UNFINISHED_JOB_STATUSES)} AND {fenced} ORDER BY id LIMIT 1)"
+            )
+        new_id = f", (SELECT id FROM insert_{self._id_of}) AS new_id" if self._id_of is not None else ""
+        return f"WITH {', '.join(ctes)} SELECT changed_job.*{new_id} FROM changed_job", p.values
+
+    async def _apply_in_turn(self, engine: AsyncEngine) -> dict[str, Any]:
+        jobs = t.jobs.c
+        async with engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    update(t.jobs)
+                    .where(jobs.id == self.job_pk, jobs.lease_owner == self.owner)
+                    .values(**self.job_values)
+                    .returning(jobs.id, *(jobs[name] for name in self.returning))
+                )
+            ).one_or_none()
+            if row is None:
+                raise LeaseLost()
+            result = dict(row._mapping)
+            for change in self._updates:
+                cols = change.table.c
+                where = [
+                    cols[name].in_(value) if _is_many(value) else cols[name] == value
+                    for name, value in change.match.items()
+                ]
+                await conn.execute(update(change.table).where(*where).values(**change.values))
+            for n, (table, values) in enumerate(self._rows):
+                if n == self._id_of:
+                    adding = insert(table).values(**values).returning(table.c.id)
+                    result["new_id"] = (await conn.execute(adding)).scalar_one()
+                else:
+                    await conn.execute(insert(table).values(**values))
+            if self._wake_next is not None:
+                service_id, now = self._wake_next
+                await conn.execute(
+                    insert(t.outbox).from_select(WAKE_COLUMNS, next_of_service(service_id, self.job_pk, now))
+                )
+        return result
+
+
+WAKE_COLUMNS = ["job_public_id", "delay_s", "created_at"]
+
+
+def next_of_service(service_id: str, job_pk: int, now: datetime) -> Select[Any]:
+    """The outbox row waking the next unfinished job of ``service_id`` after job ``job_pk``."""
+    return (
+        select(
+            t.jobs.c.public_id,
+            literal(0.0, type_=t.outbox.c.delay_s.type),
+            literal(now, type_=t.outbox.c.created_at.type),
+        )
+        .where(t.jobs.c.service_id == service_id, t.jobs.c.id > job_pk, t.jobs.c.status.in_(UNFINISHED_JOB_STATUSES))
+        .order_by(t.jobs.c.id)
+        .limit(1)
+    )
+
+
+def _is_many(value: Any) -> bool:
+    return isinstance(value, Collection) and not isinstance(value, str)
+
+
+def _match(p: _Params, column: Column[Any], value: Any) -> str:
+    if _is_many(value):
+        return f'"{column.name}" = ANY({p.many(column, value)})'
+    return f'"{column.name}" = {p(column, value)}'
+
+
+class _Params:
+    """Positional parameters ($1, $2, ...) for the driver, each cast to its column's type."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, column: Column[Any], value: Any) -> str:
+        self.values.append(_driver_value(column, value))
+        return f"${len(self.values)}::{_pg_type(column)}"
+
+    def many(self, column: Column[Any], values: Collection[Any]) -> str:
+        self.values.append([_driver_value(column, value) for value in values])
+        return f"${len(self.values)}::{_pg_type(column)}[]"
+
+
+def _pg_type(column: Column[Any]) -> str:
+    kind = column.type
+    if isinstance(kind, UTCDateTime):
+        return "timestamptz"
+    if isinstance(kind, JSON):
+        return "jsonb"
+    if isinstance(kind, Boolean):
+        return "boolean"
+    if isinstance(kind, Integer):
+        return "integer"
+    if isinstance(kind, Float):
+        return "float8"
+    return "text"
+
+
+def _driver_value(column: Column[Any], value: Any) -> Any:
+    if isinstance(column.type, JSON):
+        # The engine's connections encode jsonb from text; None is stored as JSON null, as SQLAlchemy does.
+        return json.dumps(value)
+    if isinstance(column.type, UTCDateTime) and value is not None and value.tzinfo is None:
+        raise ValueError(f"naive datetime given to {column.name}")
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value

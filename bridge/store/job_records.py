@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, insert, literal, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.jobs import OPEN_STEP_STATUSES, JobStatus, StepKind, StepStatus
@@ -17,7 +17,7 @@ from bridge.panel.client import PanelCallRecord
 from bridge.store import tables as t
 from bridge.store.callback_rows import CallbackPolicy, callback_row
 from bridge.store.crypto import SecretBox
-from bridge.store.job_change import JobChange
+from bridge.store.job_change import WAKE_COLUMNS, JobChange, next_of_service
 from bridge.store.job_view import callback_body, deferred_kinds
 from bridge.store.types import utcnow
 
@@ -177,15 +177,15 @@ class JobRecords:
         step.in_flight = step.in_flight or step.kind.mutating
         step.status = StepStatus.RUNNING
         change.update(
-            update(t.steps)
-            .where(t.steps.c.id == step.id)
-            .values(
-                status=StepStatus.RUNNING,
-                attempts=step.attempts,
-                first_attempt_at=step.first_attempt_at,
-                in_flight=step.in_flight,
-                updated_at=now,
-            )
+            t.steps,
+            {"id": step.id},
+            {
+                "status": StepStatus.RUNNING,
+                "attempts": step.attempts,
+                "first_attempt_at": step.first_attempt_at,
+                "in_flight": step.in_flight,
+                "updated_at": now,
+            },
         )
         change.insert(
             t.attempts,
@@ -213,11 +213,7 @@ class JobRecords:
         now = utcnow()
         # An admin may have asked to cancel while this step ran: the runner honours it before the next step.
         change = JobChange(job.pk, owner, {"updated_at": now}, returning=("cancel_requested",))
-        change.update(
-            update(t.attempts)
-            .where(t.attempts.c.id == attempt_id)
-            .values(finished_at=now, outcome=label, message=message)
-        )
+        change.update(t.attempts, {"id": attempt_id}, {"finished_at": now, "outcome": label, "message": message})
         for c in calls:
             change.insert(
                 t.panel_calls,
@@ -237,17 +233,17 @@ class JobRecords:
             )
         error = None if status is StepStatus.SUCCEEDED else message
         change.update(
-            update(t.steps)
-            .where(t.steps.c.id == step.id)
-            .values(
-                status=status,
-                attempts=step.attempts,
-                in_flight=in_flight,
-                result=result,
-                error=error,
-                next_attempt_at=next_attempt_at,
-                updated_at=now,
-            )
+            t.steps,
+            {"id": step.id},
+            {
+                "status": status,
+                "attempts": step.attempts,
+                "in_flight": in_flight,
+                "result": result,
+                "error": error,
+                "next_attempt_at": next_attempt_at,
+                "updated_at": now,
+            },
         )
         if compensation is not None:
             change.insert(
@@ -285,18 +281,14 @@ class JobRecords:
         change = self._change(job, owner, **values)
         job.status, job.error = action.status, error
         if action.status is JobStatus.SUCCEEDED and not action.deferred:
-            change.update(
-                update(t.compensations)
-                .where(t.compensations.c.job_id == job.pk, t.compensations.c.status == "pending")
-                .values(status="not_needed")
-            )
+            change.update(t.compensations, {"job_id": job.pk, "status": "pending"}, {"status": "not_needed"})
             for comp in job.compensations:
                 comp.status = "not_needed" if comp.status == "pending" else comp.status
         if action.status is JobStatus.CANCELLED:
             change.update(
-                update(t.steps)
-                .where(t.steps.c.job_id == job.pk, t.steps.c.status.in_(OPEN_STEP_STATUSES))
-                .values(status=StepStatus.CANCELLED, updated_at=now)
+                t.steps,
+                {"job_id": job.pk, "status": OPEN_STEP_STATUSES},
+                {"status": StepStatus.CANCELLED, "updated_at": now},
             )
             for step in job.steps:
                 step.status = StepStatus.CANCELLED if step.status in OPEN_STEP_STATUSES else step.status
@@ -306,7 +298,7 @@ class JobRecords:
             callback = "job.updated"
         else:
             callback = f"job.{action.status.value}"
-            change.insert_from(t.outbox, _WAKE_COLUMNS, next_of_service(job.service_id, job.pk, now))
+            change.wake_next_of_service(job.service_id, now)
         self._callback(change, job, callback)
         await change.apply(self._engine)
 
@@ -356,27 +348,6 @@ def _wake(change: JobChange, job_public_id: str, delay_s: float) -> None:
     change.insert(t.outbox, {"job_public_id": job_public_id, "delay_s": delay_s, "created_at": utcnow()})
 
 
-_WAKE_COLUMNS = ["job_public_id", "delay_s", "created_at"]
-
-
-def next_of_service(service_id: str, job_pk: int, now: datetime) -> Select[Any]:
-    """The outbox row waking the next unfinished job of ``service_id`` after job ``job_pk``."""
-    return (
-        select(
-            t.jobs.c.public_id,
-            literal(0.0, type_=t.outbox.c.delay_s.type),
-            literal(now, type_=t.outbox.c.created_at.type),
-        )
-        .where(
-            t.jobs.c.service_id == service_id,
-            t.jobs.c.id > job_pk,
-            t.jobs.c.status.in_([JobStatus.ACCEPTED, JobStatus.RUNNING]),
-        )
-        .order_by(t.jobs.c.id)
-        .limit(1)
-    )
-
-
 async def wake_next_of_service(conn: AsyncConnection, service_id: str, job_pk: int) -> None:
     """Wake the next unfinished job of ``service_id`` after job ``job_pk`` (it was waiting its turn)."""
-    await conn.execute(insert(t.outbox).from_select(_WAKE_COLUMNS, next_of_service(service_id, job_pk, utcnow())))
+    await conn.execute(insert(t.outbox).from_select(WAKE_COLUMNS, next_of_service(service_id, job_pk, utcnow())))

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import exists, func, literal, or_, select, update
+import asyncpg
+from sqlalchemy import exists, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES
@@ -92,7 +93,7 @@ class Clearance:
 
 
 async def clear_to_send(
-    bind: AsyncConnection | AsyncEngine,
+    bind: asyncpg.Connection | AsyncEngine,
     *,
     panel: str,
     job_pk: int | None = None,
@@ -102,27 +103,44 @@ async def clear_to_send(
     """Renew the lease of ``job_pk`` (when given) for ``lease_s`` and read the panel's breaker.
 
     Called inside the panel's gate right before a call, so it must be quick: on the gate's
-    own PostgreSQL connection it is one statement (one round trip); with an engine
-    (the embedded mode) it is one short transaction.
+    own PostgreSQL connection it is one statement (one round trip, sent on the driver's
+    connection, since it runs while every other worker waits for the gate); with an
+    engine (the embedded mode) it is one short transaction.
     """
     now = utcnow()
-    breaker = select(t.panel_breakers.c.open_until).where(t.panel_breakers.c.panel == panel).scalar_subquery()
-    renew = (
-        update(t.jobs)
-        # Owner unchanged means nobody else leased it, even if the lease ran out meanwhile.
-        .where(t.jobs.c.id == job_pk, t.jobs.c.lease_owner == owner)
-        .values(lease_until=now + timedelta(seconds=lease_s))
-    )
-    if isinstance(bind, AsyncConnection):
-        if job_pk is None:
-            row = (await bind.execute(select(breaker.label("open_until"), literal(1).label("leased")))).one()
-        else:
-            renewed = renew.returning(t.jobs.c.id).cte("renewed")
-            owned = select(func.count()).select_from(renewed).scalar_subquery()
-            row = (await bind.execute(select(breaker.label("open_until"), owned.label("leased")))).one()
+    until = now + timedelta(seconds=lease_s)
+    if isinstance(bind, AsyncEngine):
+        row = await _clear_in_transaction(bind, panel, job_pk, owner, until)
+    elif job_pk is None:
+        row = await bind.fetchrow(_BREAKER_ONLY, panel)
     else:
-        async with bind.begin() as conn:
-            leased = 1 if job_pk is None else (await conn.execute(renew)).rowcount
-            row = (await conn.execute(select(breaker.label("open_until"), literal(leased).label("leased")))).one()
-    until = row.open_until
-    return Clearance(leased=bool(row.leased), breaker_open_until=until if until is not None and until > now else None)
+        row = await bind.fetchrow(_RENEW_AND_BREAKER, panel, job_pk, owner, until)
+    assert row is not None
+    open_until = row["open_until"]
+    return Clearance(
+        leased=bool(row["leased"]),
+        breaker_open_until=open_until if open_until is not None and open_until > now else None,
+    )
+
+
+_BREAKER_ONLY = "SELECT (SELECT open_until FROM panel_breakers WHERE panel = $1) AS open_until, 1 AS leased"
+# Owner unchanged means nobody else leased the job, even if the lease ran out meanwhile.
+_RENEW_AND_BREAKER = """
+    WITH renewed AS (
+        UPDATE jobs SET lease_until = $4::timestamptz WHERE id = $2 AND lease_owner = $3 RETURNING id
+    )
+    SELECT (SELECT open_until FROM panel_breakers WHERE panel = $1) AS open_until,
+           (SELECT count(*) FROM renewed) AS leased
+"""
+
+
+async def _clear_in_transaction(
+    engine: AsyncEngine, panel: str, job_pk: int | None, owner: str, until: datetime
+) -> Any:
+    breaker = select(t.panel_breakers.c.open_until).where(t.panel_breakers.c.panel == panel).scalar_subquery()
+    async with engine.begin() as conn:
+        leased = 1
+        if job_pk is not None:
+            renew = update(t.jobs).where(t.jobs.c.id == job_pk, t.jobs.c.lease_owner == owner).values(lease_until=until)
+            leased = (await conn.execute(renew)).rowcount
+        return (await conn.execute(select(breaker.label("open_until"), literal(leased).label("leased")))).one()._mapping

@@ -16,8 +16,10 @@ import zlib
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bridge.store.driver import driver_connection
 
 # The advisory-lock namespace of the bridge (first key of the two-key form).
 _LOCK_NAMESPACE = 0x6272  # "br"
@@ -36,21 +38,21 @@ class PanelGate:
         self._local: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @contextlib.asynccontextmanager
-    async def mutation(self, panel: str) -> AsyncIterator[AsyncConnection | None]:
-        """Hold the panel's gate; yields the connection holding the lock (None in the embedded mode).
+    async def mutation(self, panel: str) -> AsyncIterator[asyncpg.Connection | None]:
+        """Hold the panel's gate; yields the driver connection holding the lock (None in the embedded mode).
 
-        The connection is in autocommit mode, so the caller's last checks before sending
-        take one round trip on it, with no transaction around them.
+        No transaction is open on it, so the caller's last checks before sending take one
+        round trip. Everyone else waits while the gate is held, so it speaks to the driver
+        directly.
         """
         async with self._local[panel]:
             if self._engine is None:
                 yield None
                 return
-            params = {"ns": _LOCK_NAMESPACE, "key": panel_lock_key(panel)}
-            async with self._engine.connect() as conn:
-                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                await conn.execute(text("SELECT pg_advisory_lock(:ns, :key)"), params)
+            key = panel_lock_key(panel)
+            async with driver_connection(self._engine) as driver:
+                await driver.execute("SELECT pg_advisory_lock($1, $2)", _LOCK_NAMESPACE, key)
                 try:
-                    yield conn
+                    yield driver
                 finally:
-                    await conn.execute(text("SELECT pg_advisory_unlock(:ns, :key)"), params)
+                    await driver.execute("SELECT pg_advisory_unlock($1, $2)", _LOCK_NAMESPACE, key)

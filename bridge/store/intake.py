@@ -9,8 +9,10 @@ statements in one SQLAlchemy transaction.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.events import OrderEvent
 from bridge.domain.jobs import JobStatus, StepStatus, plan
+from bridge.domain.masking import is_secret_field
 from bridge.store import tables as t
 from bridge.store.crypto import SecretBox
 from bridge.store.types import utcnow
@@ -61,12 +64,8 @@ class IntakeRows:
         now = utcnow()
         job_id = str(uuid.uuid4())
         data = event.data
-        event_row = {
-            "webhook_id": webhook_id,
-            "type": event.type,
-            "payload": box.encrypt_fields(event.model_dump(mode="json")),
-            "received_at": now,
-        }
+        payload = encrypt_secret_fields(event.model_dump(mode="json"), box.encrypt)
+        event_row = {"webhook_id": webhook_id, "type": event.type, "payload": payload, "received_at": now}
         job_row = {
             "public_id": job_id,
             "webhook_id": webhook_id,
@@ -75,7 +74,8 @@ class IntakeRows:
             "panel": data.panel,
             "domain": data.domain,
             "account_username": data.account.username,
-            "account_password": box.encrypt(data.account.password),
+            # The payload's token for the same field: one Fernet call fewer.
+            "account_password": payload["data"]["account"]["password"],
             "callback_url": data.callback_url,
             "status": JobStatus.ACCEPTED.value,
             "next_run_at": now,
@@ -85,10 +85,32 @@ class IntakeRows:
             "updated_at": now,
         }
         step_rows = [
-            {"position": position, "kind": step.kind.value, "params": box.encrypt_fields(step.params)}
+            {"position": position, "kind": step.kind.value, "params": encrypt_secret_fields(step.params, box.encrypt)}
             for position, step in enumerate(plan(event))
         ]
         return cls(webhook_id, job_id, now, event_row, job_row, step_rows)
+
+
+def encrypt_secret_fields(value: Any, encrypt: Callable[[str], str]) -> Any:
+    """A copy of JSON-shaped ``value`` with every secret-named string field encrypted.
+
+    What :meth:`SecretBox.encrypt_fields` does, for the plain dicts and lists a model dump
+    and a plan are made of: exact type checks and the name check remembered per field
+    name keep it cheap on the webhook's path.
+    """
+    if type(value) is dict:
+        return {
+            key: encrypt(item) if type(item) is str and _is_secret_name(key) else encrypt_secret_fields(item, encrypt)
+            for key, item in value.items()
+        }
+    if type(value) is list:
+        return [encrypt_secret_fields(item, encrypt) for item in value]
+    return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_name(name: str) -> bool:
+    return is_secret_field(name)
 
 
 class EventIntake:

@@ -1,0 +1,51 @@
+"""The rows an accepted event writes: every secret encrypted, by field name, wherever it sits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import FERNET_KEY
+from orders import ACCOUNT_PASSWORD, DB_PASSWORD, service_create
+
+from bridge.domain.events import parse_event
+from bridge.store.crypto import ENCRYPTED_PREFIX, SecretBox
+from bridge.store.intake import IntakeRows, encrypt_secret_fields
+
+BOX = SecretBox([FERNET_KEY])
+
+
+def encrypted_paths(value: Any, path: str = "") -> set[str]:
+    if isinstance(value, dict):
+        return {p for key, item in value.items() for p in encrypted_paths(item, f"{path}.{key}")}
+    if isinstance(value, list):
+        return {p for n, item in enumerate(value) for p in encrypted_paths(item, f"{path}.{n}")}
+    return {path} if isinstance(value, str) and value.startswith(ENCRYPTED_PREFIX) else set()
+
+
+def test_the_same_fields_are_encrypted_as_by_the_secret_box() -> None:
+    value = {
+        "account": {"username": "john", "password": "pw1", "API-Key": "k"},
+        "databases": [{"name": "wp", "password": "pw2", "nested": [{"db_password": "pw3", "count": 3}]}],
+        "token": 7,  # not a string: left as it is, as the box does
+        "note": "password",
+    }
+    ours = encrypt_secret_fields(value, BOX.encrypt)
+    assert encrypted_paths(ours) == encrypted_paths(BOX.encrypt_fields(value))
+    assert encrypted_paths(ours) == {
+        ".account.password",
+        ".account.API-Key",
+        ".databases.0.password",
+        ".databases.0.nested.0.db_password",
+    }
+    assert BOX.decrypt_fields(ours) == value
+
+
+def test_no_row_holds_a_password_in_clear_and_each_decrypts_back() -> None:
+    event = parse_event(service_create())
+    rows = IntakeRows.build(BOX, "msg_1", event)
+    written = repr((rows.event, rows.job, rows.steps))
+    assert ACCOUNT_PASSWORD not in written and DB_PASSWORD not in written
+    assert BOX.decrypt_fields(rows.event["payload"]) == event.model_dump(mode="json")
+    assert BOX.decrypt(rows.job["account_password"]) == ACCOUNT_PASSWORD
+    database_step = next(step for step in rows.steps if step["kind"] == "create_database")
+    assert BOX.decrypt(database_step["params"]["password"]) == DB_PASSWORD

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -43,6 +45,7 @@ from common import (
     bench_database,
     bridge_cmd,
     cpu_of,
+    cpu_seconds,
     delete_queues,
     free_port,
     fresh_webhook_secrets,
@@ -57,6 +60,34 @@ from common import (
 from loadgen import Result, bare_requests, bridge_requests, run_load
 
 TARGETS = {"ratio bridge/pg": (0.7, ">="), "ratio bridge/pgmq": (1.2, ">="), "p99 bridge / p99 pg": (2.0, "<=")}
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (every core, every process), from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pids() -> list[int]:
+    """RabbitMQ's Erlang VM, when it runs on this machine (its CPU is shown per request too)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "beam.smp":
+                    pids.append(int(entry.name))
+    return pids
+
+
+def others_cpu_s(brokers: list[int]) -> tuple[float, float, float]:
+    """(machine busy, broker, this load generator) CPU seconds so far."""
+    broker = 0.0
+    for pid in brokers:
+        with contextlib.suppress(OSError):
+            broker += cpu_seconds(pid)
+    return machine_busy_s(), broker, cpu_seconds(os.getpid())
 
 
 def verdict(name: str, value: float) -> str:
@@ -157,14 +188,18 @@ async def main(args: argparse.Namespace) -> None:
                 "import sys, uvloop; uvloop.install(); from bridge.cli import main; sys.exit(main(['serve']))",
             ]
         procs = {"bridge": start(serve, config.env())}
-        for mode in ("pg", "pgmq"):
-            if mode in args.targets:
-                env = baseline_env(MODE=mode, PG_DSN=bare_dsn, PORT=str(ports[mode]))
-                procs[mode] = start(baseline_cmd("bare_intake.py"), env)
         try:
-            with running(*procs.values()):
-                for name, proc in procs.items():
-                    await wait_for_port(ports[name], proc)
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(running(procs["bridge"]))
+                for mode in ("pg", "pgmq"):
+                    if mode in args.targets:
+                        env = baseline_env(MODE=mode, PG_DSN=bare_dsn, PORT=str(ports[mode]))
+                        procs[mode] = start(baseline_cmd("bare_intake.py"), env)
+                        stack.enter_context(running(procs[mode]))
+                        # One at a time: both create the same table at start, and two
+                        # concurrent CREATE TABLE IF NOT EXISTS can collide.
+                        await wait_for_port(ports[mode], procs[mode])
+                await wait_for_port(ports["bridge"], procs["bridge"])
                 await asyncio.sleep(1.0)
                 urls = {
                     "bridge": f"http://127.0.0.1:{ports['bridge']}/webhooks/orders",
@@ -172,6 +207,7 @@ async def main(args: argparse.Namespace) -> None:
                     "pgmq": f"http://127.0.0.1:{ports['pgmq']}/hook",
                 }
                 rounds: list[dict[str, Result]] = []
+                brokers = broker_pids()
                 accepted = 0
                 signing: list[float] = []
                 print(
@@ -195,13 +231,19 @@ async def main(args: argparse.Namespace) -> None:
                         database = dbname(bridge_dsn if name == "bridge" else bare_dsn)
                         # CPU is counted over the whole call (warm-up included), per request sent.
                         cpu_before = await cpu_of(procs[name].pid, database)
+                        others_before = others_cpu_s(brokers)
                         result = await run_load(
                             urls[name], requests, concurrency=args.concurrency, warmup=args.warmup, label=name
                         )
                         cpu_after = await cpu_of(procs[name].pid, database)
+                        others_after = others_cpu_s(brokers)
                         result.cpu_ms = (  # type: ignore[attr-defined]
                             (cpu_after[0] - cpu_before[0]) * 1000 / total,
                             backend_cpu_delta(cpu_before[1], cpu_after[1]) * 1000 / total,
+                            *(
+                                (after - before) * 1000 / total
+                                for before, after in zip(others_before, others_after, strict=True)
+                            ),
                         )
                         if profiler is not None:
                             profiler.send_signal(2)  # SIGINT: py-spy writes what it has
@@ -210,10 +252,11 @@ async def main(args: argparse.Namespace) -> None:
                         if name == "bridge":
                             accepted += result.statuses[202] + (result.warmup.statuses[202] if result.warmup else 0)
                         results[name] = result
-                        server_ms, pg_ms = result.cpu_ms  # type: ignore[attr-defined]
+                        server_ms, pg_ms, machine_ms, broker_ms, loadgen_ms = result.cpu_ms  # type: ignore[attr-defined]
                         print(
                             f"  round {number + 1}: {result.line()}  CPU/request: server {server_ms:.2f} ms, "
-                            f"postgres {pg_ms:.2f} ms"
+                            f"postgres {pg_ms:.2f} ms, broker {broker_ms:.2f} ms, load generator {loadgen_ms:.2f} ms, "
+                            f"whole machine {machine_ms:.2f} ms"
                         )
                         await asyncio.sleep(0.5)
                     rounds.append(results)
@@ -235,17 +278,21 @@ def dbname(dsn: str) -> str:
 def summarise(rounds: list[dict[str, Result]]) -> None:
     names = list(rounds[0])
     print()
+    print(f"medians over {len(rounds)} rounds; CPU in ms per request")
     print(
-        f"{'target':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'server CPU ms/req':>18} {'postgres CPU ms/req':>20}"
-        f"   (medians over {len(rounds)} rounds)"
+        f"{'target':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'server':>8} {'postgres':>9} {'broker':>8}"
+        f" {'loadgen':>8} {'machine':>8}"
     )
     for name in names:
         rps = statistics.median(r[name].rps for r in rounds)
         p50 = statistics.median(r[name].p50_ms for r in rounds)
         p99 = statistics.median(r[name].p99_ms for r in rounds)
-        server = statistics.median(r[name].cpu_ms[0] for r in rounds)  # type: ignore[attr-defined]
-        pg = statistics.median(r[name].cpu_ms[1] for r in rounds)  # type: ignore[attr-defined]
-        print(f"{name:<10} {rps:8.0f} {p50:8.1f} {p99:8.1f} {server:18.2f} {pg:20.2f}")
+        cpu = [statistics.median(r[name].cpu_ms[i] for r in rounds) for i in range(5)]  # type: ignore[attr-defined]
+        server, pg, machine, broker, loadgen = cpu
+        print(
+            f"{name:<10} {rps:8.0f} {p50:8.1f} {p99:8.1f} {server:8.2f} {pg:9.2f} {broker:8.2f} {loadgen:8.2f}"
+            f" {machine:8.2f}"
+        )
     print()
     if "pg" in names:
         print(verdict("ratio bridge/pg", statistics.median(r["bridge"].rps / r["pg"].rps for r in rounds)))

@@ -23,14 +23,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
+from pamqp.commands import Basic
 from pamqp.common import FieldTable
 
 from bridge.broker.base import PublishError, WakeUpHandler
@@ -38,6 +41,7 @@ from bridge.broker.base import PublishError, WakeUpHandler
 log = logging.getLogger(__name__)
 
 PING_TIMEOUT_S = 2.0
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 
 @dataclass(frozen=True)
@@ -161,16 +165,26 @@ class RabbitQueue:
         if channel is None or channel.is_closed:
             raise PublishError(f"not connected to RabbitMQ; job {job_id} not published")
         routing_key = self.route(delay_s)
-        message = aio_pika.Message(
-            body=job_id.encode(),
+        properties = Basic.Properties(
+            delivery_mode=PERSISTENT,
             message_id=uuid.uuid4().hex,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             headers={"x-not-before": round((time.time() + max(delay_s, 0.0)) * 1000)},
         )
         try:
             # The outer timeout also covers waiting for a lost connection to come back.
             async with asyncio.timeout(self.confirm_timeout_s):
-                await channel.default_exchange.publish(message, routing_key=routing_key, mandatory=True)
+                # Straight to aiormq's channel (what aio-pika's Exchange.publish does, without
+                # building a Message first), and without waiting for the frame to reach the
+                # socket: only the broker's confirm matters, and it is still awaited. On the
+                # relay's path this halves the client's CPU per message.
+                underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+                await underlay.basic_publish(
+                    job_id.encode(),
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=True,
+                    wait=False,
+                )
         except TimeoutError as exc:
             raise PublishError(f"RabbitMQ did not confirm job {job_id} within {self.confirm_timeout_s} s") from exc
         except Exception as exc:

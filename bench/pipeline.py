@@ -59,6 +59,7 @@ from common import (
     bench_database,
     bridge_cmd,
     cpu_of,
+    cpu_seconds,
     delete_queues,
     free_port,
     fresh_webhook_secrets,
@@ -200,6 +201,7 @@ async def run_bridge_orders(args: argparse.Namespace, name: str, orders: int, la
                     conn = await asyncpg.connect(dsn)
                     database = dsn.rsplit("/", 1)[1]
                     cpu_before = [await cpu_of(p.pid, database) for p in (serve, *workers)]
+                    sim_cpu_before, own_cpu_before = cpu_seconds(sim.pid), time.process_time()
                     profiler = (
                         start_profiler(workers[0].pid, REPO / "bench" / "out" / f"{name}-worker.pyspy.txt")
                         if args.profile
@@ -215,6 +217,7 @@ async def run_bridge_orders(args: argparse.Namespace, name: str, orders: int, la
                         await receiver.wait_for(counts.get("succeeded", 0), timeout=30)
                         calls = await conn.fetchval("select count(*) from panel_calls")
                         cpu_after = [await cpu_of(p.pid, database) for p in (serve, *workers)]
+                        sim_cpu, own_cpu = cpu_seconds(sim.pid) - sim_cpu_before, time.process_time() - own_cpu_before
                     finally:
                         await conn.close()
                         if profiler is not None:
@@ -230,6 +233,8 @@ async def run_bridge_orders(args: argparse.Namespace, name: str, orders: int, la
         "serve": cpu_after[0][0] - cpu_before[0][0],
         "workers": sum(after[0] - before[0] for before, after in zip(cpu_before[1:], cpu_after[1:], strict=True)),
         "postgres": backend_cpu_delta(cpu_before[-1][1], cpu_after[-1][1]),
+        "simulator": sim_cpu,
+        "load+callbacks": own_cpu,
     }
     return {
         "cpu_ms_per_order": {k: v * 1000 / orders for k, v in cpu.items()},

@@ -101,7 +101,8 @@ class Runtime:
             metrics=self.metrics,
             owner=self.worker_id,
             config=RunnerConfig(lease_s=settings.lease_s, delay_scale=settings.retry_delay_scale),
-            wake_relay=self.wake_all,
+            wake_relay=self.relay.wake,
+            wake_callbacks=self.callbacks.wake,
         )
 
     async def close_clients(self) -> None:

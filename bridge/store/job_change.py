@@ -112,10 +112,24 @@ class JobChange:
                 "wake_next AS (INSERT INTO outbox (job_public_id, delay_s, created_at) "
                 f"SELECT public_id, 0.0, {p(t.outbox.c.created_at, now)} FROM jobs "
                 f"WHERE service_id = {p(jobs.service_id, service_id)} AND id > {p(jobs.id, self.job_pk)} "
-                f"AND {_match(p, jobs.status, UNFINISHED_JOB_STATUSES)} AND {fenced} ORDER BY id LIMIT 1)"
+                f"AND {_match(p, jobs.status, UNFINISHED_JOB_STATUSES)} AND {fenced} ORDER BY id LIMIT 1 "
+                "RETURNING 1)"
             )
-        new_id = f", (SELECT id FROM insert_{self._id_of}) AS new_id" if self._id_of is not None else ""
-        return f"WITH {', '.join(ctes)} SELECT changed_job.*{new_id} FROM changed_job", p.values
+        extra = ""
+        if self._id_of is not None:
+            extra += f", (SELECT id FROM insert_{self._id_of}) AS new_id"
+        if self._wake_next is not None:
+            extra += ", (SELECT count(*) FROM wake_next) AS woke_next"
+        return f"WITH {', '.join(ctes)} SELECT changed_job.*{extra} FROM changed_job", p.values
+
+    @property
+    def writes_outbox(self) -> bool:
+        """Whether the change certainly writes a wake-up (the next job of the service: see ``woke_next``)."""
+        return any(table is t.outbox for table, _ in self._rows)
+
+    @property
+    def writes_callbacks(self) -> bool:
+        return any(table is t.callbacks for table, _ in self._rows)
 
     async def _apply_in_turn(self, engine: AsyncEngine) -> dict[str, Any]:
         jobs = t.jobs.c
@@ -146,9 +160,10 @@ class JobChange:
                     await conn.execute(insert(table).values(**values))
             if self._wake_next is not None:
                 service_id, now = self._wake_next
-                await conn.execute(
+                woke = await conn.execute(
                     insert(t.outbox).from_select(WAKE_COLUMNS, next_of_service(service_id, self.job_pk, now))
                 )
+                result["woke_next"] = woke.rowcount
         return result
 
 

@@ -64,6 +64,9 @@ class JobRecord:
     error: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
     compensations: list[CompensationRecord] = field(default_factory=list)
+    # What this worker's writes added, for waking the relay and the callback sender.
+    wrote_outbox: bool = False
+    wrote_callbacks: bool = False
 
     def step_at(self, position: int) -> StepRecord:
         return next(s for s in self.steps if s.position == position)
@@ -155,6 +158,12 @@ class JobRecords:
             compensations=[CompensationRecord(c.id, c.step, c.action, c.status) for c in comps],
         )
 
+    async def _apply(self, change: JobChange, job: JobRecord) -> dict[str, Any]:
+        changed = await change.apply(self._engine)
+        job.wrote_outbox |= change.writes_outbox or changed.get("woke_next", 0) > 0
+        job.wrote_callbacks |= change.writes_callbacks
+        return changed
+
     def _change(self, job: JobRecord, owner: str, **job_values: Any) -> JobChange:
         return JobChange(job.pk, owner, job_values)
 
@@ -192,7 +201,7 @@ class JobRecords:
             {"step_id": step.id, "number": step.attempts, "worker": owner, "started_at": now},
             return_id=True,
         )
-        return int((await change.apply(self._engine))["new_id"])
+        return int((await self._apply(change, job))["new_id"])
 
     async def record_outcome(
         self,
@@ -258,7 +267,7 @@ class JobRecords:
                 },
                 return_id=True,
             )
-        changed = await change.apply(self._engine)
+        changed = await self._apply(change, job)
         if compensation is not None:
             job.compensations.append(CompensationRecord(changed["new_id"], step.kind.value, compensation, "pending"))
         step.status, step.in_flight, step.next_attempt_at = status, in_flight, next_attempt_at
@@ -300,7 +309,7 @@ class JobRecords:
             callback = f"job.{action.status.value}"
             change.wake_next_of_service(job.service_id, now)
         self._callback(change, job, callback)
-        await change.apply(self._engine)
+        await self._apply(change, job)
 
     async def wait(self, job: JobRecord, until: datetime, *, owner: str) -> None:
         """Nothing to run before ``until``: release the lease and schedule a wake-up."""
@@ -309,7 +318,7 @@ class JobRecords:
             job, owner, next_run_at=until, lease_owner=None, lease_until=None, enqueued_at=now, updated_at=now
         )
         _wake(change, job.public_id, max(0.0, (until - now).total_seconds()))
-        await change.apply(self._engine)
+        await self._apply(change, job)
 
     async def release(self, job_pk: int, job_public_id: str, *, owner: str, retry_in_s: float = 0.0) -> None:
         """Give the job back (shutdown, unexpected error); it runs again after ``retry_in_s``."""

@@ -59,6 +59,7 @@ class JobRunner:
         owner: str,
         config: RunnerConfig,
         wake_relay: Callable[[], None],
+        wake_callbacks: Callable[[], None],
     ) -> None:
         self._engine = engine
         self._records = records
@@ -70,6 +71,7 @@ class JobRunner:
         self._owner = owner
         self._config = config
         self._wake_relay = wake_relay
+        self._wake_callbacks = wake_callbacks
         self.stopping = False
 
     async def handle(self, job_id: str) -> None:
@@ -80,16 +82,23 @@ class JobRunner:
             return
         if lease.outcome is not leases.LeaseOutcome.LEASED:
             return
+        job: JobRecord | None = None
         try:
-            await self._advance(await self._records.load(lease.row))
+            job = await self._records.load(lease.row)
+            await self._advance(job)
         except LeaseLost:
             log.warning("lease lost; another worker has the job now", extra={"job_id": job_id})
         except Exception:
             # Includes a job that cannot even be loaded (say, a secret under a retired key).
             log.exception("unexpected error running job %s; it will be tried again", job_id, extra={"job_id": job_id})
             await self._give_back(lease.job_pk, job_id)
-        finally:
             self._wake_relay()
+        if job is not None:
+            # Woken only when there is something new for them, not after every job.
+            if job.wrote_outbox:
+                self._wake_relay()
+            if job.wrote_callbacks:
+                self._wake_callbacks()
 
     async def _give_back(self, job_pk: int | None, job_id: str) -> None:
         assert job_pk is not None
@@ -128,6 +137,7 @@ class JobRunner:
             assert isinstance(action, RunStep)
             if self.stopping:
                 await self._records.release(job.pk, job.public_id, owner=self._owner)
+                job.wrote_outbox = True
                 return
             if not await self._run_step(job, job.step_at(action.position)):
                 return

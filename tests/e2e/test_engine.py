@@ -231,6 +231,10 @@ async def test_jobs_of_one_service_run_in_arrival_order(deployment: dict[str, st
         one = await bridge.wait_for(first, "succeeded")
         two = await bridge.wait_for(second, "succeeded")
         assert one["finished_at"] <= min(a["started_at"] for a in two["attempts"])
+        # The second was woken by the first's finish (a wake-up of its own), not left to the scheduler.
+        async with bridge.runtime.engine.connect() as conn:
+            wake_ups = await conn.execute(select(t.outbox.c.created_at).where(t.outbox.c.job_public_id == second))
+            assert one["finished_at"] in [w.isoformat() for w in wake_ups.scalars()]
 
 
 async def test_a_lost_wake_up_only_delays_the_job(deployment: dict[str, str]) -> None:

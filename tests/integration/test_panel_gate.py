@@ -5,6 +5,7 @@ between a process's own waiting workers, and never kept for a worker that left."
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -45,7 +46,7 @@ async def test_calls_never_overlap_and_a_process_hands_the_lock_to_its_own_waite
     assert sum(g.acquisitions for g in gates) < 40
     # ... yet neither process keeps the panel for more than MAX_STREAK calls while the other waits.
     longest, run = 1, 1
-    for before, after in zip(order, order[1:], strict=False):
+    for before, after in itertools.pairwise(order):
         run = run + 1 if before == after else 1
         longest = max(longest, run)
     assert longest <= PanelGate.MAX_STREAK

@@ -51,11 +51,13 @@ class PanelAccess:
 
     async def read(self, call: Callable[[PanelClient, PanelCredentials], Awaitable[CallResult]]) -> CallResult:
         """A read. Reads run concurrently once the credentials are proven; until then a read
-        could be a failed login, so it takes the panel's gate and checks the breaker inside it:
-        however many jobs with bad credentials arrive at once, they cannot outrun the breaker."""
+        could be a failed login, so it takes the panel's gate for unproven calls and checks the
+        breaker inside it: however many jobs with bad credentials arrive at once, they cannot
+        outrun the breaker. (A mutating call, in the other gate, may be a failed login at the
+        same moment: at most one failure more than the breaker has seen, well below the ban.)"""
         if self.proven:
             return await self._record(call)
-        async with self.gate.mutation(self.panel) as locked:
+        async with self.gate.unproven(self.panel) as locked:
             self._check(await clear_to_send(locked or self.engine, panel=self.panel))
             return await self._record(call)
 

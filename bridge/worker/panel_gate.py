@@ -23,8 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.store.driver import driver_connection
 
-# The advisory-lock namespace of the bridge (first key of the two-key form).
-_LOCK_NAMESPACE = 0x6272  # "br"
+# Advisory-lock namespaces of the bridge (first key of the two-key form): one gate for
+# mutating calls, one for calls whose credentials are not yet proven (a failed login
+# counts towards the panel's firewall ban; it may run beside a mutation).
+MUTATIONS = 0x6272  # "br"
+UNPROVEN = 0x626C  # "bl"
 
 
 def panel_lock_key(panel: str) -> int:
@@ -52,27 +55,36 @@ class PanelGate:
     def __init__(self, engine: AsyncEngine | None) -> None:
         """``engine`` is the PostgreSQL engine, or None in the embedded mode."""
         self._engine = engine
-        self._turns: defaultdict[str, _Turn] = defaultdict(_Turn)
+        self._turns: defaultdict[tuple[int, str], _Turn] = defaultdict(_Turn)
         # Advisory-lock acquisitions, for the metrics and tests: fewer than calls when turns are handed on.
         self.acquisitions = 0
         self._cleanup: set[asyncio.Future[None]] = set()
 
+    def mutation(self, panel: str) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]:
+        """Hold the panel's gate for mutating calls (see :meth:`_turn`)."""
+        return self._turn(MUTATIONS, panel)
+
+    def unproven(self, panel: str) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]:
+        """Hold the panel's gate for calls with credentials not yet proven, so that however many
+        jobs with bad credentials arrive at once, each sees the breaker the one before it left."""
+        return self._turn(UNPROVEN, panel)
+
     @contextlib.asynccontextmanager
-    async def mutation(self, panel: str) -> AsyncIterator[asyncpg.Connection | None]:
-        """Hold the panel's gate; yields the driver connection holding the lock (None in the embedded mode).
+    async def _turn(self, namespace: int, panel: str) -> AsyncIterator[asyncpg.Connection | None]:
+        """Hold one of the panel's gates; yields the driver connection holding the lock (None in the embedded mode).
 
         No transaction is open on it, so the caller's last checks before sending take one
         round trip. When more of this process's workers wait for the same panel, the lock
         is handed straight on to the next (up to MAX_STREAK calls), saving the unlock, the
         lock and the wake-up of another process between two calls.
         """
-        turn = self._turns[panel]
+        turn = self._turns[(namespace, panel)]
         turn.waiting += 1
         try:
             await turn.lock.acquire()
         except BaseException:
             # Cancelled while queued: a holder may have kept the lock for this worker.
-            cleanup = asyncio.ensure_future(self._let_go_if_idle(turn, panel))
+            cleanup = asyncio.ensure_future(self._let_go_if_idle(turn, namespace, panel))
             self._cleanup.add(cleanup)
             cleanup.add_done_callback(self._cleanup.discard)
             raise
@@ -84,23 +96,23 @@ class PanelGate:
                 return
             ok = False
             try:
-                yield await self._hold(turn, panel)
+                yield await self._hold(turn, namespace, panel)
                 ok = True
             finally:
                 turn.streak += 1
                 if not ok or turn.waiting == 0 or turn.streak >= self.MAX_STREAK:
-                    await self._let_go(turn, panel)
+                    await self._let_go(turn, namespace, panel)
         finally:
             turn.lock.release()
 
-    async def _hold(self, turn: _Turn, panel: str) -> asyncpg.Connection:
+    async def _hold(self, turn: _Turn, namespace: int, panel: str) -> asyncpg.Connection:
         if turn.driver is not None:
             return turn.driver
         assert self._engine is not None
         stack = contextlib.AsyncExitStack()
         try:
             driver = await stack.enter_async_context(driver_connection(self._engine))
-            await driver.execute("SELECT pg_advisory_lock($1, $2)", _LOCK_NAMESPACE, panel_lock_key(panel))
+            await driver.execute("SELECT pg_advisory_lock($1, $2)", namespace, panel_lock_key(panel))
         except BaseException:
             await stack.aclose()
             raise
@@ -108,12 +120,12 @@ class PanelGate:
         turn.held, turn.driver, turn.streak = stack, driver, 0
         return driver
 
-    async def _let_go_if_idle(self, turn: _Turn, panel: str) -> None:
+    async def _let_go_if_idle(self, turn: _Turn, namespace: int, panel: str) -> None:
         async with turn.lock:
             if turn.waiting == 0:
-                await self._let_go(turn, panel)
+                await self._let_go(turn, namespace, panel)
 
-    async def _let_go(self, turn: _Turn, panel: str) -> None:
+    async def _let_go(self, turn: _Turn, namespace: int, panel: str) -> None:
         stack, driver = turn.held, turn.driver
         turn.held, turn.driver = None, None
         if stack is None or driver is None:
@@ -121,4 +133,4 @@ class PanelGate:
         async with stack:
             # A broken connection has lost its session, and the lock with it.
             if not driver.is_closed():
-                await driver.execute("SELECT pg_advisory_unlock($1, $2)", _LOCK_NAMESPACE, panel_lock_key(panel))
+                await driver.execute("SELECT pg_advisory_unlock($1, $2)", namespace, panel_lock_key(panel))

@@ -5,6 +5,7 @@ between a process's own waiting workers, and never kept for a worker that left."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 
@@ -106,3 +107,23 @@ async def test_a_failed_call_lets_the_lock_go(engines: tuple[AsyncEngine, AsyncE
             pass
 
     await asyncio.wait_for(other_process(), timeout=5)
+
+
+async def test_unproven_calls_queue_among_themselves_but_not_behind_mutations(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    here, elsewhere = PanelGate(engines[0]), PanelGate(engines[1])
+    # A first login elsewhere does not wait for the mutation in flight ...
+    async with here.mutation("panel-1"), asyncio.timeout(5), elsewhere.unproven("panel-1"):
+        pass
+    async with here.unproven("panel-1"):
+        # ... but does wait for another call whose credentials are not proven yet.
+        blocked = asyncio.create_task(_enter(elsewhere.unproven("panel-1")))
+        await asyncio.sleep(0.2)
+        assert not blocked.done()
+    await asyncio.wait_for(blocked, timeout=5)
+
+
+async def _enter(gate: contextlib.AbstractAsyncContextManager[object]) -> None:
+    async with gate:
+        pass

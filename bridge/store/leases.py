@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES
 from bridge.store import tables as t
+from bridge.store.driver import driver_connection
 from bridge.store.types import utcnow
 
 
@@ -30,8 +32,11 @@ class Lease:
     outcome: LeaseOutcome
     job_pk: int | None = None
     due_at: datetime | None = None
-    # The leased job's row (saves the worker reading it again).
-    row: Any = None
+    # The leased job's row, and on PostgreSQL its steps and compensations (saves the worker
+    # reading them again): mappings of column to value.
+    row: Mapping[str, Any] | None = None
+    steps: Sequence[Mapping[str, Any]] | None = None
+    compensations: Sequence[Mapping[str, Any]] | None = None
 
 
 _earlier = t.jobs.alias("earlier")
@@ -46,7 +51,14 @@ def _no_earlier_unfinished_job() -> object:
 
 
 async def acquire(engine: AsyncEngine, public_id: str, owner: str, lease_s: float) -> Lease:
+    """Lease the job ``public_id`` for ``owner`` when it is due, free, and first of its service."""
     now = utcnow()
+    if engine.dialect.name == "postgresql":
+        leased = await _acquire_on_postgresql(engine, public_id, owner, now, now + timedelta(seconds=lease_s))
+        if leased is not None:
+            return leased
+        async with engine.connect() as conn:
+            return await _why_not(conn, public_id, now)
     async with engine.begin() as conn:
         got = (
             await conn.execute(
@@ -63,8 +75,52 @@ async def acquire(engine: AsyncEngine, public_id: str, owner: str, lease_s: floa
             )
         ).one_or_none()
         if got is not None:
-            return Lease(LeaseOutcome.LEASED, got.id, row=got)
+            return Lease(LeaseOutcome.LEASED, got.id, row=dict(got._mapping))
         return await _why_not(conn, public_id, now)
+
+
+# Every worker runs this once per job it is handed, so on PostgreSQL the lease and the
+# read of the job, its steps and its compensations are one statement (one round trip,
+# on the driver's connection); the conditions are those of the SQLAlchemy form above.
+_LEASE_AND_READ = """
+    WITH leased AS (
+        UPDATE jobs SET lease_owner = $2, lease_until = $4
+        WHERE public_id = $1
+          AND next_run_at IS NOT NULL AND next_run_at <= $3
+          AND (lease_until IS NULL OR lease_until < $3)
+          AND NOT EXISTS (
+              SELECT 1 FROM jobs AS earlier
+              WHERE earlier.service_id = jobs.service_id AND earlier.id < jobs.id
+                AND earlier.status = ANY($5::text[])
+          )
+        RETURNING *
+    )
+    SELECT leased.*,
+        (SELECT json_agg(s ORDER BY s.position) FROM steps AS s WHERE s.job_id = leased.id) AS step_rows,
+        (SELECT json_agg(json_build_object('id', c.id, 'step', c.step, 'action', c.action, 'status', c.status)
+                         ORDER BY c.id)
+         FROM compensations AS c WHERE c.job_id = leased.id) AS compensation_rows
+    FROM leased
+"""
+
+
+async def _acquire_on_postgresql(
+    engine: AsyncEngine, public_id: str, owner: str, now: datetime, until: datetime
+) -> Lease | None:
+    async with driver_connection(engine) as driver:
+        row = await driver.fetchrow(_LEASE_AND_READ, public_id, owner, now, until, list(UNFINISHED_JOB_STATUSES))
+    if row is None:
+        return None
+    steps = [_timestamps_parsed(s) for s in row["step_rows"] or []]
+    return Lease(LeaseOutcome.LEASED, row["id"], row=row, steps=steps, compensations=row["compensation_rows"] or [])
+
+
+def _timestamps_parsed(step: dict[str, Any]) -> dict[str, Any]:
+    """A step row read as JSON: its timestamps back to aware UTC datetimes."""
+    for name in ("next_attempt_at", "first_attempt_at", "updated_at"):
+        if step.get(name) is not None:
+            step[name] = datetime.fromisoformat(step[name]).astimezone(UTC)
+    return step
 
 
 async def _why_not(conn: AsyncConnection, public_id: str, now: datetime) -> Lease:

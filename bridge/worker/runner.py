@@ -84,7 +84,7 @@ class JobRunner:
             return
         job: JobRecord | None = None
         try:
-            job = await self._records.load(lease.row)
+            job = await self._records.load(lease)
             await self._advance(job)
         except LeaseLost:
             log.warning("lease lost; another worker has the job now", extra={"job_id": job_id})

@@ -44,7 +44,7 @@ async def leased_job(engine: AsyncEngine, records: JobRecords, owner: str) -> Jo
     stored = await store_event(engine, SecretBox([FERNET_KEY]), "msg_fence", event)
     lease = await leases.acquire(engine, stored.job_id, owner, 60)
     assert lease.outcome is leases.LeaseOutcome.LEASED
-    return await records.load(lease.row)
+    return await records.load(lease)
 
 
 async def take_over(engine: AsyncEngine, job: JobRecord, new_owner: str) -> None:
@@ -147,3 +147,34 @@ async def test_a_worker_that_lost_its_lease_writes_nothing(engine: AsyncEngine) 
     row_after, steps_after = await job_and_steps(engine, job)
     assert row_after == row_before and steps_after == steps_before
     assert row_after.lease_owner == "worker-b"
+
+
+async def test_the_job_read_with_its_lease_is_the_job_read_row_by_row(engine: AsyncEngine) -> None:
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await leased_job(engine, records, "worker-a")
+    step = job.steps[1]
+    attempt_id = await records.start_attempt(job, step, "worker-a", 60)
+    await records.record_outcome(
+        job,
+        step,
+        attempt_id,
+        owner="worker-a",
+        status=StepStatus.WAITING_RETRY,
+        label="retryable",
+        message="try again",
+        in_flight=True,
+        result=None,
+        compensation="remove domain example.com (panel id 7) from account john",
+        next_attempt_at=utcnow(),
+        calls=[call()],
+    )
+    await records.wait(job, utcnow(), owner="worker-a")
+
+    lease = await leases.acquire(engine, job.public_id, "worker-b", 60)
+    assert lease.outcome is leases.LeaseOutcome.LEASED
+    as_leased = await records.load(lease)
+    row_by_row = await records.load(leases.Lease(lease.outcome, lease.job_pk, row=lease.row))
+    assert as_leased == row_by_row
+    assert as_leased.steps[1].next_attempt_at is not None and as_leased.steps[1].in_flight
+    assert as_leased.steps[1].first_attempt_at == step.first_attempt_at
+    assert len(as_leased.compensations) == 1

@@ -126,14 +126,13 @@ class EventIntake:
         self._box = box
         self._pool: asyncpg.Pool | None = None
         if engine.dialect.name == "postgresql":
-            _, connect_kwargs = engine.dialect.create_connect_args(engine.url)
             self._pool = asyncpg.create_pool(
                 min_size=0,
                 max_size=pool_size,
                 timeout=5,
                 command_timeout=60,
                 reset=_no_session_state,
-                **connect_kwargs,
+                **asyncpg_connect_args(engine),
             )
 
     async def start(self) -> None:
@@ -164,6 +163,20 @@ class EventIntake:
                     raise
         except _DRIVER_ERRORS as exc:
             raise IntakeUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
+
+
+def asyncpg_connect_args(engine: AsyncEngine) -> dict[str, Any]:
+    """What asyncpg.connect needs to reach the database ``engine`` is configured for.
+
+    SQLAlchemy's own options in the URL are translated: ``prepared_statement_cache_size``
+    (0 behind a transaction-pooling PgBouncer) becomes asyncpg's ``statement_cache_size``.
+    """
+    _, kwargs = engine.dialect.create_connect_args(engine.url)
+    kwargs.pop("async_creator_fn", None)
+    kwargs.pop("prepared_statement_name_func", None)
+    if "prepared_statement_cache_size" in kwargs:
+        kwargs["statement_cache_size"] = int(kwargs.pop("prepared_statement_cache_size"))
+    return dict(kwargs)
 
 
 async def _no_session_state(conn: asyncpg.Connection) -> None:

@@ -19,6 +19,7 @@ from bridge.bootstrap import Runtime, build_app, open_runtime
 from bridge.broker.memory import InProcessQueue
 from bridge.settings import Settings
 from bridge.store import tables as t
+from bridge.store.intake import asyncpg_connect_args
 from bridge.store.types import utcnow
 
 PANELS = [{"name": "default", "url": "http://127.0.0.1:1"}]
@@ -282,6 +283,19 @@ async def test_orders_are_stored_again_after_postgresql_drops_the_intake_connect
         # pool then reconnects.
         assert set(statuses) <= {202, 503} and statuses[-1] == 202
         assert await count(rt, t.jobs) == 5 + statuses.count(202)
+
+
+async def test_sqlalchemy_url_options_reach_the_intake_pool(pg_url: str) -> None:
+    # Behind a transaction-pooling PgBouncer the URL turns prepared statements off.
+    url = pg_url + ("&" if "?" in pg_url else "?") + "prepared_statement_cache_size=0"
+    async with (
+        open_runtime(make_settings(url), queue=InProcessQueue()) as rt,
+        TestClient(TestServer(build_app(rt))) as test_client,
+    ):
+        assert asyncpg_connect_args(rt.engine)["statement_cache_size"] == 0
+        for _ in range(2):
+            status, _ = await post(test_client, *signed(WEBHOOK_SECRET, service_create()))
+            assert status == 202
 
 
 async def test_relay_publishes_only_committed_rows(runtime: Runtime, client: TestClient) -> None:

@@ -18,12 +18,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bridge.metrics import Metrics
 from bridge.store import tables as t
 from bridge.store.callback_rows import CallbackPolicy, refusal_reason
+from bridge.store.driver import driver_connection
 from bridge.store.errors import DATABASE_UNAVAILABLE
 from bridge.store.types import utcnow
 from bridge.waiting import wait_for_event
 from bridge.webhooks.signature import sign
 
 log = logging.getLogger("bridge.callbacks")
+
+_SETTLED_COLUMNS = ("status", "attempts", "last_error", "delivered_at", "next_attempt_at")
+_ATTEMPT_COLUMNS = ("attempted_at", "http_status", "error", "duration_ms")
+_SETTLE = """
+    WITH settled AS (
+        UPDATE callbacks SET status = $2, attempts = $3, last_error = $4, delivered_at = $5, next_attempt_at = $6
+        WHERE id = $1
+    )
+    INSERT INTO callback_attempts (callback_id, attempted_at, http_status, error, duration_ms)
+    VALUES ($1, $7, $8, $9, $10)
+"""
 
 # Seconds before retry n (Svix-like): about 27 hours in all, before scaling.
 RETRY_SCHEDULE_S: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -124,28 +136,41 @@ class CallbackSender:
     ) -> None:
         now = utcnow()
         attempts = r.attempts + 1
-        values: dict[str, object] = {"attempts": attempts, "last_error": error}
+        values: dict[str, Any] = {
+            "status": r.status,
+            "attempts": attempts,
+            "last_error": error,
+            "delivered_at": r.delivered_at,
+            "next_attempt_at": None,
+        }
         if status == "delivered":
-            values.update(status="delivered", delivered_at=now, next_attempt_at=None)
+            values.update(status="delivered", delivered_at=now)
         elif status == "refused":
-            values.update(status="refused", next_attempt_at=None)
+            values.update(status="refused")
         elif attempts > len(RETRY_SCHEDULE_S):
-            values.update(status="failed", next_attempt_at=None)
+            values.update(status="failed")
             log.warning("callback %s gave up after %d attempts: %s", r.public_id, attempts, error)
         else:
-            delay = RETRY_SCHEDULE_S[attempts - 1] * self._scale
-            values.update(next_attempt_at=now + timedelta(seconds=delay))
+            values.update(next_attempt_at=now + timedelta(seconds=RETRY_SCHEDULE_S[attempts - 1] * self._scale))
+        attempt = {
+            "attempted_at": now,
+            "http_status": http_status,
+            "error": error,
+            "duration_ms": ms,
+        }
+        if self._engine.dialect.name == "postgresql":
+            # Two callbacks per order: on PostgreSQL the outcome and its record are one statement.
+            async with driver_connection(self._engine) as driver:
+                await driver.execute(
+                    _SETTLE,
+                    r.id,
+                    *(values[name] for name in _SETTLED_COLUMNS),
+                    *(attempt[name] for name in _ATTEMPT_COLUMNS),
+                )
+            return
         async with self._engine.begin() as conn:
             await conn.execute(update(t.callbacks).where(t.callbacks.c.id == r.id).values(**values))
-            await conn.execute(
-                insert(t.callback_attempts).values(
-                    callback_id=r.id,
-                    attempted_at=now,
-                    http_status=http_status,
-                    error=error,
-                    duration_ms=ms,
-                )
-            )
+            await conn.execute(insert(t.callback_attempts).values(callback_id=r.id, **attempt))
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -52,17 +52,30 @@ class JobChange:
     returning: tuple[str, ...] = ()
     _updates: list[_RowsUpdate] = field(default_factory=list)
     _rows: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
-    # The insert whose new id the change returns as ``new_id`` (index into _rows).
-    _id_of: int | None = None
+    # Inserts whose new id the change returns, by the name it is returned as (index into _rows).
+    _ids: dict[str, int] = field(default_factory=dict)
     _wake_next: tuple[str, datetime] | None = None
+    # Run with the result once the change is committed (e.g. to learn a new row's id).
+    _on_commit: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+
+    def on_commit(self, then: Callable[[dict[str, Any]], None]) -> None:
+        self._on_commit.append(then)
 
     def update(self, table: Table, match: dict[str, Any], values: dict[str, Any]) -> None:
         self._updates.append(_RowsUpdate(table, match, values))
 
-    def insert(self, table: Table, row: dict[str, Any], *, return_id: bool = False) -> None:
-        if return_id:
-            assert self._id_of is None, "one new id per change"
-            self._id_of = len(self._rows)
+    def set(self, **job_values: Any) -> None:
+        """More values for the job's own row (a later part of a change merged into an earlier one)."""
+        self.job_values.update(job_values)
+
+    def read_back(self, *columns: str) -> None:
+        self.returning = tuple(dict.fromkeys((*self.returning, *columns)))
+
+    def insert(self, table: Table, row: dict[str, Any], *, id_as: str | None = None) -> None:
+        """Insert ``row``; with ``id_as``, the change returns the new row's id under that name."""
+        if id_as is not None:
+            assert id_as not in self._ids, f"{id_as} is returned once"
+            self._ids[id_as] = len(self._rows)
         self._rows.append((table, row))
 
     def wake_next_of_service(self, service_id: str, now: datetime) -> None:
@@ -70,10 +83,14 @@ class JobChange:
         self._wake_next = (service_id, now)
 
     async def apply(self, engine: AsyncEngine) -> dict[str, Any]:
-        """Commit the change; the ``returning`` columns (and ``new_id``). Raises :class:`LeaseLost`."""
+        """Commit the change; the ``returning`` columns and the new ids. Raises :class:`LeaseLost`."""
         if engine.dialect.name == "postgresql":
-            return await self._apply_on_postgresql(engine)
-        return await self._apply_in_turn(engine)
+            result = await self._apply_on_postgresql(engine)
+        else:
+            result = await self._apply_in_turn(engine)
+        for then in self._on_commit:
+            then(result)
+        return result
 
     async def _apply_on_postgresql(self, engine: AsyncEngine) -> dict[str, Any]:
         sql, args = self.postgresql_statement()
@@ -102,7 +119,7 @@ class JobChange:
         for n, (table, row) in enumerate(self._rows):
             names = ", ".join(f'"{name}"' for name in row)
             values = ", ".join(p(table.c[name], value) for name, value in row.items())
-            returning = " RETURNING id" if n == self._id_of else ""
+            returning = " RETURNING id" if n in self._ids.values() else ""
             ctes.append(
                 f'insert_{n} AS (INSERT INTO "{table.name}" ({names}) SELECT {values} WHERE {fenced}{returning})'
             )
@@ -116,8 +133,8 @@ class JobChange:
                 "RETURNING 1)"
             )
         extra = ""
-        if self._id_of is not None:
-            extra += f", (SELECT id FROM insert_{self._id_of}) AS new_id"
+        for name, n in self._ids.items():
+            extra += f', (SELECT id FROM insert_{n}) AS "{name}"'
         if self._wake_next is not None:
             extra += ", (SELECT count(*) FROM wake_next) AS woke_next"
         return f"WITH {', '.join(ctes)} SELECT changed_job.*{extra} FROM changed_job", p.values
@@ -152,10 +169,11 @@ class JobChange:
                     for name, value in change.match.items()
                 ]
                 await conn.execute(update(change.table).where(*where).values(**change.values))
+            names = {n: name for name, n in self._ids.items()}
             for n, (table, values) in enumerate(self._rows):
-                if n == self._id_of:
+                if n in names:
                     adding = insert(table).values(**values).returning(table.c.id)
-                    result["new_id"] = (await conn.execute(adding)).scalar_one()
+                    result[names[n]] = (await conn.execute(adding)).scalar_one()
                 else:
                     await conn.execute(insert(table).values(**values))
             if self._wake_next is not None:

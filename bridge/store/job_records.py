@@ -172,13 +172,23 @@ class JobRecords:
             row, _ = callback_row(job.pk, event_type, job.callback_url, job.callback_body(event_type), self._callbacks)
             change.insert(t.callbacks, row)
 
-    async def start_attempt(self, job: JobRecord, step: StepRecord, owner: str, lease_s: float) -> int:
-        """Commit the intent before anything is sent: if the worker dies now, the next one reconciles."""
+    async def commit(self, change: JobChange, job: JobRecord) -> None:
+        """Commit a change made earlier and held back (see :meth:`record_outcome`)."""
+        await self._apply(change, job)
+
+    async def start_attempt(
+        self, job: JobRecord, step: StepRecord, owner: str, lease_s: float, *, after: JobChange | None = None
+    ) -> int:
+        """Commit the intent before anything is sent: if the worker dies now, the next one reconciles.
+
+        ``after``: the previous step's outcome, not yet committed; both go in one statement.
+        """
         now = utcnow()
-        change = self._change(job, owner, lease_until=now + timedelta(seconds=lease_s))
+        change = after or self._change(job, owner)
+        change.set(lease_until=now + timedelta(seconds=lease_s))
         if job.status is JobStatus.ACCEPTED:
             job.status = JobStatus.RUNNING
-            change.job_values.update(status=JobStatus.RUNNING, updated_at=now)
+            change.set(status=JobStatus.RUNNING, updated_at=now)
             self._callback(change, job, "job.started")
         step.attempts += 1
         step.first_attempt_at = step.first_attempt_at or now
@@ -199,11 +209,23 @@ class JobRecords:
         change.insert(
             t.attempts,
             {"step_id": step.id, "number": step.attempts, "worker": owner, "started_at": now},
-            return_id=True,
+            id_as="attempt_id",
         )
-        return int((await self._apply(change, job))["new_id"])
+        return int((await self._apply(change, job))["attempt_id"])
 
-    async def record_outcome(
+    async def withdraw_attempt(
+        self, job: JobRecord, step: StepRecord, attempt_id: int, *, owner: str, in_flight: bool, message: str
+    ) -> None:
+        """An attempt started but never sent (the job was cancelled meanwhile): close it, and put back
+        whether the step may have taken effect as it was before."""
+        now = utcnow()
+        change = self._change(job, owner, updated_at=now)
+        change.update(t.attempts, {"id": attempt_id}, {"finished_at": now, "outcome": "abandoned", "message": message})
+        change.update(t.steps, {"id": step.id}, {"in_flight": in_flight, "updated_at": now})
+        step.in_flight = in_flight
+        await self._apply(change, job)
+
+    def record_outcome(
         self,
         job: JobRecord,
         step: StepRecord,
@@ -218,10 +240,13 @@ class JobRecords:
         compensation: str | None,
         next_attempt_at: datetime | None,
         calls: list[PanelCallRecord],
-    ) -> None:
+    ) -> JobChange:
+        """The step's outcome, held back (not committed): the runner commits it together with the
+        start of the next step, or on its own (:meth:`commit`). The job in memory shows it already."""
         now = utcnow()
+        change = self._change(job, owner, updated_at=now)
         # An admin may have asked to cancel while this step ran: the runner honours it before the next step.
-        change = JobChange(job.pk, owner, {"updated_at": now}, returning=("cancel_requested",))
+        change.read_back("cancel_requested")
         change.update(t.attempts, {"id": attempt_id}, {"finished_at": now, "outcome": label, "message": message})
         for c in calls:
             change.insert(
@@ -265,14 +290,15 @@ class JobRecords:
                     "status": "pending",
                     "created_at": now,
                 },
-                return_id=True,
+                id_as="compensation_id",
             )
-        changed = await self._apply(change, job)
-        if compensation is not None:
-            job.compensations.append(CompensationRecord(changed["new_id"], step.kind.value, compensation, "pending"))
+            recorded = CompensationRecord(0, step.kind.value, compensation, "pending")
+            job.compensations.append(recorded)
+            change.on_commit(lambda changed: setattr(recorded, "id", changed["compensation_id"]))
         step.status, step.in_flight, step.next_attempt_at = status, in_flight, next_attempt_at
         step.error, step.result = error, result
-        job.cancel_requested = bool(changed["cancel_requested"])
+        change.on_commit(lambda changed: setattr(job, "cancel_requested", bool(changed["cancel_requested"])))
+        return change
 
     async def finish(self, job: JobRecord, action: Finish, *, owner: str, error: str | None, was: JobStatus) -> None:
         """Final status (or succeeded-with-deferred), lease released, callbacks, next job of the service woken."""

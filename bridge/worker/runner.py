@@ -10,6 +10,7 @@ plus a delayed wake-up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from bridge.metrics import Metrics
 from bridge.panel.client import PanelClient
 from bridge.panel.config import PanelCredentials
 from bridge.store import leases
-from bridge.store.job_change import LeaseLost
+from bridge.store.job_change import JobChange, LeaseLost
 from bridge.store.job_records import JobRecord, JobRecords, StepRecord
 from bridge.store.types import utcnow
 from bridge.worker.breaker import PanelBreaker
@@ -111,36 +112,54 @@ class JobRunner:
 
     async def _advance(self, job: JobRecord) -> None:
         was = job.status
-        deferrable = DEFERRABLE_KINDS if job.type == "service.create" else frozenset()
-        while True:
-            if job.cancel_requested and not job.status.finished:
-                await self._records.finish(
-                    job, Finish(JobStatus.CANCELLED), owner=self._owner, error=CANCELLED_BY_ADMIN, was=was
-                )
-                self._metrics.jobs_finished.labels("cancelled").inc()
-                return
-            action = next_action([s.state() for s in job.steps], utcnow(), deferrable)
-            if isinstance(action, Finish):
-                if job.status.finished and action.status is JobStatus.SUCCEEDED and action.deferred:
-                    # Still waiting on the deferred step: nothing changed, only the next wake-up.
-                    assert action.wake_at is not None
-                    await self._records.wait(job, action.wake_at, owner=self._owner)
+        # A step's outcome is held back until the next step starts, so that both are one
+        # statement; anything else the loop does commits it first.
+        held: JobChange | None = None
+        try:
+            while True:
+                action = self._next(job)
+                if held is not None and (self.stopping or not isinstance(action, RunStep)):
+                    await self._records.commit(held, job)
+                    held = None
+                if job.cancel_requested and not job.status.finished:
+                    await self._finish(job, Finish(JobStatus.CANCELLED), CANCELLED_BY_ADMIN, was)
                     return
-                await self._records.finish(job, action, owner=self._owner, error=self._job_error(job, action), was=was)
-                if not was.finished:
-                    self._metrics.jobs_finished.labels(action.status.value).inc()
-                log.info("job %s %s", job.public_id, action.status.value, extra={"job_id": job.public_id})
-                return
-            if isinstance(action, WaitUntil):
-                await self._records.wait(job, action.at, owner=self._owner)
-                return
-            assert isinstance(action, RunStep)
-            if self.stopping:
-                await self._records.release(job.pk, job.public_id, owner=self._owner)
-                job.wrote_outbox = True
-                return
-            if not await self._run_step(job, job.step_at(action.position)):
-                return
+                if isinstance(action, Finish):
+                    if job.status.finished and action.status is JobStatus.SUCCEEDED and action.deferred:
+                        # Still waiting on the deferred step: nothing changed, only the next wake-up.
+                        assert action.wake_at is not None
+                        await self._records.wait(job, action.wake_at, owner=self._owner)
+                        return
+                    await self._finish(job, action, self._job_error(job, action), was)
+                    return
+                if isinstance(action, WaitUntil):
+                    await self._records.wait(job, action.at, owner=self._owner)
+                    return
+                if self.stopping:
+                    await self._records.release(job.pk, job.public_id, owner=self._owner)
+                    job.wrote_outbox = True
+                    return
+                # Handed over: once merged with the next start it must not be committed again on its own.
+                merged, held = held, None
+                going_on, held = await self._run_step(job, job.step_at(action.position), merged)
+                if not going_on:
+                    return
+        except BaseException:
+            if held is not None:
+                # What the panel answered must not be lost with the error.
+                with contextlib.suppress(Exception):
+                    await self._records.commit(held, job)
+            raise
+
+    def _next(self, job: JobRecord) -> Finish | WaitUntil | RunStep:
+        deferrable = DEFERRABLE_KINDS if job.type == "service.create" else frozenset()
+        return next_action([s.state() for s in job.steps], utcnow(), deferrable)
+
+    async def _finish(self, job: JobRecord, action: Finish, error: str | None, was: JobStatus) -> None:
+        await self._records.finish(job, action, owner=self._owner, error=error, was=was)
+        if not was.finished:
+            self._metrics.jobs_finished.labels(action.status.value).inc()
+        log.info("job %s %s", job.public_id, action.status.value, extra={"job_id": job.public_id})
 
     def _job_error(self, job: JobRecord, action: Finish) -> str | None:
         if action.status is JobStatus.FAILED:
@@ -148,11 +167,22 @@ class JobRunner:
             return f"{failed[0].kind}: {failed[0].error}" if failed and failed[0].error else "a step failed"
         return None
 
-    async def _run_step(self, job: JobRecord, step: StepRecord) -> bool:
-        """Run one attempt of ``step``; False when this worker must let go of the job."""
+    async def _run_step(
+        self, job: JobRecord, step: StepRecord, held: JobChange | None
+    ) -> tuple[bool, JobChange | None]:
+        """Run one attempt of ``step``, its start committed with ``held`` (the previous step's outcome).
+
+        Returns whether to go on with the job, and this attempt's outcome, held back.
+        """
         # Whether an earlier attempt may have taken effect; start_attempt marks this one in flight.
         unsure = step.in_flight
-        attempt_id = await self._records.start_attempt(job, step, self._owner, self._config.lease_s)
+        attempt_id = await self._records.start_attempt(job, step, self._owner, self._config.lease_s, after=held)
+        if job.cancel_requested:
+            # Learnt as the previous outcome was committed: this attempt is never sent.
+            await self._records.withdraw_attempt(
+                job, step, attempt_id, owner=self._owner, in_flight=unsure, message=f"not sent: {CANCELLED_BY_ADMIN}"
+            )
+            return True, None
         access = PanelAccess(
             client=self._clients(job.panel),
             creds=PanelCredentials(job.account_username, job.account_password),
@@ -170,17 +200,15 @@ class JobRunner:
         except LeaseLost:
             log.warning("lease lost before sending; another worker has the job", extra=extra)
             await self._records.abandon_attempt(attempt_id, "lease lost before sending; nothing was sent")
-            return False
+            return False, None
         except BreakerOpen as exc:
             # Nothing was sent: the step is exactly as unsure as it was before, and the attempt does
             # not count against its retry budget (jobs wait for the breaker, they do not fail on it).
             step.attempts -= 1
             outcome = StepOutcome("retry", f"Not sent: the panel's {exc}.", "breaker_open", in_flight=unsure)
-            await self._record(job, step, attempt_id, outcome, access, not_before=exc.until)
-            return True
-        await self._record(job, step, attempt_id, outcome, access)
+            return True, await self._record(job, step, attempt_id, outcome, access, not_before=exc.until)
         log.info("step %s: %s", step.kind.value, outcome.label, extra=extra)
-        return True
+        return True, await self._record(job, step, attempt_id, outcome, access)
 
     async def _record(
         self,
@@ -190,7 +218,7 @@ class JobRunner:
         outcome: StepOutcome,
         access: PanelAccess,
         not_before: datetime | None = None,
-    ) -> None:
+    ) -> JobChange:
         self._metrics.step_attempts.labels(step.kind.value, outcome.label).inc()
         message = outcome.message
         next_at: datetime | None = None
@@ -207,7 +235,7 @@ class JobRunner:
                 message = f"gave up after {step.attempts} attempt(s): {message}"
             else:
                 status = StepStatus.WAITING_RETRY
-        await self._records.record_outcome(
+        return self._records.record_outcome(
             job,
             step,
             attempt_id,

@@ -142,7 +142,13 @@ async def test_cancel_waits_for_the_running_step_and_keeps_what_to_undo(deployme
         assert job["error"] == "cancelled by an admin"
         assert [s["status"] for s in job["steps"]] == ["succeeded", "succeeded", "cancelled", "cancelled", "cancelled"]
         assert [(c["step"], c["status"]) for c in job["compensations"]] == [("add_domain", "pending")]
-        assert bridge.sim.snapshot()["counters"].get("db_make", 0) == 0
+        counters = bridge.sim.snapshot()["counters"]
+        assert counters.get("domain_issue_ssl", 0) == 0 and counters.get("db_make", 0) == 0
+        # The step after the one that was running never reached the panel, and is not left looking
+        # as if it might have (an attempt it started is closed as never sent).
+        ssl = job["steps"][2]
+        assert ssl["in_flight"] is False
+        assert all(a["outcome"] == "abandoned" for a in job["attempts"] if a["step"] == "issue_ssl")
         assert (await call(bridge, "POST", f"/admin/api/jobs/{first}/cancel"))[0] == 409
         assert "job.cancelled" in await bridge.wait_callbacks(first, 2)
         assert await bridge.wait_callbacks(second, 1) == ["job.cancelled"]

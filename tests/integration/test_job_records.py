@@ -85,7 +85,7 @@ async def test_the_holder_writes_the_step_its_call_and_its_compensation_together
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
     attempt_id = await records.start_attempt(job, step, "worker-a", 60)
-    await records.record_outcome(
+    outcome = records.record_outcome(
         job,
         step,
         attempt_id,
@@ -99,6 +99,7 @@ async def test_the_holder_writes_the_step_its_call_and_its_compensation_together
         next_attempt_at=None,
         calls=[call(), call()],
     )
+    await records.commit(outcome, job)
     row, steps = await job_and_steps(engine, job)
     assert row.status == JobStatus.RUNNING and steps[1].status == StepStatus.SUCCEEDED
     assert steps[1].result == {"domain_id": 7} and steps[1].attempts == 1
@@ -122,7 +123,7 @@ async def test_a_worker_that_lost_its_lease_writes_nothing(engine: AsyncEngine) 
     with pytest.raises(LeaseLost):
         await records.start_attempt(job, job.steps[2], "worker-a", 60)
     with pytest.raises(LeaseLost):
-        await records.record_outcome(
+        held = records.record_outcome(
             job,
             step,
             attempt_id,
@@ -136,6 +137,7 @@ async def test_a_worker_that_lost_its_lease_writes_nothing(engine: AsyncEngine) 
             next_attempt_at=None,
             calls=[call()],
         )
+        await records.commit(held, job)
     with pytest.raises(LeaseLost):
         await records.finish(job, Finish(JobStatus.FAILED), owner="worker-a", error="x", was=JobStatus.RUNNING)
     with pytest.raises(LeaseLost):
@@ -154,7 +156,7 @@ async def test_the_job_read_with_its_lease_is_the_job_read_row_by_row(engine: As
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
     attempt_id = await records.start_attempt(job, step, "worker-a", 60)
-    await records.record_outcome(
+    outcome = records.record_outcome(
         job,
         step,
         attempt_id,
@@ -168,6 +170,7 @@ async def test_the_job_read_with_its_lease_is_the_job_read_row_by_row(engine: As
         next_attempt_at=utcnow(),
         calls=[call()],
     )
+    await records.commit(outcome, job)
     await records.wait(job, utcnow(), owner="worker-a")
 
     lease = await leases.acquire(engine, job.public_id, "worker-b", 60)

@@ -55,4 +55,6 @@ def tls_setting(server: PanelServer) -> TlsSetting:
                 server.url,
             )
         return False
-    return ssl.create_default_context()
+    # aiohttp's own verifying context with the system CAs, built once per process: making one
+    # per panel server loads the whole CA bundle again each time.
+    return True

@@ -135,16 +135,19 @@ class BridgeConfig:
     http_port: int = 0
     prefetch: int = 32
     panels: int = 1
+    # One URL per panel server; when empty, every panel is at panel_url.
+    panel_urls: tuple[str, ...] = ()
 
     def panel_names(self) -> list[str]:
-        return ["default"] + [f"panel{n}" for n in range(1, self.panels)]
+        count = len(self.panel_urls) or self.panels
+        return ["default"] + [f"panel{n}" for n in range(1, count)]
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
         secrets = new_secrets()
         panels = [
-            {"name": name, "url": self.panel_url, "timeout_s": 30.0, "read_timeout_s": 15.0, "ssl_timeout_s": 30.0}
-            for name in self.panel_names()
+            {"name": name, "url": url, "timeout_s": 30.0, "read_timeout_s": 15.0, "ssl_timeout_s": 30.0}
+            for name, url in zip(self.panel_names(), self.panel_urls or [self.panel_url] * self.panels, strict=True)
         ]
         env.update(
             BRIDGE_DATABASE_URL=self.database_url,

@@ -75,12 +75,14 @@ class Result:
         )
 
 
-def order_event(n: int, run: str, *, callback_url: str | None = None, ssl: bool = True) -> dict[str, Any]:
+def order_event(
+    n: int, run: str, *, callback_url: str | None = None, ssl: bool = True, panel: str = "default"
+) -> dict[str, Any]:
     """A ``service.create`` for account ``u<run><n>``: its own account, domain, database and cron job."""
     user = f"u{run}{n}"
     data: dict[str, Any] = {
         "service_id": f"svc-{run}-{n}",
-        "panel": "default",
+        "panel": panel,
         "account": {"username": user, "password": f"Acct-Passw0rd-{n}"},
         "domain": f"site{n}.r{run}.example.com",
         "php_version": "8.2",
@@ -108,12 +110,23 @@ def run_tag() -> str:
 
 
 def bridge_requests(
-    secret: str, count: int, *, run: str | None = None, callback_url: str | None = None, ssl: bool = True
+    secret: str,
+    count: int,
+    *,
+    run: str | None = None,
+    callback_url: str | None = None,
+    ssl: bool = True,
+    panels: list[str] | None = None,
 ) -> tuple[list[Request], float]:
-    """``count`` signed orders with unique webhook ids, and the time spent signing one (seconds)."""
+    """``count`` signed orders with unique webhook ids (round-robin over ``panels``), and the time
+    spent signing one (seconds)."""
     run = run or run_tag()
     now = int(time.time())
-    bodies = [json.dumps(order_event(n, run, callback_url=callback_url, ssl=ssl)).encode() for n in range(count)]
+    names = panels or ["default"]
+    bodies = [
+        json.dumps(order_event(n, run, callback_url=callback_url, ssl=ssl, panel=names[n % len(names)])).encode()
+        for n in range(count)
+    ]
     started = time.perf_counter()
     requests = [Request(body, {**sign(secret, f"msg_{run}_{n}", now, body), **JSON}) for n, body in enumerate(bodies)]
     return requests, (time.perf_counter() - started) / max(count, 1)

@@ -172,7 +172,9 @@ async def run_bridge_orders(args: argparse.Namespace, name: str, orders: int, la
     secret, callback_secret = fresh_webhook_secrets()
     run = run_tag()
     prefix = new_prefix(name)
-    ports = {"serve": free_port(), "sim": free_port(), "callbacks": free_port()}
+    panels = getattr(args, "panels", 1)
+    ports = {"serve": free_port(), "callbacks": free_port()}
+    sim_ports = [free_port() for _ in range(panels)]
     receiver = CallbackCounter()
     callback_runner = await serve_app(receiver.app(), ports["callbacks"])
     origin = f"http://127.0.0.1:{ports['callbacks']}"
@@ -181,7 +183,8 @@ async def run_bridge_orders(args: argparse.Namespace, name: str, orders: int, la
             config = BridgeConfig(
                 database_url=sqlalchemy_url(dsn),
                 prefix=prefix,
-                panel_url=f"http://127.0.0.1:{ports['sim']}",
+                panel_url=f"http://127.0.0.1:{sim_ports[0]}",
+                panel_urls=tuple(f"http://127.0.0.1:{port}" for port in sim_ports),
                 webhook_secret=secret,
                 callback_secret=callback_secret,
                 callback_origins=(origin,),
@@ -189,19 +192,28 @@ async def run_bridge_orders(args: argparse.Namespace, name: str, orders: int, la
                 prefetch=args.prefetch,
             )
             env = config.env()
-            sim = sim_process(ports["sim"], run, orders, latency)
+            # One simulator process per panel server, each holding every account (orders go round-robin).
+            sims = [sim_process(port, run, orders, latency) for port in sim_ports]
             serve = start(bridge_cmd("serve"), env)
             workers = [start(bridge_cmd("worker"), env) for _ in range(args.workers)]
             try:
-                with running(sim, serve, *workers):
-                    await wait_for_port(ports["sim"], sim)
+                with running(*sims, serve, *workers):
+                    for port, sim in zip(sim_ports, sims, strict=True):
+                        await wait_for_port(port, sim)
                     await wait_for_port(ports["serve"], serve)
                     await wait_for_consumers(prefix, args.workers)
-                    requests, _ = bridge_requests(secret, orders, run=run, callback_url=f"{origin}/callback", ssl=True)
+                    requests, _ = bridge_requests(
+                        secret,
+                        orders,
+                        run=run,
+                        callback_url=f"{origin}/callback",
+                        ssl=True,
+                        panels=config.panel_names(),
+                    )
                     conn = await asyncpg.connect(dsn)
                     database = dsn.rsplit("/", 1)[1]
                     cpu_before = [await cpu_of(p.pid, database) for p in (serve, *workers)]
-                    sim_cpu_before, own_cpu_before = cpu_seconds(sim.pid), time.process_time()
+                    sim_cpu_before, own_cpu_before = sum(cpu_seconds(p.pid) for p in sims), time.process_time()
                     profiler = (
                         start_profiler(workers[0].pid, REPO / "bench" / "out" / f"{name}-worker.pyspy.txt")
                         if args.profile
@@ -217,13 +229,19 @@ async def run_bridge_orders(args: argparse.Namespace, name: str, orders: int, la
                         await receiver.wait_for(counts.get("succeeded", 0), timeout=30)
                         calls = await conn.fetchval("select count(*) from panel_calls")
                         cpu_after = [await cpu_of(p.pid, database) for p in (serve, *workers)]
-                        sim_cpu, own_cpu = cpu_seconds(sim.pid) - sim_cpu_before, time.process_time() - own_cpu_before
+                        sim_cpu = sum(cpu_seconds(p.pid) for p in sims) - sim_cpu_before
+                        own_cpu = time.process_time() - own_cpu_before
                     finally:
                         await conn.close()
                         if profiler is not None:
                             profiler.send_signal(2)
                             profiler.wait(30)
-                    state = await sim_state(ports["sim"])
+                    states = [await sim_state(port) for port in sim_ports]
+                    state = {
+                        "counters": dict(sum((Counter(st["counters"]) for st in states), Counter())),
+                        # Per panel server: each must have seen at most one mutating call at a time.
+                        "max_concurrent_mutations": max(st["max_concurrent_mutations"] for st in states),
+                    }
             finally:
                 await delete_queues(prefix)
     finally:
@@ -288,7 +306,7 @@ async def run_baseline(program: str, env: dict[str, str], pattern: str, timeout:
 async def throughput(args: argparse.Namespace) -> None:
     print(
         f"\n== throughput: {args.orders} orders; bridge: 1 serve + {args.workers} worker(s), prefetch "
-        f"{args.prefetch}, 1 panel, simulator without latency; {machine_note()}"
+        f"{args.prefetch}, {args.panels} panel(s), a simulator process each, without latency; {machine_note()}"
     )
     rounds: list[dict[str, float | None]] = []
     for number in range(args.rounds):
@@ -598,6 +616,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--orders", type=int, default=1000, help="orders in the throughput run")
     parser.add_argument("--rounds", type=int, default=1, help="throughput rounds (bridge, bare, celery each)")
     parser.add_argument("--no-celery", action="store_true")
+    parser.add_argument(
+        "--panels", type=int, default=1, help="throughput: panel servers (a simulator process each); orders round-robin"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the first worker (bench/out/)")
     parser.add_argument("--timeout", type=float, default=600, help="give up waiting for the jobs after this long")
     parser.add_argument("--latency-orders", type=int, default=100)

@@ -46,6 +46,8 @@ class IntakeUnavailable(Exception):
 class StoredEvent:
     job_id: str
     duplicate: bool
+    # For a duplicate, where the job it found is now (a retried delivery may come after the work).
+    job_status: str = JobStatus.ACCEPTED.value
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ STORE_ONE_STATEMENT = """
     SELECT id FROM new_job
 """
 
-JOB_FOR_WEBHOOK = "SELECT public_id FROM jobs WHERE webhook_id = $1"
+JOB_FOR_WEBHOOK = "SELECT public_id, status FROM jobs WHERE webhook_id = $1"
 
 
 async def store_on_postgresql(conn: asyncpg.Connection, rows: IntakeRows) -> StoredEvent:
@@ -249,10 +251,10 @@ async def store_on_postgresql(conn: asyncpg.Connection, rows: IntakeRows) -> Sto
     )
     if inserted is not None:
         return StoredEvent(rows.job_id, duplicate=False)
-    existing = await conn.fetchval(JOB_FOR_WEBHOOK, rows.webhook_id)
+    existing = await conn.fetchrow(JOB_FOR_WEBHOOK, rows.webhook_id)
     if existing is None:
         raise LookupError(f"webhook {rows.webhook_id!r} has an event but no job")
-    return StoredEvent(existing, duplicate=True)
+    return StoredEvent(existing["public_id"], duplicate=True, job_status=existing["status"])
 
 
 async def _store_in_transaction(engine: AsyncEngine, rows: IntakeRows) -> StoredEvent:
@@ -260,7 +262,7 @@ async def _store_in_transaction(engine: AsyncEngine, rows: IntakeRows) -> Stored
         async with engine.begin() as conn:
             existing = await _job_for_webhook(conn, rows.webhook_id)
             if existing is not None:
-                return StoredEvent(existing, duplicate=True)
+                return existing
             event_pk = (await conn.execute(insert(t.events).values(rows.event).returning(t.events.c.id))).scalar_one()
             job_pk = (
                 await conn.execute(insert(t.jobs).values(event_id=event_pk, **rows.job).returning(t.jobs.c.id))
@@ -284,15 +286,16 @@ async def _store_in_transaction(engine: AsyncEngine, rows: IntakeRows) -> Stored
         existing = await find_job_for_webhook(engine, rows.webhook_id)
         if existing is None:
             raise
-        return StoredEvent(existing, duplicate=True)
+        return existing
     return StoredEvent(rows.job_id, duplicate=False)
 
 
-async def find_job_for_webhook(engine: AsyncEngine, webhook_id: str) -> str | None:
+async def find_job_for_webhook(engine: AsyncEngine, webhook_id: str) -> StoredEvent | None:
     async with engine.connect() as conn:
         return await _job_for_webhook(conn, webhook_id)
 
 
-async def _job_for_webhook(conn: AsyncConnection, webhook_id: str) -> str | None:
-    found = await conn.execute(select(t.jobs.c.public_id).where(t.jobs.c.webhook_id == webhook_id))
-    return found.scalar_one_or_none()
+async def _job_for_webhook(conn: AsyncConnection, webhook_id: str) -> StoredEvent | None:
+    found = await conn.execute(select(t.jobs.c.public_id, t.jobs.c.status).where(t.jobs.c.webhook_id == webhook_id))
+    row = found.one_or_none()
+    return None if row is None else StoredEvent(row.public_id, duplicate=True, job_status=row.status)

@@ -115,7 +115,10 @@ async def receive_order(request: web.Request) -> web.Response:
         return error(503, "the database is unavailable; the event was NOT stored, send it again later")
     if stored.duplicate:
         metrics.webhooks.labels("duplicate").inc()
-        return web.json_response({"job_id": stored.job_id, "status": "accepted", "duplicate": True}, status=200)
+        return web.json_response(
+            {"job_id": stored.job_id, "status": "accepted", "duplicate": True, "job_status": stored.job_status},
+            status=200,
+        )
     metrics.webhooks.labels("accepted").inc()
     runtime.wake_relay()
     log.info("order accepted", extra={"job_id": stored.job_id, "event_id": webhook_id})

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import FERNET_KEY, WEBHOOK_SECRET
 from orders import ACCOUNT_PASSWORD, DB_PASSWORD, service_create, signed
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from bridge.bootstrap import Runtime, build_app, open_runtime
 from bridge.broker.memory import InProcessQueue
@@ -76,9 +76,19 @@ async def test_same_webhook_id_answers_200_with_the_same_job(client: TestClient,
     first_status, first = await post(client, body, headers)
     again_status, again = await post(client, body, headers)
     assert (first_status, again_status) == (202, 200)
-    assert again == {"job_id": first["job_id"], "status": "accepted", "duplicate": True}
+    assert again == {"job_id": first["job_id"], "status": "accepted", "duplicate": True, "job_status": "accepted"}
     assert await count(runtime, t.jobs) == 1
     assert await count(runtime, t.outbox) == 1
+
+
+async def test_a_duplicate_tells_where_the_job_is_now(client: TestClient, runtime: Runtime) -> None:
+    # A billing platform retrying a delivery after the work was done learns that it was.
+    body, headers = signed(WEBHOOK_SECRET, service_create(), webhook_id="msg_later")
+    first = (await post(client, body, headers))[1]
+    async with runtime.engine.begin() as conn:
+        await conn.execute(update(t.jobs).values(status="succeeded"))
+    status, again = await post(client, body, headers)
+    assert status == 200 and again["job_id"] == first["job_id"] and again["job_status"] == "succeeded"
 
 
 async def test_fifty_concurrent_copies_make_one_job_and_one_outbox_row(client: TestClient, runtime: Runtime) -> None:

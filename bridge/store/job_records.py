@@ -62,6 +62,7 @@ class JobRecord:
     status: JobStatus
     cancel_requested: bool
     callback_url: str | None = None
+    domain: str | None = None
     error: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
     compensations: list[CompensationRecord] = field(default_factory=list)
@@ -79,6 +80,8 @@ class JobRecord:
                 "job_id": self.public_id,
                 "event_id": self.webhook_id,
                 "service_id": self.service_id,
+                "domain": self.domain,
+                "account": self.account_username,
                 "status": self.status.value,
                 "steps": [
                     {
@@ -130,6 +133,7 @@ class JobRecords:
             status=JobStatus(job["status"]),
             cancel_requested=job["cancel_requested"],
             callback_url=job["callback_url"],
+            domain=job["domain"],
             error=job["error"],
             steps=[
                 StepRecord(

@@ -147,7 +147,18 @@ async def _panel_calls(conn: AsyncConnection, job_pk: int) -> list[dict[str, Any
 
 def callback_body(doc: dict[str, Any], event_type: str) -> dict[str, Any]:
     """The callback's JSON (CONTRACT.md §4): the job document without admin-only detail."""
-    keep = ("job_id", "event_id", "service_id", "status", "steps", "deferred", "error", "compensations")
+    keep = (
+        "job_id",
+        "event_id",
+        "service_id",
+        "domain",
+        "account",
+        "status",
+        "steps",
+        "deferred",
+        "error",
+        "compensations",
+    )
     data = {key: doc[key] for key in keep}
     data["compensations"] = [{k: c[k] for k in ("id", "step", "action", "status")} for c in doc["compensations"]]
     return {"type": event_type, "data": data}

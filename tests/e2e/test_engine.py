@@ -45,6 +45,7 @@ async def test_happy_path_provisions_everything_once_and_calls_back(deployment: 
         assert types == ["job.started", "job.succeeded"]
         done = next(c for c in bridge.receiver.received if c["type"] == "job.succeeded")
         assert done["data"]["status"] == "succeeded"
+        assert done["data"]["domain"] == "example.com" and done["data"]["account"] == "john"
         assert done["data"] == callback_body(await bridge.job(answer["job_id"], detail=False), "job.succeeded")["data"]
         assert done["data"]["steps"][1]["result"]["domain_id"] is not None
         everything = str(bridge.receiver.received) + await dump_every_table(bridge)

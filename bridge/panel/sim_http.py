@@ -10,7 +10,7 @@ injected faults and the view itself.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -95,11 +95,27 @@ async def dispatch(sim: PanelSimulator, request: web.Request) -> web.StreamRespo
     # Django fills request.POST from form bodies only; a JSON body leaves it empty.
     form = await request.post() if request.content_type in _FORM_TYPES else {}
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    state.calls.append({"call": call, "account": username, "time": sim.clock()})
+    record: dict[str, Any] = {"call": call, "account": username, "time": sim.clock(), "finished": None}
+    state.calls.append(record)
+    try:
+        return await _answer_counting_mutations(sim, request, call, account, fields, line)
+    finally:
+        # Until then the record shows the panel still working on this call.
+        record["finished"] = sim.clock()
+
+
+async def _answer_counting_mutations(
+    sim: PanelSimulator,
+    request: web.Request,
+    call: str,
+    account: SimAccount,
+    fields: dict[str, str],
+    line: int | None,
+) -> web.StreamResponse:
     if call not in MUTATING_CALLS:
         return await _answer(sim, request, call, account, fields, line)
     sim.mutations_in_flight += 1
-    state.max_concurrent_mutations = max(state.max_concurrent_mutations, sim.mutations_in_flight)
+    sim.state.max_concurrent_mutations = max(sim.state.max_concurrent_mutations, sim.mutations_in_flight)
     try:
         return await _answer(sim, request, call, account, fields, line)
     finally:

@@ -142,7 +142,7 @@ class PanelState:
             "counters": dict(self.counters),
             "max_concurrent_mutations": self.max_concurrent_mutations,
             "banned": self.firewall.banned(),
-            "calls": list(self.calls),
+            "calls": [dict(c) for c in self.calls],  # copies: a call in progress changes its own
         }
 
     # --- the views ------------------------------------------------------------

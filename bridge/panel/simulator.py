@@ -21,7 +21,9 @@ Where it knowingly differs from the real panel:
 - ``db_make`` follows the real code, not the documentation: it reads ``dbname``
   (ignoring ``db``) and answers the real texts;
 - ``counters`` count every request that reached a known view (failed logins
-  included), ``calls`` only the authenticated ones;
+  included), ``calls`` only the authenticated ones, each with its arrival
+  ``time`` and ``finished``, the time of its answer (``None`` while the panel
+  is still working on it);
 - certificates are a state per domain (none / self_signed / issued), nothing
   is really issued, and issuance fails only when told to (``fail_ssl``).
 

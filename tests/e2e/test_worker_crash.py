@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from conftest import FERNET_KEY
-from engine_harness import running_bridge
+from engine_harness import Bridge, running_bridge
 from orders import service_create
 from sqlalchemy import select
 
 from bridge.bootstrap import Role
+from bridge.panel.config import MUTATING_CALLS
 from bridge.panel.simulator import PanelSimulator
 from bridge.store import tables as t
 
@@ -51,6 +52,35 @@ async def start_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
     )
 
 
+async def accounts_leased_by(bridge: Bridge, pid: int) -> set[str]:
+    """The panel accounts of the jobs whose lease a worker process holds."""
+    async with bridge.runtime.engine.connect() as conn:
+        rows = await conn.execute(select(t.jobs.c.account_username).where(t.jobs.c.lease_owner.like(f"%:{pid}:%")))
+    return {row.account_username for row in rows}
+
+
+def mutation_in_progress(sim: PanelSimulator, accounts: set[str]) -> int | None:
+    """Index in the panel's call log of a mutating call for one of ``accounts`` not yet answered."""
+    for index, call in enumerate(sim.snapshot()["calls"]):
+        if call["call"] in MUTATING_CALLS and call["account"] in accounts and call["finished"] is None:
+            return index
+    return None
+
+
+async def mutation_of_victim_in_progress(bridge: Bridge, sim: PanelSimulator, pid: int) -> int:
+    """Wait for the panel to be working on a mutating call the worker ``pid`` sent.
+
+    Only a job's lease holder sends (it renews the lease just before sending), so a
+    call for the account of a job ``pid`` holds is that worker's call.
+    """
+    for _ in range(400):
+        index = mutation_in_progress(sim, await accounts_leased_by(bridge, pid))
+        if index is not None:
+            return index
+        await asyncio.sleep(0.02)
+    raise AssertionError("the victim never had a mutating panel call in progress")
+
+
 @pytest.fixture
 async def pg_rabbit(pg_url: str, amqp_url: str) -> AsyncIterator[dict[str, str]]:
     yield {"db_url": pg_url, "amqp_url": amqp_url}
@@ -76,18 +106,13 @@ async def test_sigkill_mid_job_loses_nothing_and_repeats_nothing(pg_rabbit: dict
                     cron_jobs=[],
                 )
                 ids.append((await bridge.send(event))[1]["job_id"])
-            # Kill the victim while it holds a job in the middle of a step.
-            for _ in range(400):
-                async with bridge.runtime.engine.connect() as conn:
-                    held = (
-                        await conn.execute(select(t.jobs.c.id).where(t.jobs.c.lease_owner.like(f"%:{victim.pid}:%")))
-                    ).all()
-                if held and sim.mutations_in_flight:
-                    break
-                await asyncio.sleep(0.02)
-            assert held, "the victim never took a job"
+            in_progress = await mutation_of_victim_in_progress(bridge, sim, victim.pid)
+            # Nothing awaited since that look: the panel, served by this event loop, cannot answer before the kill.
+            killed_at = sim.clock()
             victim.send_signal(signal.SIGKILL)
             await victim.wait()
+            call = sim.snapshot()["calls"][in_progress]
+            assert call["finished"] is None or call["finished"] >= killed_at, f"{call} ended before the kill"
             for job_id in ids:
                 await bridge.wait_for(job_id, "succeeded", timeout=90)
         finally:

@@ -249,6 +249,30 @@ async def post_callback(
         return r.status, json.loads(text) if text.startswith("{") else {"raw": text}
 
 
+def strings_in(value: Any) -> Iterator[str]:
+    """Every string inside decoded JSON, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from strings_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings_in(item)
+
+
+def assert_no_password_in_api_calls(whmcs: Whmcs) -> None:
+    """Tickets, notes and the activity log reach WHMCS through localAPI and are read by staff:
+    neither the account's password nor a database password may be in them."""
+    calls = whmcs.api_calls()
+    assert calls, "no localAPI call to check"
+    texts = list(strings_in(calls))
+    passwords = {"account": ACCOUNT[1], **whmcs.service_record()["db_passwords"]}
+    leaked = [name for name, password in passwords.items() if any(password in text for text in texts)]
+    assert leaked == [], f"passwords in localAPI calls: {leaked}"
+
+
 # --- the whole path: WHMCS → bridge → panel → bridge → WHMCS ------------------------------------
 
 
@@ -297,6 +321,7 @@ async def test_create_account_provisions_once_and_the_callback_activates_the_ser
         create = next(entry for entry in log if entry["action"] == "CreateAccount")
         assert "[password] => ********\n" in create["request"] and "example.com" in create["request"]
         assert "HTTP 202" in create["response"]
+        assert_no_password_in_api_calls(whmcs)
 
 
 async def test_a_new_attempt_only_after_the_previous_job_succeeded(sqlite_url: str, whmcs: Whmcs) -> None:
@@ -318,7 +343,8 @@ async def test_failures_open_one_ticket_then_add_notes_and_retry_resumes_without
 ) -> None:
     async with live_bridge(sqlite_url, whmcs) as bridge:
         bridge.sim.inject_fault("db_make", "error:Access denied for user <script>x()</script>")
-        bridge.sim.inject_fault("db_make", "error:Access denied for user 'root'@'localhost'")
+        # A panel error that quotes the account's password back: it must not reach the ticket note.
+        bridge.sim.inject_fault("db_make", f"error:Access denied for user 'john'@'localhost' (password '{ACCOUNT[1]}')")
         params = service_params(bridge, whmcs)
         assert await whmcs.module("CreateAccount", params) == "success"
         [job_id] = await jobs_of(bridge)
@@ -367,6 +393,7 @@ async def test_failures_open_one_ticket_then_add_notes_and_retry_resumes_without
         assert "create_database" in tab["Steps"]
         assert await whmcs.module("RefreshStatus", params) == "success"
         assert ACCOUNT[1] not in json.dumps(whmcs.module_log())
+        assert_no_password_in_api_calls(whmcs)
 
 
 async def test_test_connection_checks_readiness_the_webhook_secret_and_the_admin_token(

@@ -6,11 +6,18 @@ customer out. So the bridge counts the failed logins it causes per panel in a
 5-minute window, and after ``threshold`` of them (or any firewall answer) stops
 calling that panel until ``cooldown`` has passed; jobs wait meanwhile, they do
 not fail.
+
+Each process also keeps a view of its own: the breaker as it last saw it, and the
+credentials the panel accepted in the last few minutes. A call with such
+credentials cannot be a failed login, so it needs no fresh look at the database,
+only at that view (it still waits while the breaker was last seen open).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -18,12 +25,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.domain.outcomes import FailureReason
+from bridge.panel.config import PanelCredentials
 from bridge.store import tables as t
 from bridge.store.types import utcnow
 
 log = logging.getLogger("bridge.breaker")
 
 TRIPPING_REASONS = frozenset({FailureReason.INVALID_CREDENTIALS, FailureReason.FIREWALL})
+# How long credentials the panel accepted count as good (a changed password shows within this).
+ACCEPTED_FOR_S = 300.0
+# How old this process's reading of a breaker may be for a call to rely on it.
+VIEW_FRESH_S = 5.0
+
+
+def _digest(creds: PanelCredentials) -> bytes:
+    return hashlib.sha256(f"{creds.username}\0{creds.password}".encode()).digest()
 
 
 class PanelBreaker:
@@ -39,6 +55,34 @@ class PanelBreaker:
         self._threshold = threshold
         self._window = window
         self._cooldown = cooldown
+        # panel -> (open_until as last read, when it was read; monotonic)
+        self._seen: dict[str, tuple[datetime | None, float]] = {}
+        # (panel, user name) -> (digest of the password, when the panel last accepted it; monotonic)
+        self._accepted: dict[tuple[str, str], tuple[bytes, float]] = {}
+
+    def saw(self, panel: str, open_until: datetime | None) -> None:
+        """What a look at the database showed of ``panel``'s breaker."""
+        self._seen[panel] = (open_until, time.monotonic())
+
+    def seen_recently(self, panel: str) -> bool:
+        """Whether this process read ``panel``'s breaker within VIEW_FRESH_S."""
+        seen = self._seen.get(panel)
+        return seen is not None and time.monotonic() - seen[1] < VIEW_FRESH_S
+
+    def seen_open_until(self, panel: str, now: datetime | None = None) -> datetime | None:
+        until = self._seen.get(panel, (None, 0.0))[0]
+        return until if until is not None and until > (now or utcnow()) else None
+
+    def accepted(self, panel: str, creds: PanelCredentials) -> None:
+        self._accepted[(panel, creds.username)] = (_digest(creds), time.monotonic())
+
+    def refused(self, panel: str, creds: PanelCredentials) -> None:
+        self._accepted.pop((panel, creds.username), None)
+
+    def vouched(self, panel: str, creds: PanelCredentials) -> bool:
+        """Whether the panel accepted exactly these credentials within ACCEPTED_FOR_S."""
+        known = self._accepted.get((panel, creds.username))
+        return known is not None and known[0] == _digest(creds) and time.monotonic() - known[1] < ACCEPTED_FOR_S
 
     async def record(self, panel: str, reason: FailureReason, now: datetime | None = None) -> None:
         if reason not in TRIPPING_REASONS:
@@ -78,3 +122,5 @@ class PanelBreaker:
                     failures,
                 )
             await conn.execute(update(t.panel_breakers).where(t.panel_breakers.c.panel == panel).values(**values))
+        if "open_until" in values:
+            self.saw(panel, values["open_until"])  # type: ignore[arg-type]

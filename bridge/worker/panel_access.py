@@ -6,18 +6,23 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bridge.domain.outcomes import PermanentFailure
+from bridge.domain.outcomes import FailureReason, PermanentFailure
 from bridge.metrics import Metrics
 from bridge.panel.client import CallResult, PanelCallRecord, PanelClient
 from bridge.panel.config import PanelCredentials
 from bridge.store.job_change import LeaseLost
 from bridge.store.leases import Clearance, clear_to_send
+from bridge.store.types import utcnow
 from bridge.worker.breaker import PanelBreaker
 from bridge.worker.panel_gate import PanelGate
+
+# How much longer than a call the lease committed at the start of an attempt must last for the
+# call to go without renewing it (room for clocks that differ between worker hosts).
+LEASE_MARGIN_S = 10.0
 
 
 class BreakerOpen(Exception):
@@ -37,6 +42,8 @@ class PanelAccess:
     job_pk: int
     owner: str
     lease_s: float
+    # The end of this worker's lease as committed when the attempt started (or later renewed).
+    lease_until: datetime
     calls: list[PanelCallRecord] = field(default_factory=list)
     # Whether these credentials have been accepted by the panel during this attempt.
     proven: bool = False
@@ -50,12 +57,13 @@ class PanelAccess:
         return self.creds.username
 
     async def read(self, call: Callable[[PanelClient, PanelCredentials], Awaitable[CallResult]]) -> CallResult:
-        """A read. Reads run concurrently once the credentials are proven; until then a read
+        """A read. Reads run concurrently once the credentials are proven (in this attempt, or
+        accepted by the panel minutes ago, as this process saw); until then a read
         could be a failed login, so it takes the panel's gate for unproven calls and checks the
         breaker inside it: however many jobs with bad credentials arrive at once, they cannot
         outrun the breaker. (A mutating call, in the other gate, may be a failed login at the
         same moment: at most one failure more than the breaker has seen, well below the ban.)"""
-        if self.proven:
+        if self.proven or self.breaker.vouched(self.panel, self.creds):
             return await self._record(call)
         async with self.gate.unproven(self.panel) as locked:
             self._check(await clear_to_send(locked or self.engine, panel=self.panel))
@@ -64,23 +72,46 @@ class PanelAccess:
     async def mutate(
         self, name: str, call: Callable[[PanelClient, PanelCredentials], Awaitable[CallResult]]
     ) -> CallResult:
-        """One mutating call: this panel's gate held, breaker closed, and the lease renewed to cover
-        the call just before sending (a worker that lost the job sends nothing)."""
+        """One mutating call: this panel's gate held, breaker closed, and the lease covering the
+        call (a worker that lost the job sends nothing).
+
+        Usually that takes one statement inside the gate, renewing the lease and reading the
+        breaker. It is skipped when the panel accepted these credentials minutes ago (the call
+        cannot be a failed login), this process read the breaker seconds ago (and that reading
+        still holds the call back), and the lease committed at the start of the attempt outlasts
+        the call by LEASE_MARGIN_S: no other worker can lease the job before then. Every other
+        worker waits while the gate is held, so the round trip saved is saved for all of them.
+        """
+        timeout = self.client.server.timeout_for(name)
         async with self.gate.mutation(self.panel) as locked:
-            clearance = await clear_to_send(
-                locked or self.engine,
-                panel=self.panel,
-                job_pk=self.job_pk,
-                owner=self.owner,
-                lease_s=self.client.server.timeout_for(name) + self.lease_s,
-            )
-            self._check(clearance)
+            now = utcnow()
+            if self._may_go_unchecked(timeout, now):
+                if (until := self.breaker.seen_open_until(self.panel, now)) is not None:
+                    raise BreakerOpen(until)
+            else:
+                renewed_until = now + timedelta(seconds=timeout + self.lease_s)
+                clearance = await clear_to_send(
+                    locked or self.engine,
+                    panel=self.panel,
+                    job_pk=self.job_pk,
+                    owner=self.owner,
+                    lease_s=timeout + self.lease_s,
+                )
+                self._check(clearance)
+                self.lease_until = renewed_until
             return await self._record(call)
 
-    @staticmethod
-    def _check(clearance: Clearance) -> None:
+    def _may_go_unchecked(self, timeout: float, now: datetime) -> bool:
+        return (
+            self.breaker.vouched(self.panel, self.creds)
+            and self.breaker.seen_recently(self.panel)
+            and self.lease_until - now > timedelta(seconds=timeout + LEASE_MARGIN_S)
+        )
+
+    def _check(self, clearance: Clearance) -> None:
         if not clearance.leased:
             raise LeaseLost()
+        self.breaker.saw(self.panel, clearance.breaker_open_until)
         if clearance.breaker_open_until is not None:
             raise BreakerOpen(clearance.breaker_open_until)
 
@@ -90,7 +121,10 @@ class PanelAccess:
         self.metrics.panel_call_seconds.labels(self.panel, result.record.call).observe(time.monotonic() - started)
         self.calls.append(result.record)
         if isinstance(result.outcome, PermanentFailure):
+            if result.outcome.reason is FailureReason.INVALID_CREDENTIALS:
+                self.breaker.refused(self.panel, self.creds)
             await self.breaker.record(self.panel, result.outcome.reason)
         elif result.record.http_status == 200:
             self.proven = True
+            self.breaker.accepted(self.panel, self.creds)
         return result

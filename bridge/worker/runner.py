@@ -176,6 +176,8 @@ class JobRunner:
         """
         # Whether an earlier attempt may have taken effect; start_attempt marks this one in flight.
         unsure = step.in_flight
+        # No later than the lease start_attempt commits: what the panel access may count on.
+        lease_until = utcnow() + timedelta(seconds=self._config.lease_s)
         attempt_id = await self._records.start_attempt(job, step, self._owner, self._config.lease_s, after=held)
         if job.cancel_requested:
             # Learnt as the previous outcome was committed: this attempt is never sent.
@@ -193,6 +195,7 @@ class JobRunner:
             job_pk=job.pk,
             owner=self._owner,
             lease_s=self._config.lease_s,
+            lease_until=lease_until,
         )
         extra = {"job_id": job.public_id, "event_id": job.webhook_id, "step": step.kind.value}
         try:

@@ -1,0 +1,111 @@
+"""How a step reaches the panel: the check inside the gate (lease and breaker, in the
+database) and when credentials the panel just accepted may go without it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from panel_fixtures import ALICE, BOB, panel, panel_http, panel_server, panel_sim, sim_clock
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bridge.metrics import Metrics
+from bridge.panel.client import PanelClient
+from bridge.panel.config import PanelCredentials
+from bridge.panel.simulator import PanelSimulator
+from bridge.store import tables as t
+from bridge.store.database import create_engine
+from bridge.store.job_change import LeaseLost
+from bridge.store.types import utcnow
+from bridge.worker.breaker import PanelBreaker
+from bridge.worker.panel_access import LEASE_MARGIN_S, BreakerOpen, PanelAccess
+from bridge.worker.panel_gate import PanelGate
+
+__all__ = ["panel", "panel_http", "panel_server", "panel_sim", "sim_clock"]
+
+NO_SUCH_JOB = 999_999  # a lease the database does not know: the check there says "lost"
+
+
+@pytest.fixture
+async def engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(pg_url)
+    yield engine
+    await engine.dispose()
+
+
+def access(
+    panel: PanelClient, engine: AsyncEngine, breaker: PanelBreaker, creds: PanelCredentials, lease_s: float = 60
+) -> PanelAccess:
+    return PanelAccess(
+        client=panel,
+        creds=creds,
+        gate=PanelGate(engine),
+        breaker=breaker,
+        metrics=Metrics(),
+        engine=engine,
+        job_pk=NO_SUCH_JOB,
+        owner="worker-a",
+        lease_s=60,
+        lease_until=utcnow() + timedelta(seconds=lease_s),
+    )
+
+
+async def open_breaker_in_database(engine: AsyncEngine, panel: PanelClient) -> None:
+    """As another worker process would, after three refused logins."""
+    now, name = utcnow(), panel.server.name
+    opened = {"panel": name, "failures": 3, "window_started_at": now, "open_until": now + timedelta(minutes=10)}
+    async with engine.begin() as conn:
+        await conn.execute(insert(t.panel_breakers).values(**opened))
+
+
+def add_domain(domain: str):  # type: ignore[no-untyped-def]
+    return lambda c, creds: c.add_domain(creds, domain, "8.2", "public_html")
+
+
+async def test_unvouched_credentials_are_checked_in_the_database(
+    panel: PanelClient, engine: AsyncEngine, panel_sim: PanelSimulator
+) -> None:
+    with pytest.raises(LeaseLost):
+        await access(panel, engine, PanelBreaker(engine), ALICE).mutate("add_domain", add_domain("a.example.com"))
+    assert panel_sim.snapshot()["counters"].get("add_domain", 0) == 0
+
+
+async def test_credentials_just_accepted_go_on_the_lease_they_hold_and_the_breaker_last_seen(
+    panel: PanelClient, engine: AsyncEngine, panel_sim: PanelSimulator
+) -> None:
+    breaker = PanelBreaker(engine)
+    # The first read of a job proves the credentials (and reads the breaker, closed) in the database.
+    first = access(panel, engine, breaker, ALICE)
+    await first.read(lambda c, creds: c.account_info(creds))
+    assert first.proven and breaker.vouched(panel.server.name, ALICE)
+
+    # A later step's call: no look at the database (which would say the lease is lost) ...
+    sent = await access(panel, engine, breaker, ALICE).mutate("add_domain", add_domain("a.example.com"))
+    assert sent.record.http_status == 200
+    # ... but only while the lease it committed outlasts the call by the margin ...
+    short = panel.server.timeout_for("add_domain") + LEASE_MARGIN_S - 1
+    with pytest.raises(LeaseLost):
+        await access(panel, engine, breaker, ALICE, lease_s=short).mutate("add_domain", add_domain("b.example.com"))
+    # ... only for the credentials accepted (bob's never were) ...
+    with pytest.raises(LeaseLost):
+        await access(panel, engine, breaker, BOB).mutate("add_domain", add_domain("c.example.com"))
+    # ... and never while the breaker, as this process last read it, is open: bob's first read
+    # reads it in the database (open, opened by another worker), and alice's next call is held back.
+    await open_breaker_in_database(engine, panel)
+    with pytest.raises(BreakerOpen):
+        await access(panel, engine, breaker, BOB).read(lambda c, creds: c.account_info(creds))
+    with pytest.raises(BreakerOpen):
+        await access(panel, engine, breaker, ALICE).mutate("add_domain", add_domain("d.example.com"))
+    assert panel_sim.snapshot()["counters"]["add_domain"] == 1
+
+
+async def test_a_refusal_withdraws_the_vouch(panel: PanelClient, engine: AsyncEngine) -> None:
+    breaker = PanelBreaker(engine)
+    await access(panel, engine, breaker, ALICE).read(lambda c, creds: c.account_info(creds))
+    assert breaker.vouched(panel.server.name, ALICE)
+    changed = PanelCredentials(ALICE.username, "Another-Pass-9")
+    assert not breaker.vouched(panel.server.name, changed)
+    await access(panel, engine, breaker, changed).read(lambda c, creds: c.account_info(creds))
+    assert not breaker.vouched(panel.server.name, ALICE)

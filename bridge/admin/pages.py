@@ -12,22 +12,30 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.admin import page_auth
 from bridge.admin.page_auth import PageAnswer, Viewer, message_page, render, require_form, require_viewer
 from bridge.admin.params import job_filter
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES, JobStatus
 from bridge.store import admin_ops
+from bridge.store import tables as t
 from bridge.store.admin_errors import AdminError, NotFound
+from bridge.store.admin_queries import job_pk_of
 from bridge.store.crypto import SecretsUnavailable
 from bridge.store.errors import DATABASE_UNAVAILABLE
 from bridge.web.keys import RUNTIME
+
+if TYPE_CHECKING:
+    from bridge.bootstrap import Runtime
 
 log = logging.getLogger("bridge.admin")
 
@@ -112,84 +120,97 @@ async def job_page(request: web.Request) -> web.Response:
     return render(request, "job.html", _job_context(viewer, job, notice, None))
 
 
-async def _after_action(
-    request: web.Request, viewer: Viewer, job_id: str, action: Callable[[], Awaitable[str]]
-) -> web.Response:
-    """Run an action; redirect to the job with its notice, or show the job with the refusal."""
-    runtime = request.app[RUNTIME]
-    try:
-        notice = await action()
-    except AdminError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        job = await admin_ops.get_job(runtime.engine, job_id)
-        return render(request, "job.html", _job_context(viewer, job, None, str(exc)), status=exc.status)
-    runtime.wake_all()
-    raise web.HTTPSeeOther(f"/admin/jobs/{job_id}?notice={notice}")
+@dataclass(frozen=True)
+class JobForm:
+    """A form POST about one job, past the session and CSRF checks."""
+
+    request: web.Request
+    runtime: Runtime
+    job_id: str
+    fields: dict[str, str]
 
 
-@page_handler
-async def retry_action(request: web.Request) -> web.Response:
-    viewer, form = await require_form(request)
-    runtime = request.app[RUNTIME]
-    job_id = request.match_info["job_id"]
-    password = form.get("password", "")
-
-    async def act() -> str:
-        account = None
-        if password:
-            current = await admin_ops.get_job(runtime.engine, job_id)
-            account = {"username": current["account"], "password": password}
-        await admin_ops.retry_job(runtime.engine, runtime.box, job_id, account)
-        return "retried"
-
-    return await _after_action(request, viewer, job_id, act)
+JobAction = Callable[[JobForm], Awaitable[str]]
 
 
-@page_handler
-async def cancel_action(request: web.Request) -> web.Response:
-    viewer, _form = await require_form(request)
-    runtime = request.app[RUNTIME]
-    job_id = request.match_info["job_id"]
+def job_action(act: JobAction) -> PageHandler:
+    """A button on a job's page: check the form, run ``act``, then redirect to the job with
+    the notice ``act`` names (post/redirect/get), or show the job with the store's refusal.
 
-    async def act() -> str:
-        job = await admin_ops.cancel_job(runtime.engine, job_id, policy=runtime.records.callback_policy)
-        return "cancelled" if job["status"] == "cancelled" else "cancel_requested"
+    The job is the route's ``job_id``, or the form's for routes named after something else.
+    """
 
-    return await _after_action(request, viewer, job_id, act)
+    @page_handler
+    async def handler(request: web.Request) -> web.Response:
+        viewer, fields = await require_form(request)
+        job_id = request.match_info.get("job_id") or fields.get("job_id", "")
+        if not job_id:
+            return message_page(request, 422, "Missing job", "The form did not say which job it belongs to.", viewer)
+        runtime = request.app[RUNTIME]
+        try:
+            notice = await act(JobForm(request, runtime, job_id, fields))
+        except NotFound:
+            raise  # no job to show the refusal on: page_handler answers 404
+        except AdminError as exc:
+            job = await admin_ops.get_job(runtime.engine, job_id)
+            return render(request, "job.html", _job_context(viewer, job, None, str(exc)), status=exc.status)
+        runtime.wake_all()
+        raise web.HTTPSeeOther(f"/admin/jobs/{job_id}?notice={notice}")
+
+    return handler
 
 
-@page_handler
-async def resend_action(request: web.Request) -> web.Response:
-    viewer, _form = await require_form(request)
-    runtime = request.app[RUNTIME]
-    job_id = request.match_info["job_id"]
-
-    async def act() -> str:
-        await admin_ops.resend_last_callback(runtime.engine, job_id, policy=runtime.records.callback_policy)
-        return "resent"
-
-    return await _after_action(request, viewer, job_id, act)
+@job_action
+async def retry_action(form: JobForm) -> str:
+    account = None
+    if password := form.fields.get("password", ""):
+        # The page asks only for the password; the username is the order's.
+        account = {"username": await _account_of(form.runtime.engine, form.job_id), "password": password}
+    await admin_ops.retry_job(form.runtime.engine, form.runtime.box, form.job_id, account)
+    return "retried"
 
 
-@page_handler
-async def resolve_action(request: web.Request) -> web.Response:
-    viewer, form = await require_form(request)
-    runtime = request.app[RUNTIME]
-    job_id = form.get("job_id", "")
+@job_action
+async def cancel_action(form: JobForm) -> str:
+    job = await admin_ops.cancel_job(form.runtime.engine, form.job_id, policy=form.runtime.records.callback_policy)
+    return "cancelled" if job["status"] == "cancelled" else "cancel_requested"
 
-    compensation_id = int(request.match_info["id"])
 
-    async def act() -> str:
-        job = await admin_ops.get_job(runtime.engine, job_id)
-        if compensation_id not in {c["id"] for c in job["compensations"]}:
-            raise NotFound(f"compensation record {compensation_id} is not part of job {job_id}")
-        await admin_ops.resolve_compensation(runtime.engine, compensation_id, form.get("status", "done"))
-        return "resolved"
+@job_action
+async def resend_action(form: JobForm) -> str:
+    await admin_ops.resend_last_callback(form.runtime.engine, form.job_id, policy=form.runtime.records.callback_policy)
+    return "resent"
 
-    if not job_id:
-        return message_page(request, 422, "Missing job", "The form did not say which job it belongs to.", viewer)
-    return await _after_action(request, viewer, job_id, act)
+
+@job_action
+async def resolve_action(form: JobForm) -> str:
+    compensation_id = int(form.request.match_info["id"])
+    # The form names the job it was shown on: a record of another job is not resolved from it.
+    await _require_compensation_of(form.runtime.engine, compensation_id, form.job_id)
+    await admin_ops.resolve_compensation(form.runtime.engine, compensation_id, form.fields.get("status", "done"))
+    return "resolved"
+
+
+async def _account_of(engine: AsyncEngine, job_id: str) -> str:
+    """The job's panel account username; NotFound if there is no such job."""
+    async with engine.connect() as conn:
+        query = select(t.jobs.c.account_username).where(t.jobs.c.public_id == job_id)
+        username = (await conn.execute(query)).scalar_one_or_none()
+    if username is None:
+        raise NotFound(f"job {job_id} not found")
+    return str(username)
+
+
+async def _require_compensation_of(engine: AsyncEngine, compensation_id: int, job_id: str) -> None:
+    """NotFound unless the job exists and the compensation record is one of its own."""
+    async with engine.connect() as conn:
+        job_pk = await job_pk_of(conn, job_id)
+        query = select(t.compensations.c.id).where(
+            t.compensations.c.id == compensation_id, t.compensations.c.job_id == job_pk
+        )
+        found = (await conn.execute(query)).scalar_one_or_none()
+    if found is None:
+        raise NotFound(f"compensation record {compensation_id} is not part of job {job_id}")
 
 
 @page_handler

@@ -6,7 +6,7 @@ import re
 
 from admin_helpers import AUTH, admin_bridge, failed_at_database, order
 from conftest import ADMIN_TOKEN
-from engine_harness import Bridge
+from engine_harness import ACCOUNT, Bridge
 from orders import ACCOUNT_PASSWORD, DB_PASSWORD
 
 from bridge.admin.sessions import SESSION_COOKIE, SessionSigner
@@ -142,6 +142,39 @@ async def test_bearer_header_works_without_cookie_or_csrf(sqlite_url: str) -> No
         await bridge.wait_for(job_id, "succeeded")
         response = await bridge.client.post(f"/admin/jobs/{job_id}/retry", allow_redirects=False)
         assert response.status == 401  # no cookie, no header
+
+
+async def post_form(bridge: Bridge, path: str, **fields: str) -> tuple[int, str, str]:
+    response = await bridge.client.post(path, data=fields, headers=AUTH, allow_redirects=False)
+    return response.status, response.headers.get("Location", ""), await response.text()
+
+
+async def test_actions_name_what_they_cannot_find(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        job_id = await failed_at_database(bridge, domain="other.example.com")
+        [compensation] = (await bridge.job(job_id))["compensations"]
+        for path in ("/admin/jobs/nope/retry", "/admin/jobs/nope/cancel", "/admin/jobs/nope/callbacks/resend"):
+            status, _, html = await post_form(bridge, path, password="anything")
+            assert status == 404 and "job nope not found" in html, path
+        resolve = f"/admin/compensations/{compensation['id']}/resolve"
+        status, _, html = await post_form(bridge, resolve, job_id="nope")
+        assert status == 404 and "job nope not found" in html
+        _, answer = await bridge.send(order(bridge, service_id="7002"))
+        status, _, html = await post_form(bridge, resolve, job_id=answer["job_id"])
+        assert status == 404 and f"is not part of job {answer['job_id']}" in html
+        status, _, html = await post_form(bridge, resolve)
+        assert status == 422 and "Missing job" in html
+        assert (await bridge.job(job_id))["compensations"][0]["status"] == "pending"
+
+
+async def test_retry_with_a_fresh_password_from_the_form(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        _, answer = await bridge.send(order(bridge, password=ACCOUNT_PASSWORD))  # not the panel's
+        job_id = answer["job_id"]
+        await bridge.wait_for(job_id, "failed")
+        status, location, _ = await post_form(bridge, f"/admin/jobs/{job_id}/retry", password=ACCOUNT[1])
+        assert (status, location) == (303, f"/admin/jobs/{job_id}?notice=retried")
+        await bridge.wait_for(job_id, "succeeded")
 
 
 async def test_job_page_shows_the_timeline_masked_and_escaped(sqlite_url: str) -> None:

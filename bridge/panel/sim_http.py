@@ -97,11 +97,18 @@ async def dispatch(sim: PanelSimulator, request: web.Request) -> web.StreamRespo
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     record: dict[str, Any] = {"call": call, "account": username, "time": sim.clock(), "finished": None}
     state.calls.append(record)
-    try:
-        return await _answer_counting_mutations(sim, request, call, account, fields, line)
-    finally:
+    # Like the real panel (Django behind a WSGI server), a call is worked through to its end even
+    # when the client goes away meanwhile: a caller killed mid-call may still have had its effect.
+    work = asyncio.ensure_future(_answer_counting_mutations(sim, request, call, account, fields, line))
+    sim.unfinished.add(work)
+
+    def finished(_: asyncio.Future[web.StreamResponse]) -> None:
         # Until then the record shows the panel still working on this call.
         record["finished"] = sim.clock()
+        sim.unfinished.discard(work)
+
+    work.add_done_callback(finished)
+    return await asyncio.shield(work)
 
 
 async def _answer_counting_mutations(

@@ -105,6 +105,8 @@ class PanelSimulator:
         self.latency: dict[str, float] = {}
         self.faults: defaultdict[str, deque[str]] = defaultdict(deque)
         self.mutations_in_flight = 0
+        # Calls being worked on, kept referenced so that a client going away does not end them.
+        self.unfinished: set[asyncio.Future[web.StreamResponse]] = set()
 
     # --- knobs ------------------------------------------------------------------
 

@@ -20,10 +20,6 @@ from bridge.store.types import utcnow
 from bridge.worker.breaker import PanelBreaker
 from bridge.worker.panel_gate import PanelGate
 
-# How much longer than a call the lease committed at the start of an attempt must last for the
-# call to go without renewing it (room for clocks that differ between worker hosts).
-LEASE_MARGIN_S = 10.0
-
 
 class BreakerOpen(Exception):
     def __init__(self, until: datetime) -> None:
@@ -79,7 +75,8 @@ class PanelAccess:
         breaker. It is skipped when the panel accepted these credentials minutes ago (the call
         cannot be a failed login), this process read the breaker seconds ago (and that reading
         still holds the call back), and the lease committed at the start of the attempt outlasts
-        the call by LEASE_MARGIN_S: no other worker can lease the job before then. Every other
+        the call by ``lease_s``, as a renewal would: no other worker can lease the job before
+        then, even if the panel works on after the call timed out. Every other
         worker waits while the gate is held, so the round trip saved is saved for all of them.
         """
         timeout = self.client.server.timeout_for(name)
@@ -105,7 +102,8 @@ class PanelAccess:
         return (
             self.breaker.vouched(self.panel, self.creds)
             and self.breaker.seen_recently(self.panel)
-            and self.lease_until - now > timedelta(seconds=timeout + LEASE_MARGIN_S)
+            # As much room after the call as renewing the lease in the database would give.
+            and self.lease_until - now > timedelta(seconds=timeout + self.lease_s)
         )
 
     def _check(self, clearance: Clearance) -> None:

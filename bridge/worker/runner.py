@@ -176,9 +176,10 @@ class JobRunner:
         """
         # Whether an earlier attempt may have taken effect; start_attempt marks this one in flight.
         unsure = step.in_flight
+        lease_s = self._config.lease_s + self._sending_room_s(job, step)
         # No later than the lease start_attempt commits: what the panel access may count on.
-        lease_until = utcnow() + timedelta(seconds=self._config.lease_s)
-        attempt_id = await self._records.start_attempt(job, step, self._owner, self._config.lease_s, after=held)
+        lease_until = utcnow() + timedelta(seconds=lease_s)
+        attempt_id = await self._records.start_attempt(job, step, self._owner, lease_s, after=held)
         if job.cancel_requested:
             # Learnt as the previous outcome was committed: this attempt is never sent.
             await self._records.withdraw_attempt(
@@ -212,6 +213,16 @@ class JobRunner:
             return True, await self._record(job, step, attempt_id, outcome, access, not_before=exc.until)
         log.info("step %s: %s", step.kind.value, outcome.label, extra=extra)
         return True, await self._record(job, step, attempt_id, outcome, access)
+
+    def _sending_room_s(self, job: JobRecord, step: StepRecord) -> float:
+        """How much longer the lease committed at the start of a mutating step is, so that its call
+        can go without renewing it in the database inside the panel's gate (where every worker
+        waits): the call's timeout, plus half a lease for the wait for the gate. A worker killed
+        before sending leaves the job that much later. Certificate issuance, whose timeout is
+        many minutes, renews in the gate instead."""
+        if not step.kind.mutating or step.kind is StepKind.ISSUE_SSL:
+            return 0.0
+        return self._clients(job.panel).server.timeout_s + self._config.lease_s / 2
 
     async def _record(
         self,

@@ -20,7 +20,7 @@ from bridge.store.database import create_engine
 from bridge.store.job_change import LeaseLost
 from bridge.store.types import utcnow
 from bridge.worker.breaker import PanelBreaker
-from bridge.worker.panel_access import LEASE_MARGIN_S, BreakerOpen, PanelAccess
+from bridge.worker.panel_access import BreakerOpen, PanelAccess
 from bridge.worker.panel_gate import PanelGate
 
 __all__ = ["panel", "panel_http", "panel_server", "panel_sim", "sim_clock"]
@@ -35,9 +35,13 @@ async def engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+LEASE_S = 60.0
+
+
 def access(
-    panel: PanelClient, engine: AsyncEngine, breaker: PanelBreaker, creds: PanelCredentials, lease_s: float = 60
+    panel: PanelClient, engine: AsyncEngine, breaker: PanelBreaker, creds: PanelCredentials, lease_for: float = 200
 ) -> PanelAccess:
+    """The access of an attempt whose start committed a lease of ``lease_for`` seconds."""
     return PanelAccess(
         client=panel,
         creds=creds,
@@ -47,8 +51,8 @@ def access(
         engine=engine,
         job_pk=NO_SUCH_JOB,
         owner="worker-a",
-        lease_s=60,
-        lease_until=utcnow() + timedelta(seconds=lease_s),
+        lease_s=LEASE_S,
+        lease_until=utcnow() + timedelta(seconds=lease_for),
     )
 
 
@@ -84,10 +88,10 @@ async def test_credentials_just_accepted_go_on_the_lease_they_hold_and_the_break
     # A later step's call: no look at the database (which would say the lease is lost) ...
     sent = await access(panel, engine, breaker, ALICE).mutate("add_domain", add_domain("a.example.com"))
     assert sent.record.http_status == 200
-    # ... but only while the lease it committed outlasts the call by the margin ...
-    short = panel.server.timeout_for("add_domain") + LEASE_MARGIN_S - 1
+    # ... but only while the lease it committed outlasts the call by a lease, as a renewal would ...
+    short = panel.server.timeout_for("add_domain") + LEASE_S - 1
     with pytest.raises(LeaseLost):
-        await access(panel, engine, breaker, ALICE, lease_s=short).mutate("add_domain", add_domain("b.example.com"))
+        await access(panel, engine, breaker, ALICE, lease_for=short).mutate("add_domain", add_domain("b.example.com"))
     # ... only for the credentials accepted (bob's never were) ...
     with pytest.raises(LeaseLost):
         await access(panel, engine, breaker, BOB).mutate("add_domain", add_domain("c.example.com"))

@@ -19,17 +19,13 @@ from urllib.parse import urlencode
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.admin import page_auth
 from bridge.admin.page_auth import PageAnswer, Viewer, message_page, render, require_form, require_viewer
 from bridge.admin.params import job_filter
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES, JobStatus
-from bridge.store import admin_ops
-from bridge.store import tables as t
+from bridge.store import admin_ops, admin_queries
 from bridge.store.admin_errors import AdminError, NotFound
-from bridge.store.admin_queries import job_pk_of
 from bridge.store.crypto import SecretsUnavailable
 from bridge.store.errors import DATABASE_UNAVAILABLE
 from bridge.web.keys import RUNTIME
@@ -165,7 +161,7 @@ async def retry_action(form: JobForm) -> str:
     account = None
     if password := form.fields.get("password", ""):
         # The page asks only for the password; the username is the order's.
-        account = {"username": await _account_of(form.runtime.engine, form.job_id), "password": password}
+        account = {"username": await admin_queries.account_of(form.runtime.engine, form.job_id), "password": password}
     await admin_ops.retry_job(form.runtime.engine, form.runtime.box, form.job_id, account)
     return "retried"
 
@@ -186,31 +182,9 @@ async def resend_action(form: JobForm) -> str:
 async def resolve_action(form: JobForm) -> str:
     compensation_id = int(form.request.match_info["id"])
     # The form names the job it was shown on: a record of another job is not resolved from it.
-    await _require_compensation_of(form.runtime.engine, compensation_id, form.job_id)
+    await admin_queries.require_compensation_of(form.runtime.engine, compensation_id, form.job_id)
     await admin_ops.resolve_compensation(form.runtime.engine, compensation_id, form.fields.get("status", "done"))
     return "resolved"
-
-
-async def _account_of(engine: AsyncEngine, job_id: str) -> str:
-    """The job's panel account username; NotFound if there is no such job."""
-    async with engine.connect() as conn:
-        query = select(t.jobs.c.account_username).where(t.jobs.c.public_id == job_id)
-        username = (await conn.execute(query)).scalar_one_or_none()
-    if username is None:
-        raise NotFound(f"job {job_id} not found")
-    return str(username)
-
-
-async def _require_compensation_of(engine: AsyncEngine, compensation_id: int, job_id: str) -> None:
-    """NotFound unless the job exists and the compensation record is one of its own."""
-    async with engine.connect() as conn:
-        job_pk = await job_pk_of(conn, job_id)
-        query = select(t.compensations.c.id).where(
-            t.compensations.c.id == compensation_id, t.compensations.c.job_id == job_pk
-        )
-        found = (await conn.execute(query)).scalar_one_or_none()
-    if found is None:
-        raise NotFound(f"compensation record {compensation_id} is not part of job {job_id}")
 
 
 @page_handler

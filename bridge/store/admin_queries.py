@@ -157,3 +157,25 @@ async def job_pk_of(conn: AsyncConnection, job_public_id: str) -> int:
     if pk is None:
         raise NotFound(f"job {job_public_id} not found")
     return int(pk)
+
+
+async def account_of(engine: AsyncEngine, job_id: str) -> str:
+    """The job's panel account username; NotFound if there is no such job."""
+    async with engine.connect() as conn:
+        query = select(t.jobs.c.account_username).where(t.jobs.c.public_id == job_id)
+        username = (await conn.execute(query)).scalar_one_or_none()
+    if username is None:
+        raise NotFound(f"job {job_id} not found")
+    return str(username)
+
+
+async def require_compensation_of(engine: AsyncEngine, compensation_id: int, job_id: str) -> None:
+    """NotFound unless the job exists and the compensation record is one of its own."""
+    async with engine.connect() as conn:
+        job_pk = await job_pk_of(conn, job_id)
+        query = select(t.compensations.c.id).where(
+            t.compensations.c.id == compensation_id, t.compensations.c.job_id == job_pk
+        )
+        found = (await conn.execute(query)).scalar_one_or_none()
+    if found is None:
+        raise NotFound(f"compensation record {compensation_id} is not part of job {job_id}")

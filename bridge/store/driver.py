@@ -21,7 +21,6 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
         assert driver is not None
         try:
             yield driver
-        except BaseException:
+        finally:
             if driver.is_closed():
                 await conn.invalidate()
-            raise

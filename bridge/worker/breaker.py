@@ -34,6 +34,8 @@ log = logging.getLogger("bridge.breaker")
 TRIPPING_REASONS = frozenset({FailureReason.INVALID_CREDENTIALS, FailureReason.FIREWALL})
 # How long credentials the panel accepted count as good (a changed password shows within this).
 ACCEPTED_FOR_S = 300.0
+# How many accepted credentials a process remembers (the most recent).
+ACCEPTED_KEPT = 1024
 # How old this process's reading of a breaker may be for a call to rely on it.
 VIEW_FRESH_S = 5.0
 
@@ -74,7 +76,12 @@ class PanelBreaker:
         return until if until is not None and until > (now or utcnow()) else None
 
     def accepted(self, panel: str, creds: PanelCredentials) -> None:
-        self._accepted[(panel, creds.username)] = (_digest(creds), time.monotonic())
+        key = (panel, creds.username)
+        self._accepted.pop(key, None)  # re-inserted last: the dict stays in the order of acceptance
+        self._accepted[key] = (_digest(creds), time.monotonic())
+        while len(self._accepted) > ACCEPTED_KEPT:
+            # A worker sees many accounts; keep the newest (an account seen once is rarely seen again).
+            del self._accepted[next(iter(self._accepted))]
 
     def refused(self, panel: str, creds: PanelCredentials) -> None:
         self._accepted.pop((panel, creds.username), None)

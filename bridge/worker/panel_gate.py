@@ -107,7 +107,11 @@ class PanelGate:
 
     async def _hold(self, turn: _Turn, namespace: int, panel: str) -> asyncpg.Connection:
         if turn.driver is not None:
-            return turn.driver
+            if not turn.driver.is_closed():
+                return turn.driver
+            # The session that held the lock is gone (the server ended it, say on a restart), and
+            # the lock with it: take it again before anything is sent.
+            await self._let_go(turn, namespace, panel)
         assert self._engine is not None
         stack = contextlib.AsyncExitStack()
         try:

@@ -19,7 +19,7 @@ from bridge.store import tables as t
 from bridge.store.database import create_engine
 from bridge.store.job_change import LeaseLost
 from bridge.store.types import utcnow
-from bridge.worker.breaker import PanelBreaker
+from bridge.worker.breaker import ACCEPTED_KEPT, PanelBreaker
 from bridge.worker.panel_access import BreakerOpen, PanelAccess
 from bridge.worker.panel_gate import PanelGate
 
@@ -113,3 +113,14 @@ async def test_a_refusal_withdraws_the_vouch(panel: PanelClient, engine: AsyncEn
     assert not breaker.vouched(panel.server.name, changed)
     await access(panel, engine, breaker, changed).read(lambda c, creds: c.account_info(creds))
     assert not breaker.vouched(panel.server.name, ALICE)
+
+
+def test_a_process_remembers_only_the_most_recently_accepted_credentials() -> None:
+    breaker = PanelBreaker(None)  # type: ignore[arg-type]  # no database needed for the view
+    accounts = [PanelCredentials(f"user{n}", f"Pass-{n}-xyz") for n in range(ACCEPTED_KEPT + 10)]
+    for creds in accounts:
+        breaker.accepted("p", creds)
+    assert not breaker.vouched("p", accounts[0]) and breaker.vouched("p", accounts[-1])
+    breaker.accepted("p", accounts[10])  # seen again: the newest now
+    breaker.accepted("p", PanelCredentials("one-more", "Pass-x-yz"))
+    assert breaker.vouched("p", accounts[10]) and not breaker.vouched("p", accounts[11])

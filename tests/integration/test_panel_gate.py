@@ -10,10 +10,11 @@ import itertools
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.store.database import create_engine
-from bridge.worker.panel_gate import PanelGate
+from bridge.worker.panel_gate import MUTATIONS, PanelGate, panel_lock_key
 
 
 @pytest.fixture
@@ -127,3 +128,38 @@ async def test_unproven_calls_queue_among_themselves_but_not_behind_mutations(
 async def _enter(gate: contextlib.AbstractAsyncContextManager[object]) -> None:
     async with gate:
         pass
+
+
+async def test_a_lock_whose_session_the_server_ended_is_taken_again_before_the_next_call(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    here, other = PanelGate(engines[0]), engines[1]
+    first_in = asyncio.Event()
+    second_held: list[bool] = []
+
+    async def first() -> None:
+        async with here.mutation("panel-1") as held:
+            assert held is not None
+            first_in.set()
+            # Ended by the server (a restart, an administrator): the advisory lock goes with it.
+            async with other.connect() as conn:
+                await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": held.get_server_pid()})
+            for _ in range(100):
+                if held.is_closed():
+                    break
+                await asyncio.sleep(0.02)
+            assert held.is_closed()
+
+    async def second() -> None:
+        await first_in.wait()
+        async with here.mutation("panel-1") as held:
+            assert held is not None and not held.is_closed()
+            # Really held again: another session cannot take it now.
+            async with other.connect() as conn:
+                taken = await conn.execute(
+                    text("SELECT pg_try_advisory_lock(:ns, :key)"), {"ns": MUTATIONS, "key": panel_lock_key("panel-1")}
+                )
+                second_held.append(not taken.scalar_one())
+
+    await asyncio.gather(first(), second())
+    assert second_held == [True] and here.acquisitions == 2

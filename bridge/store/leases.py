@@ -80,27 +80,29 @@ async def acquire(engine: AsyncEngine, public_id: str, owner: str, lease_s: floa
 
 
 # Every worker runs this once per job it is handed, so on PostgreSQL the lease and the
-# read of the job, its steps and its compensations are one statement (one round trip,
-# on the driver's connection); the conditions are those of the SQLAlchemy form above.
-_LEASE_AND_READ = """
-    WITH leased AS (
-        UPDATE jobs SET lease_owner = $2, lease_until = $4
-        WHERE public_id = $1
-          AND next_run_at IS NOT NULL AND next_run_at <= $3
-          AND (lease_until IS NULL OR lease_until < $3)
-          AND NOT EXISTS (
-              SELECT 1 FROM jobs AS earlier
-              WHERE earlier.service_id = jobs.service_id AND earlier.id < jobs.id
-                AND earlier.status = ANY($5::text[])
-          )
-        RETURNING *
-    )
-    SELECT leased.*,
-        (SELECT json_agg(s ORDER BY s.position) FROM steps AS s WHERE s.job_id = leased.id) AS step_rows,
+# read of the job, its steps and its compensations take two statements (two round trips
+# on the driver's connection); the lease's conditions are those of the SQLAlchemy form
+# above. The read is a statement of its own: a lease that waited for another worker's
+# last write to the job must see the steps that write committed, which the snapshot of
+# the leasing statement would not.
+_LEASE = """
+    UPDATE jobs SET lease_owner = $2, lease_until = $4
+    WHERE public_id = $1
+      AND next_run_at IS NOT NULL AND next_run_at <= $3
+      AND (lease_until IS NULL OR lease_until < $3)
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs AS earlier
+          WHERE earlier.service_id = jobs.service_id AND earlier.id < jobs.id
+            AND earlier.status = ANY($5::text[])
+      )
+    RETURNING *
+"""
+_STEPS_AND_COMPENSATIONS = """
+    SELECT
+        (SELECT json_agg(s ORDER BY s.position) FROM steps AS s WHERE s.job_id = $1) AS step_rows,
         (SELECT json_agg(json_build_object('id', c.id, 'step', c.step, 'action', c.action, 'status', c.status)
                          ORDER BY c.id)
-         FROM compensations AS c WHERE c.job_id = leased.id) AS compensation_rows
-    FROM leased
+         FROM compensations AS c WHERE c.job_id = $1) AS compensation_rows
 """
 
 
@@ -108,11 +110,13 @@ async def _acquire_on_postgresql(
     engine: AsyncEngine, public_id: str, owner: str, now: datetime, until: datetime
 ) -> Lease | None:
     async with driver_connection(engine) as driver:
-        row = await driver.fetchrow(_LEASE_AND_READ, public_id, owner, now, until, list(UNFINISHED_JOB_STATUSES))
-    if row is None:
-        return None
-    steps = [_timestamps_parsed(s) for s in row["step_rows"] or []]
-    return Lease(LeaseOutcome.LEASED, row["id"], row=row, steps=steps, compensations=row["compensation_rows"] or [])
+        job = await driver.fetchrow(_LEASE, public_id, owner, now, until, list(UNFINISHED_JOB_STATUSES))
+        if job is None:
+            return None
+        read = await driver.fetchrow(_STEPS_AND_COMPENSATIONS, job["id"])
+    assert read is not None
+    steps = [_timestamps_parsed(s) for s in read["step_rows"] or []]
+    return Lease(LeaseOutcome.LEASED, job["id"], row=job, steps=steps, compensations=read["compensation_rows"] or [])
 
 
 def _timestamps_parsed(step: dict[str, Any]) -> dict[str, Any]:

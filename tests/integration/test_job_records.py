@@ -4,6 +4,7 @@ write is one statement)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -181,3 +182,26 @@ async def test_the_job_read_with_its_lease_is_the_job_read_row_by_row(engine: As
     assert as_leased.steps[1].next_attempt_at is not None and as_leased.steps[1].in_flight
     assert as_leased.steps[1].first_attempt_at == step.first_attempt_at
     assert len(as_leased.compensations) == 1
+
+
+async def test_a_lease_that_waited_for_the_last_write_of_another_worker_reads_what_it_wrote(pg_url: str) -> None:
+    first, second = create_engine(pg_url), create_engine(pg_url)
+    try:
+        records = JobRecords(first, SecretBox([FERNET_KEY]), POLICY)
+        event = OrderEvent.model_validate(service_create(callback_url=CALLBACK_URL))
+        stored = await store_event(first, SecretBox([FERNET_KEY]), "msg_wait", event)
+        lease = await leases.acquire(first, stored.job_id, "worker-a", 0)  # runs out at once
+        job = await records.load(lease)
+        # Worker A's last write, still in flight while B asks for the lease and waits on the job's row.
+        async with first.begin() as conn:
+            await conn.execute(update(t.jobs).where(t.jobs.c.id == job.pk).values(updated_at=utcnow()))
+            await conn.execute(update(t.steps).where(t.steps.c.id == job.steps[0].id).values(status="succeeded"))
+            taking_over = asyncio.create_task(leases.acquire(second, stored.job_id, "worker-b", 60))
+            await asyncio.sleep(0.3)
+            assert not taking_over.done()
+        lease = await taking_over
+        assert lease.outcome is leases.LeaseOutcome.LEASED
+        assert (await JobRecords(second, SecretBox([FERNET_KEY]), POLICY).load(lease)).steps[0].status == "succeeded"
+    finally:
+        await first.dispose()
+        await second.dispose()

@@ -62,7 +62,15 @@ class JobChange:
         self._on_commit.append(then)
 
     def update(self, table: Table, match: dict[str, Any], values: dict[str, Any]) -> None:
-        self._updates.append(_RowsUpdate(table, match, values))
+        """Set ``values`` on the rows of ``table`` that ``match``. A later update of the same rows in
+        this change is merged into the earlier one, as if they ran in turn: in one PostgreSQL
+        statement two parts updating one row would not both take effect (say, a step's outcome
+        and the start of its next attempt, when its retry is due at once)."""
+        for earlier in self._updates:
+            if earlier.table is table and earlier.match == match:
+                earlier.values.update(values)
+                return
+        self._updates.append(_RowsUpdate(table, match, dict(values)))
 
     def set(self, **job_values: Any) -> None:
         """More values for the job's own row (a later part of a change merged into an earlier one)."""

@@ -205,3 +205,32 @@ async def test_a_lease_that_waited_for_the_last_write_of_another_worker_reads_wh
     finally:
         await first.dispose()
         await second.dispose()
+
+
+async def test_an_outcome_and_the_next_attempt_of_the_same_step_commit_as_if_in_turn(engine: AsyncEngine) -> None:
+    # A retry due at once: the step's outcome and its next start go in one change.
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await leased_job(engine, records, "worker-a")
+    step = job.steps[1]
+    first = await records.start_attempt(job, step, "worker-a", 60)
+    held = records.record_outcome(
+        job,
+        step,
+        first,
+        owner="worker-a",
+        status=StepStatus.WAITING_RETRY,
+        label="unknown",
+        message="no answer in time",
+        in_flight=True,
+        result=None,
+        compensation=None,
+        next_attempt_at=utcnow(),
+        calls=[call()],
+    )
+    second = await records.start_attempt(job, step, "worker-a", 60, after=held)
+    _, steps = await job_and_steps(engine, job)
+    assert (steps[1].status, steps[1].attempts, steps[1].in_flight) == (StepStatus.RUNNING, 2, True)
+    assert steps[1].error == "no answer in time"  # the outcome's, kept under the start's
+    async with engine.connect() as conn:
+        attempts = (await conn.execute(select(t.attempts).order_by(t.attempts.c.id))).all()
+    assert [(a.id, a.outcome) for a in attempts] == [(first, "unknown"), (second, None)]

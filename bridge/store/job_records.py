@@ -162,6 +162,16 @@ class JobRecords:
             )
             return [s._mapping for s in steps], [c._mapping for c in comps]
 
+    async def _compensations(self, job_pk: int) -> list[CompensationRecord]:
+        comps = t.compensations.c
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(comps.id, comps.step, comps.action, comps.status)
+                .where(comps.job_id == job_pk)
+                .order_by(comps.id)
+            )
+            return [CompensationRecord(r.id, r.step, r.action, r.status) for r in rows]
+
     async def _apply(self, change: JobChange, job: JobRecord) -> dict[str, Any]:
         changed = await change.apply(self._engine)
         job.wrote_outbox |= change.writes_outbox or changed.get("woke_next", 0) > 0
@@ -306,6 +316,10 @@ class JobRecords:
 
     async def finish(self, job: JobRecord, action: Finish, *, owner: str, error: str | None, was: JobStatus) -> None:
         """Final status (or succeeded-with-deferred), lease released, callbacks, next job of the service woken."""
+        if job.callback_url:
+            # An admin may have resolved a compensation record while the job ran: the callback
+            # reports the records as they are now.
+            job.compensations = await self._compensations(job.pk)
         now = utcnow()
         values: dict[str, Any] = {
             "status": action.status,

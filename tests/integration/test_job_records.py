@@ -18,7 +18,7 @@ from bridge.domain.events import OrderEvent
 from bridge.domain.jobs import JobStatus, StepStatus
 from bridge.domain.saga import Finish
 from bridge.panel.client import PanelCallRecord
-from bridge.store import leases
+from bridge.store import admin_ops, leases
 from bridge.store import tables as t
 from bridge.store.callback_rows import CallbackPolicy
 from bridge.store.crypto import SecretBox
@@ -26,6 +26,7 @@ from bridge.store.database import create_engine
 from bridge.store.intake import store_event
 from bridge.store.job_change import LeaseLost
 from bridge.store.job_records import JobRecord, JobRecords
+from bridge.store.job_view import callback_body, job_document
 from bridge.store.types import utcnow
 
 CALLBACK_URL = "https://billing.example.com/bridge-callback"
@@ -234,3 +235,32 @@ async def test_an_outcome_and_the_next_attempt_of_the_same_step_commit_as_if_in_
     async with engine.connect() as conn:
         attempts = (await conn.execute(select(t.attempts).order_by(t.attempts.c.id))).all()
     assert [(a.id, a.outcome) for a in attempts] == [(first, "unknown"), (second, None)]
+
+
+async def test_a_callback_reports_compensations_an_admin_resolved_while_the_job_ran(engine: AsyncEngine) -> None:
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await leased_job(engine, records, "worker-a")
+    step = job.steps[1]
+    attempt_id = await records.start_attempt(job, step, "worker-a", 60)
+    held = records.record_outcome(
+        job,
+        step,
+        attempt_id,
+        owner="worker-a",
+        status=StepStatus.SUCCEEDED,
+        label="succeeded",
+        message="Domain added",
+        in_flight=False,
+        result={"domain_id": 7},
+        compensation="remove domain example.com (panel id 7) from account john",
+        next_attempt_at=None,
+        calls=[call()],
+    )
+    await records.commit(held, job)
+    await admin_ops.resolve_compensation(engine, job.compensations[0].id, "done")
+    await records.finish(job, Finish(JobStatus.FAILED), owner="worker-a", error="x", was=JobStatus.RUNNING)
+    async with engine.connect() as conn:
+        sent = (await conn.execute(select(t.callbacks.c.body).where(t.callbacks.c.type == "job.failed"))).scalar_one()
+        read = callback_body(await job_document(conn, job.pk), "job.failed")
+    assert sent["data"]["compensations"][0]["status"] == "done"
+    assert sent == read

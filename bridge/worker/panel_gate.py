@@ -114,10 +114,13 @@ class PanelGate:
             await self._let_go(turn, namespace, panel)
         assert self._engine is not None
         stack = contextlib.AsyncExitStack()
+        driver = await stack.enter_async_context(driver_connection(self._engine))
         try:
-            driver = await stack.enter_async_context(driver_connection(self._engine))
             await driver.execute("SELECT pg_advisory_lock($1, $2)", namespace, panel_lock_key(panel))
         except BaseException:
+            # Interrupted, the lock may have been granted all the same: a connection that might
+            # hold it must not go back to the pool, so it is closed (its session ends, and the lock).
+            driver.terminate()
             await stack.aclose()
             raise
         self.acquisitions += 1
@@ -137,4 +140,8 @@ class PanelGate:
         async with stack:
             # A broken connection has lost its session, and the lock with it.
             if not driver.is_closed():
-                await driver.execute("SELECT pg_advisory_unlock($1, $2)", namespace, panel_lock_key(panel))
+                try:
+                    await driver.execute("SELECT pg_advisory_unlock($1, $2)", namespace, panel_lock_key(panel))
+                except BaseException:
+                    driver.terminate()  # as above: never pooled while it may hold the lock
+                    raise

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.metrics import Metrics
@@ -40,6 +40,7 @@ _SETTLE = """
 # Seconds before retry n (Svix-like): about 27 hours in all, before scaling.
 RETRY_SCHEDULE_S: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 CLAIM_S = 120.0
+_earlier = t.callbacks.alias("earlier")
 
 
 class CallbackSender:
@@ -79,7 +80,17 @@ class CallbackSender:
             rows = (
                 await conn.execute(
                     select(t.callbacks)
-                    .where(t.callbacks.c.status == "pending", t.callbacks.c.next_attempt_at <= now)
+                    .where(
+                        t.callbacks.c.status == "pending",
+                        t.callbacks.c.next_attempt_at <= now,
+                        # One job's callbacks go out in the order they were written: a receiver
+                        # must not see job.started after job.succeeded.
+                        ~exists().where(
+                            _earlier.c.job_id == t.callbacks.c.job_id,
+                            _earlier.c.id < t.callbacks.c.id,
+                            _earlier.c.status == "pending",
+                        ),
+                    )
                     .order_by(t.callbacks.c.id)
                     .limit(self._concurrency * 4)
                     .with_for_update(skip_locked=True)

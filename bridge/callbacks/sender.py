@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
-from sqlalchemy import Row, exists, insert, select, update
+from sqlalchemy import Row, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.metrics import Metrics
@@ -28,10 +28,15 @@ log = logging.getLogger("bridge.callbacks")
 
 _SETTLED_COLUMNS = ("status", "attempts", "last_error", "delivered_at", "next_attempt_at")
 _ATTEMPT_COLUMNS = ("attempted_at", "http_status", "error", "duration_ms")
+# A callback that reaches a final state makes the next one of its job, waiting behind it, due.
 _SETTLE = """
     WITH settled AS (
         UPDATE callbacks SET status = $2, attempts = $3, last_error = $4, delivered_at = $5, next_attempt_at = $6
         WHERE id = $1
+    ), woken AS (
+        UPDATE callbacks SET next_attempt_at = $7
+        WHERE $2 <> 'pending' AND status = 'pending' AND next_attempt_at IS NULL
+          AND id = (SELECT min(id) FROM callbacks WHERE job_id = $11 AND id > $1 AND status = 'pending')
     )
     INSERT INTO callback_attempts (callback_id, attempted_at, http_status, error, duration_ms)
     VALUES ($1, $7, $8, $9, $10)
@@ -41,6 +46,15 @@ _SETTLE = """
 RETRY_SCHEDULE_S: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 CLAIM_S = 120.0
 _earlier = t.callbacks.alias("earlier")
+
+
+def _behind_another() -> Any:
+    """An earlier callback of the same job is still pending."""
+    return exists().where(
+        _earlier.c.job_id == t.callbacks.c.job_id,
+        _earlier.c.id < t.callbacks.c.id,
+        _earlier.c.status == "pending",
+    )
 
 
 class CallbackSender:
@@ -74,23 +88,21 @@ class CallbackSender:
         self._wakeup.set()
 
     async def deliver_due(self) -> int:
-        """Claim and attempt every due callback once; how many were attempted."""
+        """Claim and attempt every due callback once; how many were attempted.
+
+        One job's callbacks go out in the order they were written (a receiver must not see
+        job.started after job.succeeded): a due callback with an earlier one of its job still
+        pending is set waiting (no next attempt) until that one is settled, so it is not
+        looked at again on every round, however long the earlier one is retried.
+        """
         now = utcnow()
+        due = (t.callbacks.c.status == "pending", t.callbacks.c.next_attempt_at <= now)
         async with self._engine.begin() as conn:
+            await conn.execute(update(t.callbacks).where(*due, _behind_another()).values(next_attempt_at=None))
             rows = (
                 await conn.execute(
                     select(t.callbacks)
-                    .where(
-                        t.callbacks.c.status == "pending",
-                        t.callbacks.c.next_attempt_at <= now,
-                        # One job's callbacks go out in the order they were written: a receiver
-                        # must not see job.started after job.succeeded.
-                        ~exists().where(
-                            _earlier.c.job_id == t.callbacks.c.job_id,
-                            _earlier.c.id < t.callbacks.c.id,
-                            _earlier.c.status == "pending",
-                        ),
-                    )
+                    .where(*due, ~_behind_another())
                     .order_by(t.callbacks.c.id)
                     .limit(self._concurrency * 4)
                     .with_for_update(skip_locked=True)
@@ -177,11 +189,23 @@ class CallbackSender:
                     r.id,
                     *(values[name] for name in _SETTLED_COLUMNS),
                     *(attempt[name] for name in _ATTEMPT_COLUMNS),
+                    r.job_id,
                 )
             return
         async with self._engine.begin() as conn:
             await conn.execute(update(t.callbacks).where(t.callbacks.c.id == r.id).values(**values))
             await conn.execute(insert(t.callback_attempts).values(callback_id=r.id, **attempt))
+            if values["status"] != "pending":
+                following = (
+                    select(func.min(_earlier.c.id))
+                    .where(_earlier.c.job_id == r.job_id, _earlier.c.id > r.id, _earlier.c.status == "pending")
+                    .scalar_subquery()
+                )
+                await conn.execute(
+                    update(t.callbacks)
+                    .where(t.callbacks.c.id == following, t.callbacks.c.next_attempt_at.is_(None))
+                    .values(next_attempt_at=now)
+                )
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -229,6 +229,13 @@ async def resend_last_callback(engine: AsyncEngine, job_public_id: str, *, polic
         ).one_or_none()
         if last is None:
             raise Conflict(f"job {job_public_id} has sent no callback yet")
+        # The admin is saying the receiver is back: callbacks still being retried go now (in
+        # order, ahead of the copy, which waits behind them), not at their next scheduled try.
+        await conn.execute(
+            update(t.callbacks)
+            .where(t.callbacks.c.job_id == job.id, t.callbacks.c.status == "pending")
+            .values(next_attempt_at=utcnow())
+        )
         new = await insert_callback(conn, job.id, last.type, last.url, last.body, policy)
     return {
         "id": new.public_id,

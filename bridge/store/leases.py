@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -113,10 +114,25 @@ async def _acquire_on_postgresql(
         job = await driver.fetchrow(_LEASE, public_id, owner, now, until, list(UNFINISHED_JOB_STATUSES))
         if job is None:
             return None
-        read = await driver.fetchrow(_STEPS_AND_COMPENSATIONS, job["id"])
+        try:
+            read = await driver.fetchrow(_STEPS_AND_COMPENSATIONS, job["id"])
+        except BaseException:
+            # Not left leased to a worker that never got to read it (it would wait out the lease).
+            with contextlib.suppress(Exception):
+                await _unlease(engine, job["id"], owner)
+            raise
     assert read is not None
     steps = [_timestamps_parsed(s) for s in read["step_rows"] or []]
     return Lease(LeaseOutcome.LEASED, job["id"], row=job, steps=steps, compensations=read["compensation_rows"] or [])
+
+
+async def _unlease(engine: AsyncEngine, job_pk: int, owner: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.id == job_pk, t.jobs.c.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)
+        )
 
 
 def _timestamps_parsed(step: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from conftest import FERNET_KEY
 from orders import service_create
@@ -264,3 +265,19 @@ async def test_a_callback_reports_compensations_an_admin_resolved_while_the_job_
         read = callback_body(await job_document(conn, job.pk), "job.failed")
     assert sent["data"]["compensations"][0]["status"] == "done"
     assert sent == read
+
+
+async def test_a_lease_whose_read_failed_is_given_up(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = create_engine(pg_url)
+    try:
+        event = OrderEvent.model_validate(service_create(callback_url=CALLBACK_URL))
+        stored = await store_event(engine, SecretBox([FERNET_KEY]), "msg_read", event)
+        # The read after the lease fails (here: a statement the server refuses).
+        monkeypatch.setattr(leases, "_STEPS_AND_COMPENSATIONS", "SELECT no_such_column FROM steps")
+        with pytest.raises(asyncpg.PostgresError):
+            await leases.acquire(engine, stored.job_id, "worker-a", 60)
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(t.jobs).where(t.jobs.c.public_id == stored.job_id))).one()
+        assert (row.lease_owner, row.lease_until) == (None, None)  # another worker may take it at once
+    finally:
+        await engine.dispose()

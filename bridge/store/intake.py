@@ -3,18 +3,16 @@
 On PostgreSQL the four inserts are one statement (data-modifying CTEs, so one implicit
 transaction and one round trip), sent straight through asyncpg on a small pool of the
 intake's own: the webhook's hot path pays for no statement building, no connection
-churn and no pool bookkeeping beyond asyncpg's. Elsewhere (SQLite) they are four
-statements in one SQLAlchemy transaction.
+churn and no pool bookkeeping beyond asyncpg's. Events arriving together share one
+such statement (see intake_batches). Elsewhere (SQLite) they are four statements in
+one SQLAlchemy transaction.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -23,11 +21,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.events import OrderEvent
-from bridge.domain.jobs import JobStatus, StepStatus, plan
-from bridge.domain.masking import is_secret_field
+from bridge.domain.jobs import StepStatus
 from bridge.store import tables as t
 from bridge.store.crypto import SecretBox
-from bridge.store.types import utcnow
+from bridge.store.intake_batches import IntakeBatches
+from bridge.store.intake_rows import IntakeRows, StoredEvent, encrypt_secret_fields
+
+__all__ = ["EventIntake", "IntakeRows", "IntakeUnavailable", "StoredEvent", "encrypt_secret_fields", "store_event"]
 
 # How long a request waits for one of the intake's connections before answering 503.
 ACQUIRE_TIMEOUT_S = 5.0
@@ -42,79 +42,6 @@ class IntakeUnavailable(Exception):
     """The database did not take the event: it is NOT stored."""
 
 
-@dataclass(frozen=True)
-class StoredEvent:
-    job_id: str
-    duplicate: bool
-    # For a duplicate, where the job it found is now (a retried delivery may come after the work).
-    job_status: str = JobStatus.ACCEPTED.value
-
-
-@dataclass(frozen=True)
-class IntakeRows:
-    """What one accepted event writes, secrets already encrypted."""
-
-    webhook_id: str
-    job_id: str
-    now: datetime
-    event: dict[str, Any]
-    job: dict[str, Any]
-    steps: list[dict[str, Any]]
-
-    @classmethod
-    def build(cls, box: SecretBox, webhook_id: str, event: OrderEvent) -> IntakeRows:
-        now = utcnow()
-        job_id = str(uuid.uuid4())
-        data = event.data
-        payload = encrypt_secret_fields(event.model_dump(mode="json"), box.encrypt)
-        event_row = {"webhook_id": webhook_id, "type": event.type, "payload": payload, "received_at": now}
-        job_row = {
-            "public_id": job_id,
-            "webhook_id": webhook_id,
-            "type": event.type,
-            "service_id": data.service_id,
-            "panel": data.panel,
-            "domain": data.domain,
-            "account_username": data.account.username,
-            # The payload's token for the same field: one Fernet call fewer.
-            "account_password": payload["data"]["account"]["password"],
-            "callback_url": data.callback_url,
-            "status": JobStatus.ACCEPTED.value,
-            "next_run_at": now,
-            "enqueued_at": now,
-            "cancel_requested": False,
-            "created_at": now,
-            "updated_at": now,
-        }
-        step_rows = [
-            {"position": position, "kind": step.kind.value, "params": encrypt_secret_fields(step.params, box.encrypt)}
-            for position, step in enumerate(plan(event))
-        ]
-        return cls(webhook_id, job_id, now, event_row, job_row, step_rows)
-
-
-def encrypt_secret_fields(value: Any, encrypt: Callable[[str], str]) -> Any:
-    """A copy of JSON-shaped ``value`` with every secret-named string field encrypted.
-
-    What :meth:`SecretBox.encrypt_fields` does, for the plain dicts and lists a model dump
-    and a plan are made of: exact type checks and the name check remembered per field
-    name keep it cheap on the webhook's path.
-    """
-    if type(value) is dict:
-        return {
-            key: encrypt(item) if type(item) is str and _is_secret_name(key) else encrypt_secret_fields(item, encrypt)
-            for key, item in value.items()
-        }
-    if type(value) is list:
-        return [encrypt_secret_fields(item, encrypt) for item in value]
-    return value
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_secret_name(name: str) -> bool:
-    return is_secret_field(name)
-
-
 class EventIntake:
     """Stores accepted events; on PostgreSQL through an asyncpg pool of its own.
 
@@ -127,6 +54,7 @@ class EventIntake:
         self._engine = engine
         self._box = box
         self._pool: asyncpg.Pool | None = None
+        self._batches: IntakeBatches | None = None
         if engine.dialect.name == "postgresql":
             self._pool = asyncpg.create_pool(
                 min_size=0,
@@ -136,6 +64,7 @@ class EventIntake:
                 reset=_no_session_state,
                 **asyncpg_connect_args(engine),
             )
+            self._batches = IntakeBatches(self._connection, store_on_postgresql)
 
     async def start(self) -> None:
         if self._pool is not None:
@@ -152,19 +81,24 @@ class EventIntake:
         the event could not be stored.
         """
         rows = IntakeRows.build(self._box, webhook_id, event)
-        if self._pool is None:
+        if self._batches is None:
             return await _store_in_transaction(self._engine, rows)
         try:
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                try:
-                    return await store_on_postgresql(conn, rows)
-                except BaseException:
-                    # The connection is in a state nobody knows (dropped by the server,
-                    # cancelled mid-statement): close it, the pool opens a fresh one.
-                    conn.terminate()
-                    raise
+            return await self._batches.store(rows)
         except _DRIVER_ERRORS as exc:
             raise IntakeUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        assert self._pool is not None
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            try:
+                yield conn
+            except BaseException:
+                # The connection is in a state nobody knows (dropped by the server,
+                # cancelled mid-statement): close it, the pool opens a fresh one.
+                conn.terminate()
+                raise
 
 
 def asyncpg_connect_args(engine: AsyncEngine) -> dict[str, Any]:

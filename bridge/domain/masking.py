@@ -6,6 +6,7 @@ catches every field that can hold one, wherever it sits in a nested structure.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -33,6 +34,7 @@ SECRET_FIELD_NAMES: frozenset[str] = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of field names, asked about on every event
 def is_secret_field(name: str) -> bool:
     lowered = name.lower().replace("-", "_")
     return (

@@ -6,7 +6,7 @@ for admins while the secrets inside it are not.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -64,11 +64,12 @@ class SecretBox:
         return self._walk(value, self.decrypt)
 
     def _walk(self, value: Any, transform: Any) -> Any:
-        if isinstance(value, Mapping):
+        # Values are JSON-shaped (a model dump, a plan's params, a JSON column): dicts and lists.
+        if isinstance(value, dict):
             return {
                 key: (
                     transform(item)
-                    if isinstance(key, str) and is_secret_field(key) and isinstance(item, str)
+                    if isinstance(item, str) and isinstance(key, str) and is_secret_field(key)
                     else self._walk(item, transform)
                 )
                 for key, item in value.items()

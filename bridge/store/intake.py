@@ -25,9 +25,9 @@ from bridge.domain.jobs import StepStatus
 from bridge.store import tables as t
 from bridge.store.crypto import SecretBox
 from bridge.store.intake_batches import IntakeBatches
-from bridge.store.intake_rows import IntakeRows, StoredEvent, encrypt_secret_fields
+from bridge.store.intake_rows import IntakeRows, StoredEvent
 
-__all__ = ["EventIntake", "IntakeRows", "IntakeUnavailable", "StoredEvent", "encrypt_secret_fields", "store_event"]
+__all__ = ["EventIntake", "IntakeRows", "IntakeUnavailable", "StoredEvent", "store_event"]
 
 # How long a request waits for one of the intake's connections before answering 503.
 ACQUIRE_TIMEOUT_S = 5.0

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bridge.domain.events import OrderEvent
 from bridge.domain.jobs import JobStatus, plan
-from bridge.domain.masking import is_secret_field
 from bridge.store.crypto import SecretBox
 from bridge.store.types import utcnow
 
@@ -40,7 +37,7 @@ class IntakeRows:
         now = utcnow()
         job_id = str(uuid.uuid4())
         data = event.data
-        payload = encrypt_secret_fields(event.model_dump(mode="json"), box.encrypt)
+        payload = box.encrypt_fields(event.model_dump(mode="json"))
         event_row = {"webhook_id": webhook_id, "type": event.type, "payload": payload, "received_at": now}
         job_row = {
             "public_id": job_id,
@@ -61,29 +58,7 @@ class IntakeRows:
             "updated_at": now,
         }
         step_rows = [
-            {"position": position, "kind": step.kind.value, "params": encrypt_secret_fields(step.params, box.encrypt)}
+            {"position": position, "kind": step.kind.value, "params": box.encrypt_fields(step.params)}
             for position, step in enumerate(plan(event))
         ]
         return cls(webhook_id, job_id, now, event_row, job_row, step_rows)
-
-
-def encrypt_secret_fields(value: Any, encrypt: Callable[[str], str]) -> Any:
-    """A copy of JSON-shaped ``value`` with every secret-named string field encrypted.
-
-    What :meth:`SecretBox.encrypt_fields` does, for the plain dicts and lists a model dump
-    and a plan are made of: exact type checks and the name check remembered per field
-    name keep it cheap on the webhook's path.
-    """
-    if type(value) is dict:
-        return {
-            key: encrypt(item) if type(item) is str and _is_secret_name(key) else encrypt_secret_fields(item, encrypt)
-            for key, item in value.items()
-        }
-    if type(value) is list:
-        return [encrypt_secret_fields(item, encrypt) for item in value]
-    return value
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_secret_name(name: str) -> bool:
-    return is_secret_field(name)

@@ -25,8 +25,8 @@ from bridge.store.callback_rows import CallbackPolicy
 from bridge.store.crypto import SecretBox
 from bridge.store.database import create_engine
 from bridge.store.intake import store_event
-from bridge.store.job_change import LeaseLost
-from bridge.store.job_records import JobRecord, JobRecords
+from bridge.store.job_change import JobChange, LeaseLost
+from bridge.store.job_records import JobRecord, JobRecords, StepRecord
 from bridge.store.job_view import callback_body, job_document
 from bridge.store.types import utcnow
 
@@ -83,25 +83,28 @@ def call() -> PanelCallRecord:
     )
 
 
+def outcome_of(records: JobRecords, job: JobRecord, step: StepRecord, attempt_id: int, **changes: Any) -> JobChange:
+    """The held outcome of an attempt: by default the domain added, with its undo."""
+    values: dict[str, Any] = {
+        "owner": "worker-a",
+        "status": StepStatus.SUCCEEDED,
+        "label": "succeeded",
+        "message": "Domain added",
+        "in_flight": False,
+        "result": {"domain_id": 7},
+        "compensation": "remove domain example.com (panel id 7) from account john",
+        "next_attempt_at": None,
+        "calls": [call()],
+    }
+    return records.record_outcome(job, step, attempt_id, **{**values, **changes})
+
+
 async def test_the_holder_writes_the_step_its_call_and_its_compensation_together(engine: AsyncEngine) -> None:
     records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
     attempt_id = await records.start_attempt(job, step, "worker-a", 60)
-    outcome = records.record_outcome(
-        job,
-        step,
-        attempt_id,
-        owner="worker-a",
-        status=StepStatus.SUCCEEDED,
-        label="succeeded",
-        message="Domain added",
-        in_flight=False,
-        result={"domain_id": 7},
-        compensation="remove domain example.com (panel id 7) from account john",
-        next_attempt_at=None,
-        calls=[call(), call()],
-    )
+    outcome = outcome_of(records, job, step, attempt_id, calls=[call(), call()])
     await records.commit(outcome, job)
     row, steps = await job_and_steps(engine, job)
     assert row.status == JobStatus.RUNNING and steps[1].status == StepStatus.SUCCEEDED
@@ -126,20 +129,7 @@ async def test_a_worker_that_lost_its_lease_writes_nothing(engine: AsyncEngine) 
     with pytest.raises(LeaseLost):
         await records.start_attempt(job, job.steps[2], "worker-a", 60)
     with pytest.raises(LeaseLost):
-        held = records.record_outcome(
-            job,
-            step,
-            attempt_id,
-            owner="worker-a",
-            status=StepStatus.SUCCEEDED,
-            label="succeeded",
-            message="Domain added",
-            in_flight=False,
-            result={"domain_id": 7},
-            compensation="remove domain example.com (panel id 7) from account john",
-            next_attempt_at=None,
-            calls=[call()],
-        )
+        held = outcome_of(records, job, step, attempt_id)
         await records.commit(held, job)
     with pytest.raises(LeaseLost):
         await records.finish(job, Finish(JobStatus.FAILED), owner="worker-a", error="x", was=JobStatus.RUNNING)
@@ -154,24 +144,31 @@ async def test_a_worker_that_lost_its_lease_writes_nothing(engine: AsyncEngine) 
     assert row_after.lease_owner == "worker-b"
 
 
-async def test_the_job_read_with_its_lease_is_the_job_read_row_by_row(engine: AsyncEngine) -> None:
+async def test_the_job_read_with_its_lease_is_the_job_read_row_by_row(pg_url: str) -> None:
+    # Only PostgreSQL reads the steps with the lease; SQLite always reads them row by row.
+    engine = create_engine(pg_url)
+    try:
+        await _lease_read_matches_row_by_row(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _lease_read_matches_row_by_row(engine: AsyncEngine) -> None:
     records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
     attempt_id = await records.start_attempt(job, step, "worker-a", 60)
-    outcome = records.record_outcome(
+    outcome = outcome_of(
+        records,
         job,
         step,
         attempt_id,
-        owner="worker-a",
         status=StepStatus.WAITING_RETRY,
         label="retryable",
         message="try again",
         in_flight=True,
         result=None,
-        compensation="remove domain example.com (panel id 7) from account john",
         next_attempt_at=utcnow(),
-        calls=[call()],
     )
     await records.commit(outcome, job)
     await records.wait(job, utcnow(), owner="worker-a")
@@ -215,11 +212,11 @@ async def test_an_outcome_and_the_next_attempt_of_the_same_step_commit_as_if_in_
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
     first = await records.start_attempt(job, step, "worker-a", 60)
-    held = records.record_outcome(
+    held = outcome_of(
+        records,
         job,
         step,
         first,
-        owner="worker-a",
         status=StepStatus.WAITING_RETRY,
         label="unknown",
         message="no answer in time",
@@ -227,7 +224,6 @@ async def test_an_outcome_and_the_next_attempt_of_the_same_step_commit_as_if_in_
         result=None,
         compensation=None,
         next_attempt_at=utcnow(),
-        calls=[call()],
     )
     second = await records.start_attempt(job, step, "worker-a", 60, after=held)
     _, steps = await job_and_steps(engine, job)
@@ -243,20 +239,7 @@ async def test_a_callback_reports_compensations_an_admin_resolved_while_the_job_
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
     attempt_id = await records.start_attempt(job, step, "worker-a", 60)
-    held = records.record_outcome(
-        job,
-        step,
-        attempt_id,
-        owner="worker-a",
-        status=StepStatus.SUCCEEDED,
-        label="succeeded",
-        message="Domain added",
-        in_flight=False,
-        result={"domain_id": 7},
-        compensation="remove domain example.com (panel id 7) from account john",
-        next_attempt_at=None,
-        calls=[call()],
-    )
+    held = outcome_of(records, job, step, attempt_id)
     await records.commit(held, job)
     await admin_ops.resolve_compensation(engine, job.compensations[0].id, "done")
     await records.finish(job, Finish(JobStatus.FAILED), owner="worker-a", error="x", was=JobStatus.RUNNING)

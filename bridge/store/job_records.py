@@ -48,6 +48,11 @@ class CompensationRecord:
     action: str
     status: str
 
+    @classmethod
+    def of(cls, row: Any) -> CompensationRecord:
+        """From a row mapping (a JSON object read with the lease, or a database row's mapping)."""
+        return cls(row["id"], row["step"], row["action"], row["status"])
+
 
 @dataclass
 class JobRecord:
@@ -117,10 +122,13 @@ class JobRecords:
 
     async def load(self, lease: Lease) -> JobRecord:
         """The job just leased, with its steps and compensations (read now unless the lease brought them)."""
-        job, steps, comps = lease.row, lease.steps, lease.compensations
+        job = lease.row
         assert job is not None
-        if steps is None or comps is None:
-            steps, comps = await self._steps_and_compensations(job["id"])
+        steps = lease.steps if lease.steps is not None else await self._steps(job["id"])
+        if lease.compensations is not None:
+            compensations = [CompensationRecord.of(c) for c in lease.compensations]
+        else:
+            compensations = await self._compensations(job["id"])
         return JobRecord(
             pk=job["id"],
             public_id=job["public_id"],
@@ -151,16 +159,13 @@ class JobRecords:
                 )
                 for s in steps
             ],
-            compensations=[CompensationRecord(c["id"], c["step"], c["action"], c["status"]) for c in comps],
+            compensations=compensations,
         )
 
-    async def _steps_and_compensations(self, job_pk: int) -> tuple[list[Any], list[Any]]:
+    async def _steps(self, job_pk: int) -> list[Any]:
         async with self._engine.connect() as conn:
             steps = await conn.execute(select(t.steps).where(t.steps.c.job_id == job_pk).order_by(t.steps.c.position))
-            comps = await conn.execute(
-                select(t.compensations).where(t.compensations.c.job_id == job_pk).order_by(t.compensations.c.id)
-            )
-            return [s._mapping for s in steps], [c._mapping for c in comps]
+            return [s._mapping for s in steps]
 
     async def _compensations(self, job_pk: int) -> list[CompensationRecord]:
         comps = t.compensations.c
@@ -170,7 +175,7 @@ class JobRecords:
                 .where(comps.job_id == job_pk)
                 .order_by(comps.id)
             )
-            return [CompensationRecord(r.id, r.step, r.action, r.status) for r in rows]
+            return [CompensationRecord.of(r._mapping) for r in rows]
 
     async def _apply(self, change: JobChange, job: JobRecord) -> dict[str, Any]:
         changed = await change.apply(self._engine)

@@ -56,7 +56,7 @@ class PanelGate:
         """``engine`` is the PostgreSQL engine, or None in the embedded mode."""
         self._engine = engine
         self._turns: defaultdict[tuple[int, str], _Turn] = defaultdict(_Turn)
-        # Advisory-lock acquisitions, for the metrics and tests: fewer than calls when turns are handed on.
+        # Advisory-lock acquisitions (fewer than calls when turns are handed on); tests read it.
         self.acquisitions = 0
         self._cleanup: set[asyncio.Future[None]] = set()
 

@@ -321,7 +321,7 @@ class JobRecords:
 
     async def finish(self, job: JobRecord, action: Finish, *, owner: str, error: str | None, was: JobStatus) -> None:
         """Final status (or succeeded-with-deferred), lease released, callbacks, next job of the service woken."""
-        if job.callback_url:
+        if job.callback_url and job.compensations:
             # An admin may have resolved a compensation record while the job ran: the callback
             # reports the records as they are now.
             job.compensations = await self._compensations(job.pk)

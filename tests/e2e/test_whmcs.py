@@ -281,6 +281,8 @@ async def test_create_account_provisions_once_and_the_callback_activates_the_ser
 ) -> None:
     async with live_bridge(sqlite_url, whmcs) as bridge:
         params = service_params(bridge, whmcs)
+        # Still running when CreateAccount comes again: after a success it would start over, as documented.
+        bridge.sim.set_latency(1.0, "add_domain")
         assert await whmcs.module("CreateAccount", params) == "success"  # signed in PHP, verified by the bridge
         assert await whmcs.module("CreateAccount", params) == "success"  # the same attempt: a duplicate
         [job_id] = await jobs_of(bridge)

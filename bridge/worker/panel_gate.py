@@ -29,6 +29,10 @@ from bridge.store.driver import driver_connection
 MUTATIONS = 0x6272  # "br"
 UNPROVEN = 0x626C  # "bl"
 
+# The wait for the advisory lock is a wait for a turn, as long as the calls ahead take (a
+# certificate issuance takes minutes): not bounded by the connection's command timeout.
+_TURN_WAIT_S = float("inf")
+
 
 def panel_lock_key(panel: str) -> int:
     """A stable signed 32-bit key for ``panel``."""
@@ -116,7 +120,9 @@ class PanelGate:
         stack = contextlib.AsyncExitStack()
         driver = await stack.enter_async_context(driver_connection(self._engine))
         try:
-            await driver.execute("SELECT pg_advisory_lock($1, $2)", namespace, panel_lock_key(panel))
+            await driver.execute(
+                "SELECT pg_advisory_lock($1, $2)", namespace, panel_lock_key(panel), timeout=_TURN_WAIT_S
+            )
         except BaseException:
             # Interrupted, the lock may have been granted all the same: a connection that might
             # hold it must not go back to the pool, so it is closed (its session ends, and the lock).

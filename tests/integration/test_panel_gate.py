@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bridge.store.database import create_engine
 from bridge.worker.panel_gate import MUTATIONS, PanelGate, panel_lock_key
@@ -163,3 +163,29 @@ async def test_a_lock_whose_session_the_server_ended_is_taken_again_before_the_n
 
     await asyncio.gather(first(), second())
     assert second_held == [True] and here.acquisitions == 2
+
+
+async def test_a_worker_waits_its_turn_however_long_the_call_ahead_of_it_takes(pg_url: str) -> None:
+    # A connection gives up on a statement after its command timeout (a minute in production),
+    # while the call ahead (a certificate issuance) may hold the gate for many minutes. Here the
+    # timeout is 0.5 s and the call ahead takes 1.5 s: the wait is for a turn, not a slow statement.
+    impatient = create_async_engine(pg_url, connect_args={"timeout": 5, "command_timeout": 0.5})
+    other = create_engine(pg_url)
+    try:
+        here, elsewhere = PanelGate(impatient), PanelGate(other)
+        inside, answered = asyncio.Event(), asyncio.Event()
+
+        async def slow_call_elsewhere() -> None:
+            async with elsewhere.mutation("panel-1"):
+                inside.set()
+                await asyncio.sleep(1.5)
+                answered.set()
+
+        holder = asyncio.create_task(slow_call_elsewhere())
+        await inside.wait()
+        async with asyncio.timeout(10), here.mutation("panel-1") as held:
+            assert held is not None and answered.is_set()
+        await holder
+    finally:
+        await impatient.dispose()
+        await other.dispose()

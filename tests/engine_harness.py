@@ -109,6 +109,8 @@ class Bridge:
 
 
 def bridge_settings(db_url: str, panel_url: str, callback_origin: str, amqp_url: str = "", **extra: Any) -> Settings:
+    """``panel_options`` (in ``extra``) override the simulator panel's settings, say its timeouts."""
+    panel_options = extra.pop("panel_options", {})
     values: dict[str, Any] = {
         "database_url": db_url,
         "amqp_url": amqp_url,
@@ -118,7 +120,14 @@ def bridge_settings(db_url: str, panel_url: str, callback_origin: str, amqp_url:
         "callback_allowed_origins": [callback_origin],
         "secret_key": [FERNET_KEY],
         "panels": [
-            {"name": "default", "url": panel_url, "timeout_s": 2.0, "read_timeout_s": 2.0, "ssl_timeout_s": 2.0}
+            {
+                "name": "default",
+                "url": panel_url,
+                "timeout_s": 2.0,
+                "read_timeout_s": 2.0,
+                "ssl_timeout_s": 2.0,
+                **panel_options,
+            }
         ],
         "retry_delay_scale": 0.001,
         "lease_s": 5.0,

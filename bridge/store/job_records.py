@@ -66,6 +66,8 @@ class JobRecord:
     account_password: str
     status: JobStatus
     cancel_requested: bool
+    # Whom the job is leased to: every write for it is fenced by this owner.
+    owner: str = ""
     callback_url: str | None = None
     domain: str | None = None
     error: str | None = None
@@ -140,6 +142,7 @@ class JobRecords:
             account_password=self._box.decrypt(job["account_password"]),
             status=JobStatus(job["status"]),
             cancel_requested=job["cancel_requested"],
+            owner=job["lease_owner"],
             callback_url=job["callback_url"],
             domain=job["domain"],
             error=job["error"],

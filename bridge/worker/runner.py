@@ -11,6 +11,7 @@ plus a delayed wake-up.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,13 +71,19 @@ class JobRunner:
         self._breaker = breaker
         self._metrics = metrics
         self._owner = owner
+        self._leases = itertools.count(1)
         self._config = config
         self._wake_relay = wake_relay
         self._wake_callbacks = wake_callbacks
         self.stopping = False
 
     async def handle(self, job_id: str) -> None:
-        lease = await leases.acquire(self._engine, job_id, self._owner, self._config.lease_s)
+        # Every lease is taken under an owner of its own, the fence of everything written and sent
+        # under it: a lease that ran out and was taken again by another delivery in this same
+        # process must fence out the first one as surely as a worker in another process.
+        # (Cut to the column's width from the left: the unique end is kept.)
+        owner = f"{self._owner}:{next(self._leases):x}"[-64:]
+        lease = await leases.acquire(self._engine, job_id, owner, self._config.lease_s)
         if lease.outcome is leases.LeaseOutcome.NOT_DUE and lease.due_at is not None:
             # Early (a delay bucket shorter than the wait): ask again for the rest.
             await self._queue.publish(job_id, max(0.0, (lease.due_at - utcnow()).total_seconds()))
@@ -92,7 +99,7 @@ class JobRunner:
         except Exception:
             # Includes a job that cannot even be loaded (say, a secret under a retired key).
             log.exception("unexpected error running job %s; it will be tried again", job_id, extra={"job_id": job_id})
-            await self._give_back(lease.job_pk, job_id)
+            await self._give_back(lease.job_pk, job_id, owner)
             self._wake_relay()
         if job is not None:
             # Woken only when there is something new for them, not after every job.
@@ -101,11 +108,11 @@ class JobRunner:
             if job.wrote_callbacks:
                 self._wake_callbacks()
 
-    async def _give_back(self, job_pk: int | None, job_id: str) -> None:
+    async def _give_back(self, job_pk: int | None, job_id: str, owner: str) -> None:
         assert job_pk is not None
         try:
             await self._records.release(
-                job_pk, job_id, owner=self._owner, retry_in_s=self._config.error_backoff_s * self._config.delay_scale
+                job_pk, job_id, owner=owner, retry_in_s=self._config.error_backoff_s * self._config.delay_scale
             )
         except LeaseLost:
             pass
@@ -128,15 +135,15 @@ class JobRunner:
                     if job.status.finished and action.status is JobStatus.SUCCEEDED and action.deferred:
                         # Still waiting on the deferred step: nothing changed, only the next wake-up.
                         assert action.wake_at is not None
-                        await self._records.wait(job, action.wake_at, owner=self._owner)
+                        await self._records.wait(job, action.wake_at, owner=job.owner)
                         return
                     await self._finish(job, action, self._job_error(job, action), was)
                     return
                 if isinstance(action, WaitUntil):
-                    await self._records.wait(job, action.at, owner=self._owner)
+                    await self._records.wait(job, action.at, owner=job.owner)
                     return
                 if self.stopping:
-                    await self._records.release(job.pk, job.public_id, owner=self._owner)
+                    await self._records.release(job.pk, job.public_id, owner=job.owner)
                     job.wrote_outbox = True
                     return
                 # Handed over: once merged with the next start it must not be committed again on its own.
@@ -156,7 +163,7 @@ class JobRunner:
         return next_action([s.state() for s in job.steps], utcnow(), deferrable)
 
     async def _finish(self, job: JobRecord, action: Finish, error: str | None, was: JobStatus) -> None:
-        await self._records.finish(job, action, owner=self._owner, error=error, was=was)
+        await self._records.finish(job, action, owner=job.owner, error=error, was=was)
         if not was.finished:
             self._metrics.jobs_finished.labels(action.status.value).inc()
         log.info("job %s %s", job.public_id, action.status.value, extra={"job_id": job.public_id})
@@ -179,11 +186,11 @@ class JobRunner:
         lease_s = self._config.lease_s + self._sending_room_s(job, step)
         # No later than the lease start_attempt commits: what the panel access may count on.
         lease_until = utcnow() + timedelta(seconds=lease_s)
-        attempt_id = await self._records.start_attempt(job, step, self._owner, lease_s, after=held)
+        attempt_id = await self._records.start_attempt(job, step, job.owner, lease_s, after=held)
         if job.cancel_requested:
             # Learnt as the previous outcome was committed: this attempt is never sent.
             await self._records.withdraw_attempt(
-                job, step, attempt_id, owner=self._owner, in_flight=unsure, message=f"not sent: {CANCELLED_BY_ADMIN}"
+                job, step, attempt_id, owner=job.owner, in_flight=unsure, message=f"not sent: {CANCELLED_BY_ADMIN}"
             )
             return True, None
         access = PanelAccess(
@@ -194,7 +201,7 @@ class JobRunner:
             metrics=self._metrics,
             engine=self._engine,
             job_pk=job.pk,
-            owner=self._owner,
+            owner=job.owner,
             lease_s=self._config.lease_s,
             lease_until=lease_until,
         )
@@ -253,7 +260,7 @@ class JobRunner:
             job,
             step,
             attempt_id,
-            owner=self._owner,
+            owner=job.owner,
             status=status,
             label=outcome.label,
             message=message,

@@ -103,9 +103,7 @@ class OrderData(BaseModel):
     @field_validator("callback_url")
     @classmethod
     def _callback_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value
+        return None if value is None else validation.callback_url(value, field="callback_url")
 
     @model_validator(mode="after")
     def _names_fit_the_account(self) -> OrderData:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from urllib.parse import urlsplit
 
 __all__ = [
     "CRON_FIELDS",
     "InvalidField",
     "account_username",
+    "callback_url",
     "cron_command",
     "cron_field",
     "database_name",
@@ -320,6 +322,29 @@ def cron_command(value: str, field: str = "command") -> str:
         raise InvalidField(field, "is empty; the command to run is required")
     if len(text) > _MAX_COMMAND:
         raise InvalidField(field, f"is {len(text)} characters long; at most {_MAX_COMMAND} are allowed")
+    return text
+
+
+def callback_url(value: str, field: str = "callback_url") -> str:
+    """An absolute http(s) URL with a host, on one line, that the bridge can store and call.
+
+    Spaces and control characters are refused: PostgreSQL cannot store a NUL, and URL
+    parsers drop or keep the others differently, so the URL checked against the allowed
+    origins would not be the one called.
+    """
+    text = _require_str(value, field)
+    if not text.startswith(("https://", "http://")):
+        raise InvalidField(field, "must be an http(s) URL")
+    bad = next((ch for ch in text if ch.isspace() or unicodedata.category(ch) in _FORBIDDEN_CATEGORIES), None)
+    if bad is not None:
+        raise InvalidField(field, f"contains {_describe_char(bad)}; a URL may not contain spaces or control characters")
+    try:
+        parts = urlsplit(text)
+        host, _port = parts.hostname, parts.port
+    except ValueError:
+        raise InvalidField(field, f"{_show(text)} is not a valid URL (check the host and the port)") from None
+    if not host:
+        raise InvalidField(field, f"{_show(text)} has no host name")
     return text
 
 

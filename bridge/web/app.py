@@ -30,7 +30,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400 or exc.content_type == "application/json":
             raise
         reason = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 413:
+            reason = f"body: larger than {MAX_BODY_BYTES} bytes"
         return web.json_response({"error": reason}, status=exc.status, headers=_passthrough(exc))
+    except web.RequestPayloadError:
+        # A body that does not decode as its Content-Encoding says, or broken chunked framing.
+        return web.json_response({"error": "body: cannot be read (broken Content-Encoding or chunking)"}, status=400)
     except Exception:
         log.exception("unexpected error handling %s %s", request.method, request.path)
         return web.json_response({"error": "internal error; see the bridge's log"}, status=500)

@@ -37,6 +37,14 @@ def check_secret(secret: str) -> None:
         raise ValueError("a webhook secret must hold at least 16 bytes (make one with `bridge secrets new`)")
 
 
+def check_signing_secret(secret: str) -> None:
+    """ValueError unless ``secret`` can sign at all (the callback secret; see :func:`check_secret`)."""
+    try:
+        Webhook(secret)
+    except Exception:  # binascii.Error for bad base64, the package's own error for an empty one
+        raise ValueError("must be whsec_ followed by base64 (make one with `bridge secrets new`)") from None
+
+
 class SignatureVerifier:
     def __init__(self, secrets: Sequence[str], tolerance_s: int = TOLERANCE_S) -> None:
         self._webhooks = [Webhook(secret) for secret in secrets]
@@ -62,6 +70,9 @@ class SignatureVerifier:
             raise InvalidSignature(f"missing header(s): {', '.join(missing)}")
         if len(msg_id) > 255:
             raise InvalidSignature("webhook-id: longer than 255 characters")
+        # Header bytes that are not UTF-8 arrive as lone surrogates, which cannot be signed.
+        if not _is_utf8(msg_id):
+            raise InvalidSignature("webhook-id: not valid UTF-8")
         if not is_small_whole_number(stamp, 12):
             raise InvalidSignature("webhook-timestamp: must be whole Unix seconds")
         timestamp = int(stamp)
@@ -83,6 +94,14 @@ class SignatureVerifier:
             if any(_constant_time_equal(expected, candidate) for candidate in offered):
                 return msg_id
         raise InvalidSignature("webhook-signature: does not match any configured secret")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _offered_signatures(header: str) -> list[bytes]:

@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import FERNET_KEY, WEBHOOK_SECRET
 from orders import ACCOUNT_PASSWORD, DB_PASSWORD, service_create, signed
+from raw_http import raw_request
 from sqlalchemy import func, select, text, update
 
 from bridge.bootstrap import Runtime, build_app, open_runtime
@@ -352,4 +353,55 @@ async def test_whatever_a_client_sends_is_a_4xx_never_a_5xx(case: str, client: T
     status, answer = await post(client, *signed(WEBHOOK_SECRET, body))
     assert 400 <= status < 500, (status, answer)
     assert answer["error"]
+    assert await count(runtime, t.events) == 0
+
+
+CALLBACK_URLS_REFUSED = {
+    "a NUL character": "https://billing.example.com/cb\x00",
+    "a line break": "https://billing.example.com/cb\nX-Injected: 1",
+    "a space in the host": "https://billing example.com/cb",
+    "no host": "https:///cb",
+    "an unclosed IPv6 bracket": "http://[::1/cb",
+    "a port that is not a number": "https://billing.example.com:https/cb",
+    "a port out of range": "https://billing.example.com:99999/cb",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CALLBACK_URLS_REFUSED))
+async def test_a_callback_url_that_is_not_a_url_is_422(case: str, client: TestClient, runtime: Runtime) -> None:
+    # PostgreSQL cannot store a NUL at all: without this check the answer was a 503
+    # "send it again later", which a billing platform would repeat for ever.
+    event = service_create(callback_url=CALLBACK_URLS_REFUSED[case])
+    status, answer = await post(client, *signed(WEBHOOK_SECRET, event))
+    assert status == 422, answer
+    assert [f["loc"] for f in answer["fields"]] == ["data.callback_url"]
+    assert await count(runtime, t.events) == 0
+
+
+async def test_an_ordinary_callback_url_is_kept(client: TestClient, runtime: Runtime) -> None:
+    url = "https://billing.example.com:8443/bridge_callback.php?x=1"
+    status, answer = await post(client, *signed(WEBHOOK_SECRET, service_create(callback_url=url)))
+    assert status == 202, answer
+    async with runtime.engine.connect() as conn:
+        assert (await conn.execute(select(t.jobs.c.callback_url))).scalar_one() == url
+
+
+async def test_a_webhook_id_that_is_not_utf8_is_401(client: TestClient, runtime: Runtime) -> None:
+    body, headers = signed(WEBHOOK_SECRET, service_create())
+    head = b"POST /webhooks/orders HTTP/1.1\r\nHost: bridge\r\nwebhook-id: msg_\xff\xfe\r\n" + b"\r\n".join(
+        f"{name}: {value}".encode() for name, value in headers.items() if name != "webhook-id"
+    )
+    status, answer = await raw_request(client, head, body)
+    assert status == 401, answer
+    assert json.loads(answer)["error"].startswith("webhook-id: ")
+    assert await count(runtime, t.events) == 0
+
+
+async def test_a_body_that_does_not_decode_as_its_content_encoding_is_400(
+    client: TestClient, runtime: Runtime
+) -> None:
+    body, headers = signed(WEBHOOK_SECRET, service_create())
+    response = await client.post("/webhooks/orders", data=body, headers={**headers, "Content-Encoding": "gzip"})
+    assert response.status == 400
+    assert (await response.json())["error"].startswith("body: ")
     assert await count(runtime, t.events) == 0

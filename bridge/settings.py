@@ -87,6 +87,16 @@ class Settings(BaseSettings):
             check_secret(secret)
         return value
 
+    @field_validator("callback_secret")
+    @classmethod
+    def _callback_secret(cls, value: str) -> str:
+        # A secret that cannot sign would stop every callback at its first delivery, unrecorded.
+        from bridge.webhooks.signature import check_signing_secret
+
+        if value:
+            check_signing_secret(value)
+        return value
+
     @field_validator("callback_allowed_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:

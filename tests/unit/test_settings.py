@@ -105,6 +105,8 @@ MALFORMED = {
     "panels": ("not json", "BRIDGE_PANELS"),
     "secret_key": ("short", "BRIDGE_SECRET_KEY"),
     "webhook_secrets": ("nope", "BRIDGE_WEBHOOK_SECRETS"),
+    # Not base64: no callback could ever be signed with it.
+    "callback_secret": ("my-plain-secret", "BRIDGE_CALLBACK_SECRET"),
     "database_url": ("mysql://db/bridge", "BRIDGE_DATABASE_URL"),
     "amqp_url": ("http://rabbit", "BRIDGE_AMQP_URL"),
     "callback_allowed_origins": ("billing.example.com", "BRIDGE_CALLBACK_ALLOWED_ORIGINS"),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bridge.admin.auth import api_denial
-from bridge.admin.params import BadJson, job_filter, json_object
+from bridge.admin.params import BadJson, checked_job_id, job_filter, json_object
 from bridge.store import admin_ops
 from bridge.store.admin_errors import AdminError
 from bridge.store.crypto import SecretsUnavailable
@@ -65,6 +65,10 @@ def admin_endpoint(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.
     return handler
 
 
+def _job_id(request: web.Request) -> str:
+    return checked_job_id(request.match_info["job_id"])
+
+
 async def _body(request: web.Request, *allowed: str) -> dict[str, Any]:
     return json_object(await request.read(), allowed)
 
@@ -77,13 +81,13 @@ async def list_jobs(request: web.Request, runtime: Runtime) -> web.Response:
 
 @admin_endpoint
 async def show_job(request: web.Request, runtime: Runtime) -> web.Response:
-    return web.json_response(await admin_ops.get_job(runtime.engine, request.match_info["job_id"]))
+    return web.json_response(await admin_ops.get_job(runtime.engine, _job_id(request)))
 
 
 @admin_endpoint
 async def retry_job(request: web.Request, runtime: Runtime) -> web.Response:
     body = await _body(request, "account")
-    job = await admin_ops.retry_job(runtime.engine, runtime.box, request.match_info["job_id"], body.get("account"))
+    job = await admin_ops.retry_job(runtime.engine, runtime.box, _job_id(request), body.get("account"))
     runtime.wake_all()
     log.info("admin retried job %s", job["job_id"], extra={"job_id": job["job_id"]})
     return web.json_response(job, status=202)
@@ -93,7 +97,7 @@ async def retry_job(request: web.Request, runtime: Runtime) -> web.Response:
 async def cancel_job(request: web.Request, runtime: Runtime) -> web.Response:
     await _body(request)
     job = await admin_ops.cancel_job(
-        runtime.engine, request.match_info["job_id"], policy=runtime.records.callback_policy
+        runtime.engine, _job_id(request), policy=runtime.records.callback_policy
     )
     runtime.wake_all()
     log.info("admin cancelled job %s (%s)", job["job_id"], job["status"], extra={"job_id": job["job_id"]})
@@ -115,7 +119,7 @@ async def resolve_compensation(request: web.Request, runtime: Runtime) -> web.Re
 async def resend_callback(request: web.Request, runtime: Runtime) -> web.Response:
     await _body(request)
     callback = await admin_ops.resend_last_callback(
-        runtime.engine, request.match_info["job_id"], policy=runtime.records.callback_policy
+        runtime.engine, _job_id(request), policy=runtime.records.callback_policy
     )
     runtime.wake_all()
     return web.json_response(callback, status=202)

@@ -30,9 +30,11 @@ def matching_token(given: str | None, tokens: Sequence[str]) -> str | None:
     """The configured token equal to ``given``, or None; compares against EVERY token."""
     if not given:
         return None
+    # Header bytes that are not UTF-8 arrive as surrogate escapes: compare the bytes as sent.
+    offered = given.encode("utf-8", "surrogateescape")
     found: str | None = None
     for token in tokens:
-        if hmac.compare_digest(given.encode(), token.encode()):
+        if hmac.compare_digest(offered, token.encode("utf-8", "surrogateescape")):
             found = token
     return found
 

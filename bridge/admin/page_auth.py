@@ -7,11 +7,12 @@ and without a CSRF field: a browser never adds that header to a cross-site form.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 
 import aiohttp_jinja2
 from aiohttp import web
+from aiohttp.web_request import FileField
+from multidict import MultiDictProxy
 
 from bridge.admin.auth import ADMIN_AUTH, bearer_of
 from bridge.admin.sessions import LOGIN_COOKIE, SESSION_COOKIE, csrf_matches, new_login_token
@@ -101,10 +102,20 @@ async def require_viewer(request: web.Request) -> Viewer:
     raise PageAnswer(message_page(request, 401, "Sign in", "Sign in with an admin token first."))
 
 
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | FileField]:
+    """The fields of a form POST; a 400 page when its body cannot be read as the form it claims."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError):  # an unknown charset, a multipart body without its boundary
+        raise PageAnswer(
+            message_page(request, 400, "Unreadable form", "The form could not be read (its encoding is broken).")
+        ) from None
+
+
 async def require_form(request: web.Request) -> tuple[Viewer, dict[str, str]]:
     """The viewer and fields of a form POST whose CSRF field is right; 403 otherwise."""
     viewer = await require_viewer(request)
-    form = {key: str(value) for key, value in (await request.post()).items()}
+    form = {key: str(value) for key, value in (await read_form(request)).items()}
     if viewer.csrf_token is not None and not csrf_matches(viewer.csrf_token, form.get("csrf")):
         raise PageAnswer(
             message_page(
@@ -137,10 +148,10 @@ async def login(request: web.Request) -> web.Response:
     blocked = blocked_page(request)
     if blocked is not None:
         return blocked
-    form = await request.post()
+    form = await read_form(request)
     expected = request.cookies.get(LOGIN_COOKIE, "")
     given = form.get("login_token")
-    if not expected or not isinstance(given, str) or not hmac.compare_digest(expected.encode(), given.encode()):
+    if not expected.isascii() or not csrf_matches(expected, given):
         return message_page(request, 403, "Form expired", "The sign-in form was out of date. Open it again.")
     token = request.app[ADMIN_AUTH].check(request, str(form.get("token") or "") or None)
     if token is None:

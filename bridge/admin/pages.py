@@ -22,7 +22,7 @@ from aiohttp import web
 
 from bridge.admin import page_auth
 from bridge.admin.page_auth import PageAnswer, Viewer, message_page, render, require_form, require_viewer
-from bridge.admin.params import job_filter
+from bridge.admin.params import checked_job_id, job_filter
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES, JobStatus
 from bridge.store import admin_ops, admin_queries
 from bridge.store.admin_errors import AdminError, NotFound
@@ -111,7 +111,7 @@ def _job_context(viewer: Viewer, job: dict[str, Any], notice: str | None, proble
 @page_handler
 async def job_page(request: web.Request) -> web.Response:
     viewer = await require_viewer(request)
-    job = await admin_ops.get_job(request.app[RUNTIME].engine, request.match_info["job_id"])
+    job = await admin_ops.get_job(request.app[RUNTIME].engine, checked_job_id(request.match_info["job_id"]))
     notice = NOTICES.get(request.query.get("notice", ""))
     return render(request, "job.html", _job_context(viewer, job, notice, None))
 
@@ -142,6 +142,7 @@ def job_action(act: JobAction) -> PageHandler:
         job_id = request.match_info.get("job_id") or fields.get("job_id", "")
         if not job_id:
             return message_page(request, 422, "Missing job", "The form did not say which job it belongs to.", viewer)
+        job_id = checked_job_id(job_id)
         runtime = request.app[RUNTIME]
         try:
             notice = await act(JobForm(request, runtime, job_id, fields))

@@ -7,17 +7,19 @@ answers with 422 (and the web page shows).
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from bridge.domain.validation import is_small_whole_number
-from bridge.store.admin_errors import InvalidInput
-from bridge.store.admin_queries import DEFAULT_LIMIT, MAX_LIMIT
+from bridge.store.admin_errors import InvalidInput, NotFound
+from bridge.store.admin_queries import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
 
 LIST_PARAMETERS = ("status", "service_id", "domain", "q", "from", "to", "limit", "cursor")
 _MAX_TEXT = 253
+_MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT column holds
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,25 @@ class JobFilter:
         return dict(vars(self))
 
 
+def _has_control(value: str) -> bool:
+    # PostgreSQL cannot compare text holding a NUL: it refuses the whole statement.
+    return any(unicodedata.category(ch) == "Cc" for ch in value)
+
+
 def _text(query: Mapping[str, str], name: str) -> str | None:
     value = query.get(name, "").strip()
     if len(value) > _MAX_TEXT:
         raise InvalidInput(f"{name}: at most {_MAX_TEXT} characters", field=name)
+    if _has_control(value):
+        raise InvalidInput(f"{name}: must not contain control characters", field=name)
     return value or None
+
+
+def checked_job_id(value: str) -> str:
+    """A job id from a path or a form; NotFound for one no job can have (the database would refuse it)."""
+    if _has_control(value):
+        raise NotFound(f"job {value!r} not found")
+    return value
 
 
 def _datetime(query: Mapping[str, str], name: str) -> datetime | None:
@@ -57,7 +73,11 @@ def _datetime(query: Mapping[str, str], name: str) -> datetime | None:
             parsed = datetime.fromisoformat(candidate)
         except ValueError:
             continue
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+        try:
+            # In UTC, as the database compares it: an offset can carry it past year 1 or 9999.
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except OverflowError:
+            raise InvalidInput(f"{name}: lies outside the years 1 to 9999 in UTC", field=name) from None
     raise InvalidInput(f"{name}: must be an ISO 8601 date or date-time, e.g. 2025-01-31T12:00:00Z", field=name)
 
 
@@ -68,6 +88,13 @@ def _limit(query: Mapping[str, str]) -> int:
     if not is_small_whole_number(value, 6) or int(value) < 1:
         raise InvalidInput(f"limit: must be a whole number from 1 to {MAX_LIMIT}", field="limit")
     return min(int(value), MAX_LIMIT)
+
+
+def _cursor(query: Mapping[str, str]) -> str | None:
+    cursor = _text(query, "cursor")
+    if cursor is not None and decode_cursor(cursor) > _MAX_ROW_ID:
+        raise InvalidInput("cursor: not a cursor this API gave out", field="cursor")
+    return cursor
 
 
 def job_filter(query: Mapping[str, str], *, strict: bool = True) -> JobFilter:
@@ -91,7 +118,7 @@ def job_filter(query: Mapping[str, str], *, strict: bool = True) -> JobFilter:
         created_from=created_from,
         created_to=created_to,
         limit=_limit(query),
-        cursor=_text(query, "cursor"),
+        cursor=_cursor(query),
     )
 
 
@@ -113,4 +140,29 @@ def json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
         if name not in allowed:
             known = ", ".join(allowed) or "none"
             raise InvalidInput(f"body.{name}: unknown field; known: {known}", field=f"body.{name}")
+    where = _lone_surrogate(decoded, "")
+    if where is not None:
+        raise InvalidInput(f"{where}: not valid Unicode text (a lone surrogate escape)", field=where)
     return decoded
+
+
+def _lone_surrogate(value: Any, where: str) -> str | None:
+    """Where a JSON string holds a lone ``\\ud800``-style escape: no UTF-8 text can carry it,
+    so it could be neither encrypted nor stored."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+        return None
+    if isinstance(value, dict):
+        items: Any = ((str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        found = _lone_surrogate(item, f"{where}.{key}" if where else key)
+        if found is not None:
+            return found
+    return None

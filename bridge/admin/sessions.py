@@ -67,7 +67,8 @@ class SessionSigner:
 
     def verify(self, cookie: str | None, now: float | None = None) -> Session | None:
         """The session a cookie carries, or None (forged, expired, revoked, or its token removed)."""
-        if not cookie:
+        # Every cookie issued is ASCII; other header bytes arrive as surrogates that cannot be MACed.
+        if not cookie or not cookie.isascii():
             return None
         parts = cookie.split(".")
         if len(parts) != 4 or parts[0] != _VERSION or not is_small_whole_number(parts[1], 12):
@@ -93,7 +94,12 @@ class SessionSigner:
 
 def csrf_matches(expected: str, given: object) -> bool:
     """Constant-time check of a form's CSRF field."""
-    return isinstance(given, str) and bool(given) and hmac.compare_digest(expected.encode(), given.encode())
+    return (
+        isinstance(given, str)
+        and bool(given)
+        and given.isascii()  # as every CSRF token is; anything else cannot match
+        and hmac.compare_digest(expected.encode(), given.encode())
+    )
 
 
 def new_login_token() -> str:

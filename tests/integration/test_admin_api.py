@@ -10,11 +10,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import ADMIN_TOKEN
 from engine_harness import ACCOUNT, Bridge
 from orders import ACCOUNT_PASSWORD, DB_PASSWORD
+from raw_http import raw_request
 
 from bridge.admin.auth import ADMIN_AUTH, UNAUTHORIZED, FailureLimiter
 from bridge.admin.openapi import routed_operations
 from bridge.bootstrap import build_app, open_runtime
 from bridge.settings import Settings
+from bridge.store.admin_queries import encode_cursor
 
 
 def endpoints(job_id: str) -> list[tuple[str, str]]:
@@ -244,6 +246,56 @@ async def test_bad_query_parameters_are_named(sqlite_url: str, params: dict[str,
     async with admin_bridge(sqlite_url) as bridge:
         status, body, _ = await call(bridge, "GET", "/admin/api/jobs", params=params)
         assert status == 422 and body["error"].startswith(f"{named}: ") and body["fields"][0]["loc"] == named
+
+
+# Values PostgreSQL cannot compare (a NUL) or hold (a date past year 9999 once in UTC, a
+# job id past a bigint): each was a 5xx.
+UNUSABLE_QUERIES = [
+    ({"service_id": "47\x0011"}, "service_id"),
+    ({"domain": "example\x00.com"}, "domain"),
+    ({"q": "\x00"}, "q"),
+    ({"cursor": encode_cursor(2**64)}, "cursor"),
+    ({"from": "0001-01-01T00:00:00+14:00"}, "from"),
+    ({"to": "9999-12-31T23:59:59-14:00"}, "to"),
+]
+
+
+async def test_values_the_database_cannot_take_are_422_naming_the_parameter(db_url: str) -> None:
+    async with admin_bridge(db_url) as bridge:
+        for params, named in UNUSABLE_QUERIES:
+            status, body, _ = await call(bridge, "GET", "/admin/api/jobs", params=params)
+            assert status == 422 and body["fields"][0]["loc"] == named, (params, status, body)
+            assert body["error"].startswith(f"{named}: ")
+
+
+async def test_a_job_id_with_a_nul_is_unknown(db_url: str) -> None:
+    async with admin_bridge(db_url) as bridge:
+        for method, path in endpoints("x%00y")[1:-1]:
+            status, body, _ = await call(bridge, method, path)
+            assert status == 404 and body["error"].startswith("job "), (method, path, status, body)
+
+
+async def test_a_password_that_is_not_unicode_text_is_422(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        job_id = await failed_at_database(bridge)
+        body = b'{"account": {"username": "%s", "password": "abc\\ud800def"}}' % ACCOUNT[0].encode()
+        status, answer, _ = await call(bridge, "POST", f"/admin/api/jobs/{job_id}/retry", data=body)
+        assert status == 422 and answer["fields"][0]["loc"] == "account.password", answer
+        assert (await bridge.job(job_id))["status"] == "failed"
+
+
+async def test_a_bearer_token_that_is_not_utf8_is_401(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        head = b"GET /admin/api/jobs HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer tok\xff\xfeen"
+        status, body = await raw_request(bridge.client, head)
+        assert status == 401 and body == b'{"error": "missing or invalid admin token"}'
+
+
+async def test_an_oversized_body_is_413_naming_the_body(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        padding = "x" * (70 * 1024)
+        status, body, _ = await call(bridge, "POST", "/admin/api/jobs/x/cancel", json={"padding": padding})
+        assert status == 413 and body["error"].startswith("body: ")
 
 
 async def test_unknown_jobs_and_bad_bodies(sqlite_url: str) -> None:

@@ -8,8 +8,9 @@ from admin_helpers import AUTH, admin_bridge, failed_at_database, order
 from conftest import ADMIN_TOKEN
 from engine_harness import ACCOUNT, Bridge
 from orders import ACCOUNT_PASSWORD, DB_PASSWORD
+from raw_http import raw_request
 
-from bridge.admin.sessions import SESSION_COOKIE, SessionSigner
+from bridge.admin.sessions import LOGIN_COOKIE, SESSION_COOKIE, SessionSigner
 
 
 def hidden(html: str, name: str) -> str:
@@ -239,3 +240,40 @@ async def test_jobs_table_filters_searches_and_pages(sqlite_url: str) -> None:
         assert 'rel="next"' not in html
         status, html = await page(bridge, "/admin/?cursor=garbage", headers=AUTH)
         assert status == 422 and "cursor" in html
+
+
+async def test_cookies_that_are_not_utf8_are_refused_like_forged_ones(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        for cookie in (b"v1.9999999999.x.sig\xff", b"v1.9999999999.n\xffnce.sig"):
+            head = b"GET /admin/ HTTP/1.1\r\nHost: bridge\r\nCookie: " + SESSION_COOKIE.encode() + b"=" + cookie
+            assert (await raw_request(bridge.client, head))[0] == 303, cookie
+        head = (
+            b"POST /admin/login HTTP/1.1\r\nHost: bridge\r\nCookie: " + LOGIN_COOKIE.encode() + b"=t\xffk\r\n"
+            b"Content-Type: application/x-www-form-urlencoded"
+        )
+        status, html = await raw_request(bridge.client, head, b"login_token=tk&token=x")
+        assert status == 403 and b"Form expired" in html
+
+
+async def test_a_form_that_cannot_be_read_is_400(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        job_id = await failed_at_database(bridge)
+        for content_type in ("application/x-www-form-urlencoded; charset=no-such-charset", "multipart/form-data"):
+            for path in (f"/admin/jobs/{job_id}/retry", "/admin/login"):
+                response = await bridge.client.post(
+                    path, data=b"password=x", headers={**AUTH, "Content-Type": content_type}, allow_redirects=False
+                )
+                assert response.status == 400, (path, content_type, response.status)
+        assert (await bridge.job(job_id))["status"] == "failed"
+
+
+async def test_text_the_database_cannot_take_is_refused_on_the_page(db_url: str) -> None:
+    async with admin_bridge(db_url) as bridge:
+        job_id = await failed_at_database(bridge)
+        [compensation] = (await bridge.job(job_id))["compensations"]
+        status, html = await page(bridge, "/admin/?q=%00", headers=AUTH)
+        assert status == 422 and "q: must not contain control characters" in html
+        assert (await page(bridge, "/admin/jobs/x%00y", headers=AUTH))[0] == 404
+        status, _, html = await post_form(bridge, f"/admin/compensations/{compensation['id']}/resolve", job_id="x\x00")
+        assert status == 404
+        assert (await bridge.job(job_id))["compensations"][0]["status"] == "pending"

@@ -405,3 +405,10 @@ async def test_a_body_that_does_not_decode_as_its_content_encoding_is_400(
     assert response.status == 400
     assert (await response.json())["error"].startswith("body: ")
     assert await count(runtime, t.events) == 0
+
+
+async def test_sqlite_commits_reach_the_disk_before_the_answer(sqlite_url: str) -> None:
+    # WAL with synchronous=NORMAL can lose the last commits on a power loss; a 202 must not.
+    async with open_runtime(make_settings(sqlite_url), queue=InProcessQueue()) as rt, rt.engine.connect() as conn:
+        assert (await conn.execute(text("PRAGMA synchronous"))).scalar_one() == 2  # FULL
+        assert (await conn.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"

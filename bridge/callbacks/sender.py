@@ -146,6 +146,11 @@ class CallbackSender:
                     error = f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = f"{exc.__class__.__name__}: {exc}"[:500]
+        except Exception as exc:
+            # Anything else is recorded as a failed attempt too: escaping here would leave the
+            # callback claimed with no attempt recorded, and the job's later callbacks behind it.
+            log.exception("callback %s: unexpected error while sending", r.public_id)
+            error = f"unexpected {exc.__class__.__name__}: {exc}"[:500]
         duration_ms = (time.monotonic() - started) * 1000
         if error is None:
             await self._settle(r, "delivered", http_status, None, duration_ms)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -115,3 +116,31 @@ async def test_a_resend_sends_what_is_still_being_retried_first_then_the_copy(en
         while await sender.deliver_due():
             pass
         assert receiver.received == ["job.started", "job.succeeded", "job.succeeded"]
+
+
+class ClientThatBreaks(CallbackSender):
+    """A sender whose HTTP client fails with an error aiohttp does not normally raise."""
+
+    def _get_session(self) -> Any:
+        raise LookupError("unknown encoding: x-broken")
+
+
+async def test_an_unexpected_sending_error_is_a_failed_attempt_and_does_not_block_the_job(
+    engine: AsyncEngine,
+) -> None:
+    receiver = Receiver()
+    async with job_with_callbacks(engine, receiver, "job.started", "job.succeeded") as (_, sender, policy, _id):
+        broken = ClientThatBreaks(engine, Metrics(), secret=CALLBACK_SECRET, allowed_origins=policy.allowed_origins)
+        assert await broken.deliver_due() == 1
+        async with engine.connect() as conn:
+            started = (await conn.execute(select(t.callbacks).where(t.callbacks.c.type == "job.started"))).one()
+            errors = (await conn.execute(select(t.callback_attempts.c.error))).scalars().all()
+        assert started.status == "pending" and started.attempts == 1 and started.next_attempt_at is not None
+        assert errors == ["unexpected LookupError: unknown encoding: x-broken"]
+        async with engine.begin() as conn:  # its retry comes due, with a working client
+            await conn.execute(
+                update(t.callbacks).where(t.callbacks.c.id == started.id).values(next_attempt_at=utcnow())
+            )
+        while await sender.deliver_due():
+            pass
+        assert receiver.received == ["job.started", "job.succeeded"]

@@ -107,7 +107,24 @@ async def run_demo(timeout_s: float = 60.0) -> int:
     receiver_app.router.add_post("/bridge-callback", receiver.handle)
     panel_runner, panel_port = await _serve(sim.app())
     receiver_runner, receiver_port = await _serve(receiver_app)
-    workdir = Path(tempfile.mkdtemp(prefix="bridge-demo-"))
+    with tempfile.TemporaryDirectory(prefix="bridge-demo-") as workdir:
+        try:
+            return await _run_in(Path(workdir), secrets, sim, receiver, panel_port, receiver_port, timeout_s)
+        finally:
+            await panel_runner.cleanup()
+            await receiver_runner.cleanup()
+
+
+async def _run_in(
+    workdir: Path,
+    secrets: dict[str, str],
+    sim: PanelSimulator,
+    receiver: _Receiver,
+    panel_port: int,
+    receiver_port: int,
+    timeout_s: float,
+) -> int:
+    """The bridge on a database in ``workdir`` (removed when the demo ends)."""
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{workdir / 'bridge.db'}",
         webhook_secrets=[secrets["BRIDGE_WEBHOOK_SECRETS"]],
@@ -119,7 +136,7 @@ async def run_demo(timeout_s: float = 60.0) -> int:
         retry_delay_scale=0.002,
     )
     _say(f"panel simulator   http://127.0.0.1:{panel_port}  (accounts: {', '.join(a[0] for a in ACCOUNTS)})")
-    _say(f"database          {workdir / 'bridge.db'}  (SQLite, in-process queue)")
+    _say(f"database          {workdir / 'bridge.db'}  (SQLite, in-process queue; removed at the end)")
     await migrate(settings.database_url)
     async with open_runtime(settings) as runtime:
         services = background_services(runtime, {Role.BACKGROUND, Role.WORKER})
@@ -137,8 +154,6 @@ async def run_demo(timeout_s: float = 60.0) -> int:
                 await service.stop()
             runtime.relay.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await panel_runner.cleanup()
-            await receiver_runner.cleanup()
 
 
 async def _send_orders(port: int, secret: str, receiver_port: int) -> dict[str, str]:

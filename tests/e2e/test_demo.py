@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from bridge.demo import run_demo
 
 
-async def test_demo_runs_every_order_to_its_end(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_demo_runs_every_order_to_its_end(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert await run_demo(timeout_s=60) == 0
+    assert os.listdir(tmp_path) == []  # its database went with it
     out = capsys.readouterr().out
     assert "(sent again: duplicate): HTTP 200" in out
     assert "4713 DNS not ready for SSL       issue_ssl        waiting_retry" in out

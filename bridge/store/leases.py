@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 import asyncpg
-from sqlalchemy import exists, literal, or_, select, update
+from sqlalchemy import case, exists, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES
@@ -158,6 +158,19 @@ async def _why_not(conn: AsyncConnection, public_id: str, now: datetime) -> Leas
     if row.lease_until is not None and row.lease_until >= now:
         return Lease(LeaseOutcome.BUSY, row.id)
     return Lease(LeaseOutcome.BLOCKED, row.id)
+
+
+async def renew(engine: AsyncEngine, job_pk: int, owner: str, until: datetime) -> bool:
+    """Extend ``owner``'s lease of job ``job_pk`` to at least ``until``; False when the job is not
+    leased to ``owner`` any more. Never shortens it: a renewal for the call may have gone first."""
+    jobs = t.jobs.c
+    wanted = literal(until, type_=jobs.lease_until.type)
+    longer = case((or_(jobs.lease_until.is_(None), jobs.lease_until < wanted), wanted), else_=jobs.lease_until)
+    async with engine.begin() as conn:
+        renewed = await conn.execute(
+            update(t.jobs).where(jobs.id == job_pk, jobs.lease_owner == owner).values(lease_until=longer)
+        )
+        return bool(renewed.rowcount)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,15 @@ the lease fence, with every call recorded."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.domain.outcomes import FailureReason, PermanentFailure
@@ -15,10 +19,13 @@ from bridge.metrics import Metrics
 from bridge.panel.client import CallResult, PanelCallRecord, PanelClient
 from bridge.panel.config import PanelCredentials
 from bridge.store.job_change import LeaseLost
-from bridge.store.leases import Clearance, clear_to_send
+from bridge.store.leases import Clearance, clear_to_send, renew
 from bridge.store.types import utcnow
+from bridge.waiting import wait_for_event
 from bridge.worker.breaker import PanelBreaker
 from bridge.worker.panel_gate import PanelGate
+
+log = logging.getLogger("bridge.worker")
 
 
 class BreakerOpen(Exception):
@@ -61,7 +68,7 @@ class PanelAccess:
         same moment: at most one failure more than the breaker has seen, well below the ban.)"""
         if self.proven or self.breaker.vouched(self.panel, self.creds):
             return await self._record(call)
-        async with self.gate.unproven(self.panel) as locked:
+        async with self._turn(self.gate.unproven(self.panel)) as locked:
             self._check(await clear_to_send(locked or self.engine, panel=self.panel))
             return await self._record(call)
 
@@ -80,7 +87,7 @@ class PanelAccess:
         worker waits while the gate is held, so the round trip saved is saved for all of them.
         """
         timeout = self.client.server.timeout_for(name)
-        async with self.gate.mutation(self.panel) as locked:
+        async with self._turn(self.gate.mutation(self.panel)) as locked:
             now = utcnow()
             if self._may_go_unchecked(timeout, now):
                 if (until := self.breaker.seen_open_until(self.panel, now)) is not None:
@@ -97,6 +104,41 @@ class PanelAccess:
                 self._check(clearance)
                 self.lease_until = renewed_until
             return await self._record(call)
+
+    @contextlib.asynccontextmanager
+    async def _turn(
+        self, gate: contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]
+    ) -> AsyncIterator[asyncpg.Connection | None]:
+        """Hold ``gate``, keeping the job's lease while queued for it.
+
+        The queue is as long as the calls ahead take (a certificate issuance takes minutes).
+        A job whose lease ran out there would be leased again by another delivery, and a new
+        attempt counted against its retry budget for every lease lost before its turn.
+        """
+        queued = asyncio.Event()
+        keeping = asyncio.create_task(self._keep_lease(queued))
+        try:
+            async with gate as locked:
+                queued.set()
+                yield locked
+        finally:
+            queued.set()
+            await keeping
+
+    async def _keep_lease(self, turn_came: asyncio.Event) -> None:
+        """Renew the lease every third of a lease until ``turn_came`` (the check in the gate then
+        renews it for the call, or finds it lost)."""
+        while not await wait_for_event(turn_came, self.lease_s / 3):
+            until = utcnow() + timedelta(seconds=self.lease_s)
+            if until <= self.lease_until:
+                continue
+            try:
+                if not await renew(self.engine, self.job_pk, self.owner, until):
+                    return
+            except Exception as exc:  # the check in the gate goes to the database anyway
+                log.warning("could not renew the lease of a job waiting for the panel: %s", exc.__class__.__name__)
+                return
+            self.lease_until = max(self.lease_until, until)
 
     def _may_go_unchecked(self, timeout: float, now: datetime) -> bool:
         return (

@@ -268,3 +268,30 @@ async def test_a_worker_whose_lease_ran_out_during_a_call_writes_and_sends_nothi
         await asyncio.sleep(4)  # the first delivery's read has come back meanwhile
         assert job["status"] == "succeeded", job["error"]
         assert [c["call"] for c in sim.snapshot()["calls"]].count("add_domain") == 2
+
+
+async def test_a_job_waiting_for_its_turn_at_the_panel_keeps_its_lease(deployment: dict[str, str]) -> None:
+    # A certificate issuance holds the panel's gate for longer than the lease of the add_domain
+    # queued behind it. Waiting is not trying: the step is sent once, after one wait, and counts
+    # one attempt, not one more for every lease that ran out in the queue.
+    sim = PanelSimulator()
+    sim.add_account("mary", "Mary-Panel-Pass-2")
+    sim.set_latency(5.0, "domain_issue_ssl")
+    timeouts = {"timeout_s": 1.0, "read_timeout_s": 1.0, "ssl_timeout_s": 10.0}
+    async with running_bridge(**deployment, sim=sim, lease_s=1.0, panel_options=timeouts) as bridge:
+        first = (await bridge.send(order(bridge, databases=[], cron_jobs=[])))[1]["job_id"]
+        for _ in range(200):
+            if any(c["call"] == "domain_issue_ssl" and c["finished"] is None for c in sim.snapshot()["calls"]):
+                break
+            await asyncio.sleep(0.02)
+        event = service_create(
+            service_id="other", username="mary", password="Mary-Panel-Pass-2", domain="mary.example.com", ssl=False
+        )
+        event["data"].update(databases=[], cron_jobs=[])
+        second = (await bridge.send(event))[1]["job_id"]
+        job = await bridge.wait_for(second, "succeeded", "failed", timeout=30)
+        await bridge.wait_for(first, "succeeded", timeout=30)
+    add = next(s for s in job["steps"] if s["kind"] == "add_domain")
+    outcomes = [a["outcome"] for a in job["attempts"] if a["step"] == "add_domain"]
+    assert (add["attempts"], outcomes) == (1, ["succeeded"])
+    assert [c["call"] for c in sim.snapshot()["calls"] if c["account"] == "mary"].count("add_domain") == 1

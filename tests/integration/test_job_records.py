@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -264,3 +265,18 @@ async def test_a_lease_whose_read_failed_is_given_up(pg_url: str, monkeypatch: p
         assert (row.lease_owner, row.lease_until) == (None, None)  # another worker may take it at once
     finally:
         await engine.dispose()
+
+
+async def test_a_lease_renewed_while_waiting_is_only_ever_lengthened(engine: AsyncEngine) -> None:
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await leased_job(engine, records, "worker-a")
+    leased_until = (await job_and_steps(engine, job))[0].lease_until
+    # A renewal that lands after a longer one (for the call itself) leaves the longer one.
+    assert await leases.renew(engine, job.pk, "worker-a", utcnow() + timedelta(seconds=1))
+    assert (await job_and_steps(engine, job))[0].lease_until == leased_until
+    later = utcnow() + timedelta(seconds=600)
+    assert await leases.renew(engine, job.pk, "worker-a", later)
+    assert (await job_and_steps(engine, job))[0].lease_until == later
+    await take_over(engine, job, "worker-b")
+    assert not await leases.renew(engine, job.pk, "worker-a", later + timedelta(seconds=60))
+    assert (await job_and_steps(engine, job))[0].lease_until == later

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bridge.admin import job_actions
 from bridge.admin.auth import api_denial
 from bridge.admin.params import BadJson, checked_job_id, job_filter, json_object
 from bridge.store import admin_ops
@@ -96,9 +97,7 @@ async def retry_job(request: web.Request, runtime: Runtime) -> web.Response:
 @admin_endpoint
 async def cancel_job(request: web.Request, runtime: Runtime) -> web.Response:
     await _body(request)
-    job = await admin_ops.cancel_job(
-        runtime.engine, _job_id(request), policy=runtime.records.callback_policy
-    )
+    job = await job_actions.cancel_job(runtime, _job_id(request))
     runtime.wake_all()
     log.info("admin cancelled job %s (%s)", job["job_id"], job["status"], extra={"job_id": job["job_id"]})
     # 200: cancelled now; 202: a worker finishes its current step first, then cancels.

@@ -20,7 +20,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from bridge.admin import page_auth
+from bridge.admin import job_actions, page_auth
 from bridge.admin.page_auth import PageAnswer, Viewer, message_page, render, require_form, require_viewer
 from bridge.admin.params import checked_job_id, job_filter
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES, JobStatus
@@ -169,7 +169,7 @@ async def retry_action(form: JobForm) -> str:
 
 @job_action
 async def cancel_action(form: JobForm) -> str:
-    job = await admin_ops.cancel_job(form.runtime.engine, form.job_id, policy=form.runtime.records.callback_policy)
+    job = await job_actions.cancel_job(form.runtime, form.job_id)
     return "cancelled" if job["status"] == "cancelled" else "cancel_requested"
 
 

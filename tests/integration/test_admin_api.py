@@ -14,7 +14,7 @@ from raw_http import raw_request
 
 from bridge.admin.auth import ADMIN_AUTH, UNAUTHORIZED, FailureLimiter
 from bridge.admin.openapi import routed_operations
-from bridge.bootstrap import build_app, open_runtime
+from bridge.bootstrap import Role, build_app, open_runtime
 from bridge.settings import Settings
 from bridge.store.admin_queries import encode_cursor
 
@@ -154,6 +154,21 @@ async def test_cancel_waits_for_the_running_step_and_keeps_what_to_undo(deployme
         assert (await call(bridge, "POST", f"/admin/api/jobs/{first}/cancel"))[0] == 409
         assert "job.cancelled" in await bridge.wait_callbacks(first, 2)
         assert await bridge.wait_callbacks(second, 1) == ["job.cancelled"]
+
+
+async def test_a_job_cancelled_at_once_counts_as_finished(sqlite_url: str) -> None:
+    # No worker: the job waits, held by nobody, and the admin API finishes it itself.
+    async with admin_bridge(sqlite_url, roles={Role.BACKGROUND}) as bridge:
+        job_id = (await bridge.send(order(bridge)))[1]["job_id"]
+        status, body, _ = await call(bridge, "POST", f"/admin/api/jobs/{job_id}/cancel")
+        assert status == 200 and body["status"] == "cancelled"
+        assert finished(bridge, "cancelled") == 1
+        assert (await call(bridge, "POST", f"/admin/api/jobs/{job_id}/cancel"))[0] == 409
+        assert finished(bridge, "cancelled") == 1
+
+
+def finished(bridge: Bridge, status: str) -> float | None:
+    return bridge.runtime.metrics.registry.get_sample_value("bridge_jobs_finished_total", {"status": status})
 
 
 async def test_resolve_and_resend(sqlite_url: str) -> None:

@@ -11,6 +11,7 @@ from orders import ACCOUNT_PASSWORD, DB_PASSWORD
 from raw_http import raw_request
 
 from bridge.admin.sessions import LOGIN_COOKIE, SESSION_COOKIE, SessionSigner
+from bridge.bootstrap import Role
 
 
 def hidden(html: str, name: str) -> str:
@@ -277,3 +278,16 @@ async def test_text_the_database_cannot_take_is_refused_on_the_page(db_url: str)
         status, _, html = await post_form(bridge, f"/admin/compensations/{compensation['id']}/resolve", job_id="x\x00")
         assert status == 404
         assert (await bridge.job(job_id))["compensations"][0]["status"] == "pending"
+
+
+async def test_a_job_cancelled_at_once_from_the_page_counts_as_finished(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url, roles={Role.BACKGROUND}) as bridge:  # no worker holds it
+        job_id = (await bridge.send(order(bridge)))[1]["job_id"]
+        await sign_in(bridge)
+        csrf = hidden((await page(bridge, f"/admin/jobs/{job_id}"))[1], "csrf")
+        response = await bridge.client.post(f"/admin/jobs/{job_id}/cancel", data={"csrf": csrf}, allow_redirects=False)
+        assert response.status == 303 and "notice=cancelled" in response.headers["Location"]
+        counted = bridge.runtime.metrics.registry.get_sample_value(
+            "bridge_jobs_finished_total", {"status": "cancelled"}
+        )
+        assert counted == 1

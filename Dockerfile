@@ -29,7 +29,8 @@ RUN groupadd --system bridge \
  && useradd --system --gid bridge --home-dir /var/lib/bridge --create-home --shell /usr/sbin/nologin bridge
 USER bridge
 WORKDIR /var/lib/bridge
-EXPOSE 8080
+# 8080: the HTTP server (serve, run); 8081: a worker's own /metrics and /healthz.
+EXPOSE 8080 8081
 # Liveness of the HTTP roles (serve, run); compose switches it off for worker and migrate.
 # The slim image has no curl: Python's standard library asks /healthz.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \

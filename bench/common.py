@@ -162,6 +162,7 @@ class BridgeConfig:
             BRIDGE_HTTP_HOST="127.0.0.1",
             BRIDGE_HTTP_PORT=str(self.http_port),
             BRIDGE_WORKER_PREFETCH=str(self.prefetch),
+            BRIDGE_WORKER_METRICS_PORT="0",  # any free port: several workers share this host
             BRIDGE_LOG_LEVEL="WARNING",
             BRIDGE_SHUTDOWN_GRACE_S="5",
         )

@@ -178,6 +178,12 @@ def build_app(runtime: Runtime) -> web.Application:
     return create_app(runtime)
 
 
+def build_worker_app(runtime: Runtime) -> web.Application:
+    from bridge.web.app import create_worker_app
+
+    return create_worker_app(runtime)
+
+
 async def run_roles(settings: Settings, roles: set[Role], *, stop: asyncio.Event | None = None) -> None:
     """Run the given roles until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
     stop = stop or asyncio.Event()
@@ -188,13 +194,15 @@ async def run_roles(settings: Settings, roles: set[Role], *, stop: asyncio.Event
     async with open_runtime(settings) as runtime:
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(runtime.relay.run(), name="relay")]
         runner: web.AppRunner | None = None
+        metrics_runner: web.AppRunner | None = None
         if Role.HTTP in roles:
-            runner = web.AppRunner(build_app(runtime), access_log=None, shutdown_timeout=settings.shutdown_grace_s)
-            await runner.setup()
-            site = web.TCPSite(runner, settings.http_host, settings.http_port)
-            await site.start()
-            log.info("listening on http://%s:%s", settings.http_host, settings.http_port)
+            runner = await start_http(build_app(runtime), settings.http_host, settings.http_port, settings)
             settle_garbage_collector()
+        elif Role.WORKER in roles:
+            # A worker alone has no other server, and its counters exist only in its process.
+            metrics_runner = await start_http(
+                build_worker_app(runtime), settings.http_host, settings.worker_metrics_port, settings
+            )
         background = background_services(runtime, roles)
         tasks += [asyncio.create_task(service.run(), name=type(service).__name__) for service in background]
         await stop.wait()
@@ -205,6 +213,17 @@ async def run_roles(settings: Settings, roles: set[Role], *, stop: asyncio.Event
             await service.stop()
         runtime.relay.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+
+
+async def start_http(app: web.Application, host: str, port: int, settings: Settings) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    for address in runner.addresses:  # the real port when 0 asked for any free one
+        log.info("listening on http://%s:%s", address[0], address[1])
+    return runner
 
 
 def settle_garbage_collector() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from bridge.settings import Settings, SettingsError, load_settings
+from bridge.settings import Settings, SettingsError, load_settings, scale_out_problems, unknown_environment_variables
 
 
 def _settings_or_exit(**overrides: object) -> Settings:
@@ -23,6 +25,8 @@ def _configure_logging(settings: Settings) -> None:
     from bridge.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
+    for name in unknown_environment_variables(os.environ):
+        logging.getLogger("bridge").warning("%s is not a setting of the bridge; ignored (misspelt?)", name)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -45,11 +49,22 @@ def _require_webhook_secret(settings: Settings) -> None:
         raise SystemExit(2)
 
 
+def _require_scale_out(settings: Settings) -> None:
+    """serve and worker are separate processes: they must share a broker and a database server."""
+    problems = scale_out_problems(settings)
+    for line in problems:
+        print(f"bridge: configuration error: {line}", file=sys.stderr)
+    if problems:
+        raise SystemExit(2)
+
+
 def cmd_roles(args: argparse.Namespace) -> int:
     from bridge.bootstrap import Role, run_roles
     from bridge.store.database import migrate
 
     settings = _settings_or_exit()
+    if args.command != "run":
+        _require_scale_out(settings)
     _configure_logging(settings)
     roles = {
         "run": {Role.HTTP, Role.BACKGROUND, Role.WORKER},

@@ -23,8 +23,14 @@ from urllib.parse import unquote, urlsplit
 
 from bridge.config_probes import Found, check_broker, check_database, check_panel, masked_url
 from bridge.domain.masking import MASK, is_secret_field, mask, scrub
-from bridge.panel.config import PanelCredentials
-from bridge.settings import Settings, SettingsError, load_settings
+from bridge.panel.config import PanelCredentials, PanelServer
+from bridge.settings import (
+    Settings,
+    SettingsError,
+    load_settings,
+    scale_out_problems,
+    unknown_environment_variables,
+)
 from bridge.webhooks.signature import check_secret
 
 TEST_ACCOUNTS_VAR = "BRIDGE_PANEL_TEST_ACCOUNTS"
@@ -81,14 +87,11 @@ def settings_findings(settings: Settings) -> list[Found]:
     found += _callback_findings(settings)
     found += _admin_findings(settings.admin_tokens)
     found += _panel_findings(settings)
-    if settings.embedded and not settings.database_url.startswith("sqlite"):
-        found.append(
-            Found(
-                "warning",
-                "BRIDGE_AMQP_URL",
-                "empty with PostgreSQL: only `bridge run` works; `bridge serve` and `bridge worker` need RabbitMQ",
-            )
-        )
+    if not (settings.embedded and settings.database_url.startswith("sqlite")):
+        # Half a scale-out deployment: only `bridge run` starts with it.
+        for line in scale_out_problems(settings):
+            setting, _, message = line.partition(": ")
+            found.append(Found("warning", setting, message))
     if settings.retry_delay_scale != 1.0:
         found.append(
             Found(
@@ -99,6 +102,10 @@ def settings_findings(settings: Settings) -> list[Found]:
         )
     if settings.shutdown_grace_s == 0:
         found.append(Found("warning", "BRIDGE_SHUTDOWN_GRACE_S", "0: every running step is cut off at shutdown"))
+    found += [
+        Found("warning", name, "not a setting of the bridge: ignored (misspelt?)")
+        for name in unknown_environment_variables(os.environ)
+    ]
     return found
 
 
@@ -171,11 +178,18 @@ def effective_settings(settings: Settings, accounts: dict[str, PanelCredentials]
     """``BRIDGE_<NAME>=value`` for every setting; secrets masked (only whether they are set shows)."""
     lines = [f"BRIDGE_CONFIG={os.environ.get('BRIDGE_CONFIG') or '(not set)'}"]
     for name, value in settings.model_dump(mode="json").items():
+        if name == "panels":
+            value = [_effective_panel(server) for server in settings.panels]
         lines.append(f"BRIDGE_{name.upper()}={_display(name, value)}")
     if accounts:
         shown = {p: {"username": a.username, "password": a.password} for p, a in accounts.items()}
         lines.append(f"{TEST_ACCOUNTS_VAR}={json.dumps(mask(shown))}")
     return lines
+
+
+def _effective_panel(server: PanelServer) -> dict[str, Any]:
+    """The panel's entry with the timeouts it really gets, not null for "derived from timeout_s"."""
+    return server.model_dump(mode="json") | {"read_timeout_s": server.read_timeout, "ssl_timeout_s": server.ssl_timeout}
 
 
 def _display(name: str, value: Any) -> str:

@@ -43,21 +43,23 @@ class Metrics:
         self.relay_published = Counter(
             "bridge_outbox_published_total", "Wake-ups the outbox relay published", registry=self.registry
         )
-        # Read from the database when /metrics is scraped.
-        self.jobs_by_status = Gauge("bridge_jobs", "Jobs by status", ["status"], registry=self.registry)
-        self.outbox_backlog = Gauge("bridge_outbox_backlog", "Unsent outbox rows", registry=self.registry)
+        # Read from the database when /metrics is scraped; a registry of their own, so that a
+        # process that does not read them (a worker) does not report them as zero.
+        self.database_registry = CollectorRegistry()
+        db = self.database_registry
+        self.jobs_by_status = Gauge("bridge_jobs", "Jobs by status", ["status"], registry=db)
+        self.outbox_backlog = Gauge("bridge_outbox_backlog", "Unsent outbox rows", registry=db)
         self.outbox_oldest_age = Gauge(
-            "bridge_outbox_oldest_age_seconds", "Age of the oldest unsent outbox row", registry=self.registry
+            "bridge_outbox_oldest_age_seconds", "Age of the oldest unsent outbox row", registry=db
         )
         self.callback_backlog = Gauge(
-            "bridge_callback_backlog", "Callbacks not yet delivered (still retrying)", registry=self.registry
+            "bridge_callback_backlog", "Callbacks not yet delivered (still retrying)", registry=db
         )
         self.breaker_open = Gauge(
-            "bridge_panel_breaker_open",
-            "1 while a panel's circuit breaker is open",
-            ["panel"],
-            registry=self.registry,
+            "bridge_panel_breaker_open", "1 while a panel's circuit breaker is open", ["panel"], registry=db
         )
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, *, database_gauges: bool = True) -> bytes:
+        """The text format; ``database_gauges=False`` leaves out the gauges read from the database."""
+        counted = generate_latest(self.registry)
+        return counted + generate_latest(self.database_registry) if database_gauges else counted

@@ -1,14 +1,17 @@
 """The bridge's configuration: an optional TOML file named by BRIDGE_CONFIG,
 overridden by BRIDGE_* environment variables.
 
-A missing or malformed setting stops the process at start with one line naming
-the setting (see :func:`load_settings`).
+A missing or malformed setting, or a key of the TOML file that names no setting,
+stops the process at start with one line naming it (see :func:`load_settings`).
+An unknown BRIDGE_* variable cannot be told from one meant for another program, so
+it is only reported (:func:`unknown_environment_variables`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -28,6 +31,13 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./bridge.db"
 
 CommaList = Annotated[list[str], NoDecode]
 
+# BRIDGE_* variables read outside Settings; none of them can go in the TOML file.
+ENVIRONMENT_ONLY = {
+    "BRIDGE_CONFIG": "names the TOML file itself",
+    "BRIDGE_ADMIN_TOKEN": "read by the `bridge jobs --url` client",
+    "BRIDGE_PANEL_TEST_ACCOUNTS": "read by `bridge config check`",
+}
+
 
 def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
@@ -38,13 +48,15 @@ def _split_commas(value: Any) -> Any:
 class Settings(BaseSettings):
     """Every setting a user can see. Names here are BRIDGE_<NAME> in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="BRIDGE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_", extra="forbid", frozen=True)
 
     database_url: str = DEFAULT_DATABASE_URL
     amqp_url: str = ""
     amqp_prefix: str = "bridge"
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # `bridge worker` has no other HTTP server; 0 picks a free port (logged).
+    worker_metrics_port: int = Field(default=8081, ge=0, le=65535)
     webhook_secrets: CommaList = Field(default_factory=list)
     callback_secret: str = ""
     callback_allowed_origins: CommaList = Field(default_factory=list)
@@ -140,8 +152,51 @@ class Settings(BaseSettings):
         config_file = os.environ.get("BRIDGE_CONFIG")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            sources.append(StrictTomlSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+
+class StrictTomlSource(TomlConfigSettingsSource):
+    """The TOML file, refusing a key that names no setting (a misspelt one would be dropped)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path) -> None:
+        super().__init__(settings_cls, toml_file=toml_file)
+        for key in self.toml_data:
+            if key.lower() not in settings_cls.model_fields:
+                raise SettingsError(f"BRIDGE_CONFIG: unknown key {key!r} in {toml_file}: {_why_unknown(key)}")
+
+
+def _why_unknown(key: str) -> str:
+    variable = "BRIDGE_" + key.upper().removeprefix("BRIDGE_")
+    if variable in ENVIRONMENT_ONLY:
+        return f"{variable} is an environment variable only ({ENVIRONMENT_ONLY[variable]})"
+    return "no setting of that name (a key is a setting's BRIDGE_* name without the prefix, e.g. http_port)"
+
+
+def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
+    """BRIDGE_* variables no part of the bridge reads: most likely misspelt settings."""
+    known = {f"BRIDGE_{name.upper()}" for name in Settings.model_fields} | ENVIRONMENT_ONLY.keys()
+    return sorted(name for name in environ if name.upper().startswith("BRIDGE_") and name.upper() not in known)
+
+
+def scale_out_problems(settings: Settings) -> list[str]:
+    """Why ``bridge serve`` and ``bridge worker``, which run as separate processes, cannot
+    start with these settings: the in-process queue reaches no other process, and SQLite is
+    one process's database. One line per setting."""
+    from bridge.store.database import is_sqlite
+
+    problems = []
+    if settings.embedded:
+        problems.append(
+            "BRIDGE_AMQP_URL: empty (the in-process queue, which no other process can reach): "
+            "`bridge serve` and `bridge worker` need RabbitMQ; only `bridge run` works without it"
+        )
+    if is_sqlite(settings.database_url):
+        problems.append(
+            "BRIDGE_DATABASE_URL: SQLite is one process's database: "
+            "`bridge serve` and `bridge worker` need PostgreSQL; only `bridge run` works on SQLite"
+        )
+    return problems
 
 
 class SettingsError(Exception):

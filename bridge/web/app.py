@@ -57,3 +57,12 @@ def create_app(runtime: Runtime, *, extra_routes: Callable[[web.Application], No
     if extra_routes is not None:
         extra_routes(app)
     return app
+
+
+def create_worker_app(runtime: Runtime) -> web.Application:
+    """``bridge worker``'s small server: what the worker counted, and whether it lives."""
+    app = web.Application(middlewares=[json_errors])
+    app[RUNTIME] = runtime
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/metrics", health.process_metrics)
+    return app

@@ -24,6 +24,15 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     await refresh_gauges(runtime.engine, runtime.metrics)
-    response = web.Response(body=runtime.metrics.render())
+    return _prometheus(runtime.metrics.render())
+
+
+async def process_metrics(request: web.Request) -> web.Response:
+    """A worker's own counters; the database gauges are served by ``bridge serve``."""
+    return _prometheus(request.app[RUNTIME].metrics.render(database_gauges=False))
+
+
+def _prometheus(body: bytes) -> web.Response:
+    response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

@@ -71,6 +71,7 @@ def worker_env(setup: Setup, grace_s: float) -> dict[str, str]:
         lease_s="3",
         shutdown_grace_s=str(grace_s),
         log_level="INFO",
+        worker_metrics_port="0",  # any free port: workers may overlap on this host
     )
 
 

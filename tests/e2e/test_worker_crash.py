@@ -43,6 +43,7 @@ def worker_env(bridge_settings: object) -> dict[str, str]:
         BRIDGE_LOG_LEVEL="WARNING",
         # Small, so both workers get jobs.
         BRIDGE_WORKER_PREFETCH="2",
+        BRIDGE_WORKER_METRICS_PORT="0",  # any free port: two workers share this host
     )
     return env
 

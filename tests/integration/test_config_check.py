@@ -13,6 +13,7 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -206,6 +207,31 @@ async def test_warnings_alone_do_not_fail_the_check(good: Env) -> None:
     report = await run_check()
     assert "11 characters" in finding(report, "warning", "BRIDGE_ADMIN_TOKENS")
     assert report.exit_code == 0
+
+
+async def test_a_bridge_variable_that_names_no_setting_is_a_warning(good: Env) -> None:
+    good(http_prot="9000", admin_token="for-the-jobs-client")
+    report = await run_check()
+    assert "not a setting" in finding(report, "warning", "BRIDGE_HTTP_PROT")
+    assert not [f for f in report.findings if f.setting == "BRIDGE_ADMIN_TOKEN"]
+    assert report.exit_code == 0
+
+
+async def test_a_misspelt_key_in_the_config_file_is_an_error(good: Env, tmp_path: Path) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text("http_prot = 9000\n")
+    good(config=str(config))
+    report = await run_check()
+    assert "unknown key 'http_prot'" in finding(report, "error", "BRIDGE_CONFIG")
+    assert report.exit_code == 1
+
+
+async def test_a_panel_shows_the_timeouts_it_really_gets(good: Env, http_panel: str) -> None:
+    good(panels=panels(http_panel, timeout_s=30))
+    report = await run_check()
+    [line] = [line for line in report.effective if line.startswith("BRIDGE_PANELS=")]
+    [panel] = json.loads(line.removeprefix("BRIDGE_PANELS="))
+    assert (panel["timeout_s"], panel["read_timeout_s"], panel["ssl_timeout_s"]) == (30, 15, 600)
 
 
 async def test_an_unreachable_database_is_an_error(good: Env) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from bridge.cli import main
-from bridge.settings import SettingsError, load_settings
+from bridge.settings import SettingsError, load_settings, unknown_environment_variables
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_SECRET = "whsec_C2FsbGJhY2stc2VjcmV0LWZvci10ZXN0cw=="
@@ -147,6 +149,30 @@ def test_a_malformed_config_file_is_named(env: Env, tmp_path: Path) -> None:
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("http_prot", "no setting of that name"),
+        ("panel_test_accounts", "BRIDGE_PANEL_TEST_ACCOUNTS is an environment variable only"),
+    ],
+)
+def test_a_key_of_the_config_file_that_names_no_setting_is_named(env: Env, tmp_path: Path, key: str, hint: str) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text(f"http_port = 9000\n{key} = 9001\n")
+    env(config=str(config))
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert message.startswith(f"BRIDGE_CONFIG: unknown key '{key}' in {config}: {hint}"), message
+    assert "\n" not in message
+
+
+def test_an_unknown_bridge_variable_is_found_but_not_fatal(env: Env) -> None:
+    env(http_prot="9000", admin_token="for-the-client", panel_test_accounts="{}", config="")
+    assert load_settings().http_port == 8080
+    assert unknown_environment_variables(os.environ) == ["BRIDGE_HTTP_PROT"]
+
+
 @pytest.mark.parametrize("command", ["serve", "worker", "migrate"])
 def test_the_cli_prints_the_setting_and_exits_2(env: Env, capsys: pytest.CaptureFixture[str], command: str) -> None:
     env(http_port="abc")
@@ -155,3 +181,40 @@ def test_the_cli_prints_the_setting_and_exits_2(env: Env, capsys: pytest.Capture
     assert raised.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("bridge: configuration error: BRIDGE_HTTP_PORT: "), err
+
+
+NEEDS_RABBITMQ = "BRIDGE_AMQP_URL: empty (the in-process queue, which no other process can reach)"
+NEEDS_POSTGRESQL = "BRIDGE_DATABASE_URL: SQLite is one process's database"
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, [NEEDS_RABBITMQ, NEEDS_POSTGRESQL]),
+        ({"BRIDGE_DATABASE_URL": "postgresql+asyncpg://bridge@127.0.0.1:1/bridge"}, [NEEDS_RABBITMQ]),
+        ({"BRIDGE_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"}, [NEEDS_POSTGRESQL]),
+    ],
+    ids=["embedded-default", "postgresql-without-rabbitmq", "rabbitmq-on-sqlite"],
+)
+def test_serve_and_worker_refuse_the_in_process_queue_and_sqlite(
+    tmp_path: Path, command: str, settings: dict[str, str], expected: list[str]
+) -> None:
+    # A subprocess: started anyway, the process would run until it is stopped.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(BRIDGE_WEBHOOK_SECRETS=WEBHOOK_SECRET, **settings)
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", command],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == len(expected), done.stderr
+    for line, start in zip(lines, expected, strict=True):
+        assert line.startswith(f"bridge: configuration error: {start}"), line
+    assert not (tmp_path / "bridge.db").exists()

@@ -192,17 +192,18 @@ async def run_roles(settings: Settings, roles: set[Role], *, stop: asyncio.Event
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     async with open_runtime(settings) as runtime:
-        tasks: list[asyncio.Task[None]] = [asyncio.create_task(runtime.relay.run(), name="relay")]
+        # Listening first: a port that is taken stops the start before any work begins.
         runner: web.AppRunner | None = None
         metrics_runner: web.AppRunner | None = None
         if Role.HTTP in roles:
-            runner = await start_http(build_app(runtime), settings.http_host, settings.http_port, settings)
+            runner = await start_http(build_app(runtime), settings, settings.http_port, "BRIDGE_HTTP_PORT")
             settle_garbage_collector()
         elif Role.WORKER in roles:
             # A worker alone has no other server, and its counters exist only in its process.
             metrics_runner = await start_http(
-                build_worker_app(runtime), settings.http_host, settings.worker_metrics_port, settings
+                build_worker_app(runtime), settings, settings.worker_metrics_port, "BRIDGE_WORKER_METRICS_PORT"
             )
+        tasks: list[asyncio.Task[None]] = [asyncio.create_task(runtime.relay.run(), name="relay")]
         background = background_services(runtime, roles)
         tasks += [asyncio.create_task(service.run(), name=type(service).__name__) for service in background]
         await stop.wait()
@@ -217,10 +218,20 @@ async def run_roles(settings: Settings, roles: set[Role], *, stop: asyncio.Event
             await metrics_runner.cleanup()
 
 
-async def start_http(app: web.Application, host: str, port: int, settings: Settings) -> web.AppRunner:
+class CannotListen(Exception):
+    """The address a setting names cannot be listened on (taken, or not this host's)."""
+
+
+async def start_http(app: web.Application, settings: Settings, port: int, setting: str) -> web.AppRunner:
+    host = settings.http_host
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise CannotListen(f"{setting}: cannot listen on {host}:{port}: {reason}") from None
     for address in runner.addresses:  # the real port when 0 asked for any free one
         log.info("listening on http://%s:%s", address[0], address[1])
     return runner

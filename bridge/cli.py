@@ -59,7 +59,7 @@ def _require_scale_out(settings: Settings) -> None:
 
 
 def cmd_roles(args: argparse.Namespace) -> int:
-    from bridge.bootstrap import Role, run_roles
+    from bridge.bootstrap import CannotListen, Role, run_roles
     from bridge.store.database import migrate
 
     settings = _settings_or_exit()
@@ -80,7 +80,11 @@ def cmd_roles(args: argparse.Namespace) -> int:
             await migrate(settings.database_url)
         await run_roles(settings, roles)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except CannotListen as exc:
+        print(f"bridge: cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -5,9 +5,15 @@ RabbitMQ beside a serving side in the same test."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import aiohttp
+import pytest
 from engine_harness import ACCOUNT, running_bridge
 from orders import service_create
 
@@ -51,3 +57,38 @@ async def test_a_worker_publishes_its_job_step_and_panel_metrics_over_http(pg_ur
     assert "bridge_outbox_published_total" in text
     # The database gauges are bridge serve's: a worker does not report them (as zeros).
     assert "bridge_outbox_backlog" not in text and "bridge_jobs{" not in text
+
+
+@pytest.mark.parametrize(
+    ("command", "setting"), [("worker", "BRIDGE_WORKER_METRICS_PORT"), ("serve", "BRIDGE_HTTP_PORT")]
+)
+def test_a_port_already_taken_stops_the_start_with_one_line(
+    pg_url: str, amqp_url: str, secrets_env: dict[str, str], tmp_path: Path, command: str, setting: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        env.update(
+            **{f"BRIDGE_{name.upper()}": value for name, value in secrets_env.items()},
+            BRIDGE_DATABASE_URL=pg_url,
+            BRIDGE_AMQP_URL=amqp_url,
+            BRIDGE_HTTP_HOST="127.0.0.1",
+            BRIDGE_PANELS=json.dumps([{"name": "default", "url": "http://127.0.0.1:1"}]),
+            **{setting: str(port)},
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge.cli", command],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"bridge: cannot start: {setting}: cannot listen on 127.0.0.1:{port}: address already in use"
+    ), done.stderr
+    assert "Traceback" not in done.stderr

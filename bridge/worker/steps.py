@@ -4,7 +4,10 @@ The panel has no idempotency keys, so a mutating step that may have taken effect
 (``in_flight``: a timeout, a lost connection, a worker killed after sending, or an
 answer that can hide a half-done change) reads the panel back before sending again.
 "Already exists" is success only when the read-back shows this job's own earlier
-attempt; otherwise it is a conflict for a human.
+attempt; otherwise it is a conflict for a human. The panel works a call through even
+after its client gave up, so an earlier attempt can land after the read-back found
+nothing: a step that was in flight reads back once more before it calls "already
+exists" a conflict.
 """
 
 from __future__ import annotations
@@ -103,22 +106,30 @@ def _find_domain(outcome: Succeeded, domain: str) -> dict[str, Any] | None:
     return None
 
 
+_DOMAIN_UNDO = "remove domain {domain} (panel id {id}) from account {account}"
+
+
+async def _domain_read_back(domain: str, panel: PanelAccess) -> StepOutcome | None:
+    """Reconciled if the panel has the domain, a failure if it cannot say, None if it has not."""
+    listed = await panel.read(lambda c, creds: c.domain_list(creds))
+    if not isinstance(listed.outcome, Succeeded):
+        return _from_failure(listed.outcome, in_flight=True)
+    found = _find_domain(listed.outcome, domain)
+    if found is None:
+        return None
+    return StepOutcome(
+        "succeeded",
+        f"{domain} found on the panel after an earlier attempt with no clear answer",
+        "reconciled",
+        result={"domain_id": found.get("id")},
+        compensation=_DOMAIN_UNDO.format(domain=domain, id=found.get("id"), account=panel.account),
+    )
+
+
 async def add_domain(step: Step, panel: PanelAccess) -> StepOutcome:
     domain = step.params["domain"]
-    undo = "remove domain {domain} (panel id {id}) from account {account}"
-    if step.in_flight:
-        listed = await panel.read(lambda c, creds: c.domain_list(creds))
-        if not isinstance(listed.outcome, Succeeded):
-            return _from_failure(listed.outcome, in_flight=True)
-        found = _find_domain(listed.outcome, domain)
-        if found is not None:
-            return StepOutcome(
-                "succeeded",
-                f"{domain} found on the panel after an earlier attempt with no clear answer",
-                "reconciled",
-                result={"domain_id": found.get("id")},
-                compensation=undo.format(domain=domain, id=found.get("id"), account=panel.account),
-            )
+    if step.in_flight and (found := await _domain_read_back(domain, panel)) is not None:
+        return found
     sent = await panel.mutate(
         "add_domain",
         lambda c, creds: c.add_domain(creds, domain, step.params["php_version"], step.params["path"]),
@@ -131,9 +142,11 @@ async def add_domain(step: Step, panel: PanelAccess) -> StepOutcome:
             outcome.message,
             "succeeded",
             result={"domain_id": domain_id},
-            compensation=undo.format(domain=domain, id=domain_id, account=panel.account),
+            compensation=_DOMAIN_UNDO.format(domain=domain, id=domain_id, account=panel.account),
         )
     if isinstance(outcome, AlreadyExists):
+        if step.in_flight and (found := await _domain_read_back(domain, panel)) is not None:
+            return found  # the earlier attempt landed after the read-back
         return _conflict(f"The domain {domain} already exists on the panel and was not added by this order.")
     # The panel edits web-server configuration before it saves the domain: any failure may be half-done.
     return _from_failure(outcome, in_flight=True)
@@ -159,32 +172,38 @@ async def issue_ssl(step: Step, panel: PanelAccess) -> StepOutcome:
     return _from_failure(sent.outcome, in_flight=False)
 
 
+async def _database_read_back(db_full: str, user_full: str, undo: str, panel: PanelAccess) -> StepOutcome | None:
+    """Reconciled if the panel has both, a conflict if half, a failure if it cannot say, None if neither."""
+    dbs = await panel.read(lambda c, creds: c.database_list(creds))
+    users = await panel.read(lambda c, creds: c.database_userlist(creds))
+    for answer in (dbs, users):
+        if not isinstance(answer.outcome, Succeeded):
+            return _from_failure(answer.outcome, in_flight=True)
+    assert isinstance(dbs.outcome, Succeeded) and isinstance(users.outcome, Succeeded)
+    has_db = db_full in dbs.outcome.data.get("databases", [])
+    has_user = user_full in users.outcome.data.get("users", [])
+    if has_db and has_user:
+        return StepOutcome(
+            "succeeded",
+            f"{db_full} and {user_full} found on the panel after an earlier attempt with no clear answer",
+            "reconciled",
+            result={"database": db_full, "user": user_full},
+            compensation=undo,
+        )
+    if has_db or has_user:
+        return _conflict(
+            f"Only half of the database exists on the panel ({db_full if has_db else user_full}): "
+            "the panel's db_make is not atomic."
+        )
+    return None
+
+
 async def create_database(step: Step, panel: PanelAccess) -> StepOutcome:
     name, user, password = step.params["name"], step.params["user"], step.params["password"]
     db_full, user_full = f"{panel.account}_{name}", f"{panel.account}_{user}"
     undo = f"drop database {db_full} and database user {user_full} from account {panel.account}"
-    if step.in_flight:
-        dbs = await panel.read(lambda c, creds: c.database_list(creds))
-        users = await panel.read(lambda c, creds: c.database_userlist(creds))
-        for answer in (dbs, users):
-            if not isinstance(answer.outcome, Succeeded):
-                return _from_failure(answer.outcome, in_flight=True)
-        assert isinstance(dbs.outcome, Succeeded) and isinstance(users.outcome, Succeeded)
-        has_db = db_full in dbs.outcome.data.get("databases", [])
-        has_user = user_full in users.outcome.data.get("users", [])
-        if has_db and has_user:
-            return StepOutcome(
-                "succeeded",
-                f"{db_full} and {user_full} found on the panel after an earlier attempt with no clear answer",
-                "reconciled",
-                result={"database": db_full, "user": user_full},
-                compensation=undo,
-            )
-        if has_db or has_user:
-            return _conflict(
-                f"Only half of the database exists on the panel ({db_full if has_db else user_full}): "
-                "the panel's db_make is not atomic."
-            )
+    if step.in_flight and (found := await _database_read_back(db_full, user_full, undo, panel)) is not None:
+        return found
     sent = await panel.mutate("db_make", lambda c, creds: c.db_make(creds, name, user, password))
     if isinstance(sent.outcome, Succeeded):
         return StepOutcome(
@@ -195,6 +214,8 @@ async def create_database(step: Step, panel: PanelAccess) -> StepOutcome:
             compensation=undo,
         )
     if isinstance(sent.outcome, AlreadyExists):
+        if step.in_flight and (found := await _database_read_back(db_full, user_full, undo, panel)) is not None:
+            return found  # the earlier attempt landed after the read-back (or half of it did)
         return _conflict(f"The database {db_full} or user {user_full} already exists and was not made by this order.")
     in_flight = not (isinstance(sent.outcome, PermanentFailure) and sent.outcome.reason is FailureReason.INVALID_INPUT)
     return _from_failure(sent.outcome, in_flight=in_flight)
@@ -204,22 +225,28 @@ def cron_line(params: dict[str, Any]) -> str:
     return " ".join(params[k] for k in ("minute", "hour", "day", "month", "weekday", "command"))
 
 
+async def _cron_read_back(line: str, undo: str, panel: PanelAccess) -> StepOutcome | None:
+    """Reconciled if the panel has the exact line, a failure if it cannot say, None if it has not."""
+    found = await panel.read(lambda c, creds: c.cronjob_list(creds, line))
+    if isinstance(found.outcome, Succeeded):
+        return StepOutcome(
+            "succeeded",
+            "cron job found on the panel after an earlier attempt with no clear answer",
+            "reconciled",
+            result={"line_number": found.outcome.data.get("line_number")},
+            compensation=undo,
+        )
+    if isinstance(found.outcome, PermanentFailure) and found.outcome.reason is FailureReason.NOT_FOUND:
+        return None
+    return _from_failure(found.outcome, in_flight=True)
+
+
 async def add_cron_job(step: Step, panel: PanelAccess) -> StepOutcome:
     p = step.params
     line = cron_line(p)
     undo = f"delete cron job '{line}' from account {panel.account}"
-    if step.in_flight:
-        found = await panel.read(lambda c, creds: c.cronjob_list(creds, line))
-        if isinstance(found.outcome, Succeeded):
-            return StepOutcome(
-                "succeeded",
-                "cron job found on the panel after an earlier attempt with no clear answer",
-                "reconciled",
-                result={"line_number": found.outcome.data.get("line_number")},
-                compensation=undo,
-            )
-        if not (isinstance(found.outcome, PermanentFailure) and found.outcome.reason is FailureReason.NOT_FOUND):
-            return _from_failure(found.outcome, in_flight=True)
+    if step.in_flight and (found := await _cron_read_back(line, undo, panel)) is not None:
+        return found
     sent = await panel.mutate(
         "cronjob_add",
         lambda c, creds: c.cronjob_add(creds, p["minute"], p["hour"], p["day"], p["month"], p["weekday"], p["command"]),
@@ -227,6 +254,8 @@ async def add_cron_job(step: Step, panel: PanelAccess) -> StepOutcome:
     if isinstance(sent.outcome, Succeeded):
         return StepOutcome("succeeded", sent.outcome.message, "succeeded", result={"line": line}, compensation=undo)
     if isinstance(sent.outcome, AlreadyExists):
+        if step.in_flight and (found := await _cron_read_back(line, undo, panel)) is not None:
+            return found  # the earlier attempt landed after the read-back
         return _conflict(
             f"The panel says a cron job like '{line}' already exists (it compares by substring) "
             "and this order did not add it."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from engine_harness import ACCOUNT, running_bridge
 from orders import DB_PASSWORD, service_create
 from sqlalchemy import select, update
@@ -83,6 +84,40 @@ async def test_an_answer_after_the_timeout_is_reconciled_not_repeated(deployment
         counters = bridge.sim.snapshot()["counters"]
         assert counters["add_domain"] == 1  # read back, never sent twice
         assert [d["domain"] for d in bridge.sim.snapshot()["accounts"]["john"]["domains"]] == ["example.com"]
+
+
+@pytest.mark.parametrize(
+    ("call", "kind"), [("add_domain", "add_domain"), ("db_make", "create_database"), ("cronjob_add", "add_cron_job")]
+)
+async def test_an_earlier_call_that_lands_after_the_read_back_is_reconciled_not_a_conflict(
+    deployment: dict[str, str], call: str, kind: str
+) -> None:
+    async with running_bridge(**deployment) as bridge:
+        # The first call works 3 s before it makes its change; the client gives up at 2 s.
+        bridge.sim.set_latency(3.0, call)
+        status, answer = await bridge.send(order(bridge, ssl=False))
+        for _ in range(500):  # until the panel is working on the first call (it has read its delay)
+            if any(c["call"] == call for c in bridge.sim.snapshot()["calls"]):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        # The read-back finds nothing yet; the call sent after it is worked 1.5 s, past the moment
+        # the first one made the change, and so is answered "already exists".
+        bridge.sim.set_latency(1.5, call)
+        job = await bridge.wait_for(answer["job_id"], "succeeded", "failed", timeout=30)
+        assert job["status"] == "succeeded", job["error"]
+        assert [a["outcome"] for a in job["attempts"] if a["step"] == kind] == ["unknown", "reconciled"]
+        snapshot = bridge.sim.snapshot()
+        assert snapshot["counters"][call] == 2
+        acct = snapshot["accounts"]["john"]
+        assert [d["domain"] for d in acct["domains"]] == ["example.com"]
+        assert acct["databases"] == ["john_wp"] and acct["db_users"] == ["john_wpuser"]
+        assert acct["cron_lines"] == ["*/5 * * * * /usr/bin/php /home/john/public_html/cron.php"]
+        actions = {c["step"]: c["action"] for c in job["compensations"]}
+        domain_id = next(s for s in job["steps"] if s["kind"] == "add_domain")["result"]["domain_id"]
+        assert domain_id == acct["domains"][0]["id"]
+        assert actions["add_domain"] == f"remove domain example.com (panel id {domain_id}) from account john"
+        assert set(actions) == {"add_domain", "create_database", "add_cron_job"}
 
 
 async def test_a_permanent_failure_fails_the_job_with_compensation_records(deployment: dict[str, str]) -> None:

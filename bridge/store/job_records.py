@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.jobs import OPEN_STEP_STATUSES, JobStatus, StepKind, StepStatus
@@ -21,6 +21,10 @@ from bridge.store.job_change import WAKE_COLUMNS, JobChange, next_of_service
 from bridge.store.job_view import callback_body, deferred_kinds
 from bridge.store.leases import Lease
 from bridge.store.types import utcnow
+
+# Attempt outcomes that never reached the panel: held back by an open breaker, or closed
+# unsent (cancelled, lease lost). They cost the panel nothing, nor certificate quota.
+NOT_SENT_OUTCOMES = ("breaker_open", "abandoned")
 
 
 @dataclass
@@ -390,10 +394,12 @@ class JobRecords:
         await change.apply(self._engine)
 
     async def attempt_times(self, step_id: int, since: datetime) -> list[datetime]:
+        """When the step's attempts since ``since`` started, leaving out those known never sent
+        (an attempt with no outcome yet may have reached the panel, and counts)."""
+        a = t.attempts.c
+        sent = or_(a.outcome.is_(None), a.outcome.not_in(NOT_SENT_OUTCOMES))
         async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(t.attempts.c.started_at).where(t.attempts.c.step_id == step_id, t.attempts.c.started_at >= since)
-            )
+            rows = await conn.execute(select(a.started_at).where(a.step_id == step_id, a.started_at >= since, sent))
             return list(rows.scalars())
 
     async def abandon_attempt(self, attempt_id: int, message: str) -> None:

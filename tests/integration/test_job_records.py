@@ -13,11 +13,11 @@ import asyncpg
 import pytest
 from conftest import FERNET_KEY
 from orders import service_create
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.domain.events import OrderEvent
-from bridge.domain.jobs import JobStatus, StepStatus
+from bridge.domain.jobs import JobStatus, StepKind, StepStatus
 from bridge.domain.saga import Finish
 from bridge.panel.client import PanelCallRecord
 from bridge.store import admin_ops, leases
@@ -280,3 +280,19 @@ async def test_a_lease_renewed_while_waiting_is_only_ever_lengthened(engine: Asy
     await take_over(engine, job, "worker-b")
     assert not await leases.renew(engine, job.pk, "worker-a", later + timedelta(seconds=60))
     assert (await job_and_steps(engine, job))[0].lease_until == later
+
+
+async def test_attempts_never_sent_do_not_count_towards_a_daily_cap(engine: AsyncEngine) -> None:
+    # Every certificate attempt that reached the panel costs quota; one held back by an open
+    # breaker, or closed unsent, costs nothing and must not push the next retry out by a day.
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await leased_job(engine, records, "worker-a")
+    ssl = next(s for s in job.steps if s.kind is StepKind.ISSUE_SSL)
+    now = utcnow()
+    outcomes = [None, "unknown", "retryable", "breaker_open", "abandoned"]
+    async with engine.begin() as conn:
+        for number, outcome in enumerate(outcomes, start=1):
+            await conn.execute(
+                insert(t.attempts).values(step_id=ssl.id, number=number, started_at=now, outcome=outcome)
+            )
+    assert len(await records.attempt_times(ssl.id, since=now - timedelta(hours=1))) == 3

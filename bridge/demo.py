@@ -12,6 +12,7 @@ import json
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,9 @@ async def _run_in(
         bridge_runner, bridge_port = await _serve(build_app(runtime))
         _say(f"bridge            http://127.0.0.1:{bridge_port}  (webhook /webhooks/orders, admin /admin/)\n")
         try:
-            jobs = await _send_orders(bridge_port, secrets["BRIDGE_WEBHOOK_SECRETS"], receiver_port)
+            jobs = await _send_orders(
+                bridge_port, secrets["BRIDGE_WEBHOOK_SECRETS"], receiver_port, lambda: _first_add_domain(sim)
+            )
             await _watch(runtime, jobs, timeout_s)
             await asyncio.sleep(0.5)  # let the last callbacks go out
             return _summary(runtime, jobs, sim, receiver, await _documents(runtime, jobs))
@@ -156,11 +159,25 @@ async def _run_in(
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _send_orders(port: int, secret: str, receiver_port: int) -> dict[str, str]:
+async def _first_add_domain(sim: PanelSimulator) -> None:
+    """Until the panel has had the first add_domain: the one its injected failure is meant for."""
+    for _ in range(100):
+        if sim.state.counters.get("add_domain"):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _send_orders(
+    port: int, secret: str, receiver_port: int, first_order_reached_panel: Callable[[], Awaitable[None]]
+) -> dict[str, str]:
     jobs: dict[str, str] = {}
     callback_url = f"http://127.0.0.1:{receiver_port}/bridge-callback"
     async with aiohttp.ClientSession() as session:
-        for label, event in _orders(callback_url):
+        for number, (label, event) in enumerate(_orders(callback_url)):
+            if number == 1:
+                # The others follow once the first order's domain is on its way to the panel, so
+                # the panel's one transient failure meets that order, as its label says.
+                await first_order_reached_panel()
             body = json.dumps(event).encode()
             webhook_id = f"msg_{uuid.uuid4().hex}"
             for copy in ("", " (sent again: duplicate)") if event["data"]["service_id"] == "4711" else ("",):
@@ -197,7 +214,7 @@ async def _watch(runtime: Any, jobs: dict[str, str], timeout_s: float) -> None:
                 if seen.get(key) != state:
                     seen[key] = state
                     note = f" - {step['error']}" if step["error"] and step["status"] != "succeeded" else ""
-                    line = f"  {jobs[job_id]:<32} {step['kind']:<16} {step['status']:<13} attempt {step['attempts']}"
+                    line = f"  {jobs[job_id]:<36} {step['kind']:<16} {step['status']:<13} attempt {step['attempts']}"
                     _say(line + note[:110])
         if all(_settled(doc) for doc in docs.values()):
             return
@@ -210,10 +227,10 @@ def _summary(
 ) -> int:
     _say("\nsummary")
     for job_id, doc in docs.items():
-        _say(f"  {jobs[job_id]:<32} {doc['status']:<10} {doc['error'] or ''}"[:160])
+        _say(f"  {jobs[job_id]:<36} {doc['status']:<10} {doc['error'] or ''}"[:160])
         for comp in doc["compensations"]:
             if comp["status"] == "pending":
-                _say(f"  {'':<32} to undo: {comp['action']}")
+                _say(f"  {'':<36} to undo: {comp['action']}")
     counters = sim.snapshot()["counters"]
     _say(f"\npanel calls: {json.dumps(dict(sorted(counters.items())))}")
     _say(f"mutating calls ever in progress at once on the panel: {sim.snapshot()['max_concurrent_mutations']}")

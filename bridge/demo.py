@@ -28,6 +28,9 @@ from bridge.store.admin_ops import get_job
 from bridge.store.database import migrate
 from bridge.webhooks.signature import InvalidSignature, SignatureVerifier, sign
 
+# Attempt outcomes that need no line of their own: the step's line says it.
+SUCCESS_OUTCOMES = ("succeeded", "reconciled")
+
 ACCOUNTS = [("john", "John-Demo-Pass-1", 5, 5), ("mary", "Mary-Demo-Pass-2", 5, 5), ("pete", "Pete-Demo-Pass-3", 5, 1)]
 
 
@@ -202,20 +205,26 @@ def _settled(doc: dict[str, Any]) -> bool:
 
 
 async def _watch(runtime: Any, jobs: dict[str, str], timeout_s: float) -> None:
-    """Print every step change as it happens, until every job has settled."""
+    """Print every step change and every attempt that did not succeed as it happens, until
+    every job has settled (a retry can come and go between two looks at a step)."""
     seen: dict[tuple[str, str], str] = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         docs = await _documents(runtime, jobs)
         for job_id, doc in docs.items():
             for step in doc["steps"]:
+                for attempt in doc["attempts"]:
+                    key = (job_id, f"attempt {attempt['id']}")
+                    failed = attempt["finished_at"] and attempt["outcome"] not in SUCCESS_OUTCOMES
+                    if failed and attempt["step"] == step["kind"] and key not in seen:
+                        seen[key] = attempt["outcome"]
+                        what = f"attempt {attempt['number']} {attempt['outcome']}: {attempt['message']}"
+                        _say(f"  {jobs[job_id]:<36} {step['kind']:<16} {what}"[:180])
                 key = (job_id, f"{step['position']}")
                 state = f"{step['status']}/{step['attempts']}"
                 if seen.get(key) != state:
                     seen[key] = state
-                    note = f" - {step['error']}" if step["error"] and step["status"] != "succeeded" else ""
-                    line = f"  {jobs[job_id]:<36} {step['kind']:<16} {step['status']:<13} attempt {step['attempts']}"
-                    _say(line + note[:110])
+                    _say(f"  {jobs[job_id]:<36} {step['kind']:<16} {step['status']:<13} attempt {step['attempts']}")
         if all(_settled(doc) for doc in docs.values()):
             return
         await asyncio.sleep(0.1)

@@ -22,6 +22,7 @@ async def test_demo_runs_every_order_to_its_end(
     assert "4713 DNS not ready for SSL           issue_ssl        waiting_retry" in out
     assert "4714 over the package limit          failed" in out
     # The panel's one transient failure meets the order whose label announces it.
+    assert "4711 a full order, panel fails once  add_domain       attempt 1 retryable: " in out
     assert "4711 a full order, panel fails once  add_domain       succeeded     attempt 2" in out
     assert "mutating calls ever in progress at once on the panel: 1" in out
     assert "job.updated" in out

@@ -230,7 +230,11 @@ async def start_http(app: web.Application, settings: Settings, port: int, settin
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         await runner.cleanup()
-        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        if isinstance(exc, socket.gaierror):
+            # The host name does not resolve; the resolver's error numbers are not system errors.
+            setting, reason = "BRIDGE_HTTP_HOST", (exc.strerror or str(exc)).lower()
+        else:
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         raise CannotListen(f"{setting}: cannot listen on {host}:{port}: {reason}") from None
     for address in runner.addresses:  # the real port when 0 asked for any free one
         log.info("listening on http://%s:%s", address[0], address[1])

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from engine_harness import ACCOUNT, running_bridge
 from orders import service_create
 
-from bridge.bootstrap import Role, run_roles
+from bridge.bootstrap import CannotListen, Role, run_roles, start_http
+from bridge.settings import Settings
 
 
 def free_port() -> int:
@@ -92,3 +94,13 @@ def test_a_port_already_taken_stops_the_start_with_one_line(
         f"bridge: cannot start: {setting}: cannot listen on 127.0.0.1:{port}: address already in use"
     ), done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_a_host_name_that_does_not_resolve_is_named_with_the_reason() -> None:
+    # The resolver's errors are not system errors: their number has no strerror of its own.
+    settings = Settings(http_host="no-such-host.invalid")
+    with pytest.raises(CannotListen) as refused:
+        await start_http(web.Application(), settings, 0, "BRIDGE_WORKER_METRICS_PORT")
+    message = str(refused.value)
+    assert message.startswith("BRIDGE_HTTP_HOST: cannot listen on no-such-host.invalid:0: "), message
+    assert "unknown error" not in message, message

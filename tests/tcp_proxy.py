@@ -1,4 +1,5 @@
-"""A TCP proxy the tests can cut: makes "the broker is down, then back" on demand."""
+"""A TCP proxy the tests can cut ("the broker is down, then back") or silence (a network
+path that drops every packet: nothing passes, and no reset or close ever arrives)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ class TcpProxy:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._silent = False
         self.port = 0
 
     async def start(self) -> None:
@@ -27,6 +29,10 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def silence(self) -> None:
+        """From now on forward nothing, on open and new connections alike, and close nothing."""
+        self._silent = True
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
@@ -38,9 +44,11 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, OSError):
                 while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
+                    if not self._silent:
+                        dst.write(data)
+                        await dst.drain()
+            if not self._silent:
+                dst.transport.abort()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers -= {writer, up_writer}

@@ -33,6 +33,16 @@ UNPROVEN = 0x626C  # "bl"
 # certificate issuance takes minutes): not bounded by the connection's command timeout.
 _TURN_WAIT_S = float("inf")
 
+# Unbounded, the wait would also outlast a connection lost without a word (packets dropped,
+# no reset ever arriving): the answer granting the lock would never come, while the job's
+# lease is renewed. So, this often, another connection asks the server whether the waiting
+# session still waits; two answers of "no" (or no answer) in a row end the wait.
+WAIT_CHECK_S = 30.0
+
+
+class GateWaitLost(Exception):
+    """The session waiting for the panel's gate stopped waiting on the server: nothing was sent."""
+
 
 def panel_lock_key(panel: str) -> int:
     """A stable signed 32-bit key for ``panel``."""
@@ -56,9 +66,10 @@ class PanelGate:
     # How many calls in a row one process may make while another's workers may be waiting.
     MAX_STREAK = 8
 
-    def __init__(self, engine: AsyncEngine | None) -> None:
+    def __init__(self, engine: AsyncEngine | None, *, wait_check_s: float = WAIT_CHECK_S) -> None:
         """``engine`` is the PostgreSQL engine, or None in the embedded mode."""
         self._engine = engine
+        self._wait_check_s = wait_check_s
         self._turns: defaultdict[tuple[int, str], _Turn] = defaultdict(_Turn)
         # Advisory-lock acquisitions (fewer than calls when turns are handed on); tests read it.
         self.acquisitions = 0
@@ -120,9 +131,7 @@ class PanelGate:
         stack = contextlib.AsyncExitStack()
         driver = await stack.enter_async_context(driver_connection(self._engine))
         try:
-            await driver.execute(
-                "SELECT pg_advisory_lock($1, $2)", namespace, panel_lock_key(panel), timeout=_TURN_WAIT_S
-            )
+            await self._lock(driver, namespace, panel_lock_key(panel))
         except BaseException:
             # Interrupted, the lock may have been granted all the same: a connection that might
             # hold it must not go back to the pool, so it is closed (its session ends, and the lock).
@@ -132,6 +141,45 @@ class PanelGate:
         self.acquisitions += 1
         turn.held, turn.driver, turn.streak = stack, driver, 0
         return driver
+
+    async def _lock(self, driver: asyncpg.Connection, namespace: int, key: int) -> None:
+        """Wait for the advisory lock as long as the server says this session waits for it."""
+        pid = driver.get_server_pid()
+        waiting = asyncio.ensure_future(
+            driver.execute("SELECT pg_advisory_lock($1, $2)", namespace, key, timeout=_TURN_WAIT_S)
+        )
+        silent = 0
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=self._wait_check_s)
+                if done:
+                    await waiting
+                    return
+                silent = 0 if await self._still_waiting(pid) else silent + 1
+                if silent >= 2:
+                    # Granted with the answer lost, perhaps: end that session, so its lock goes too.
+                    await self._end_session(pid)
+                    raise GateWaitLost(f"the database session {pid} waiting for the panel's gate stopped waiting")
+        finally:
+            # Not awaited: the caller closes the connection, which ends the statement for good.
+            waiting.cancel()
+
+    async def _still_waiting(self, pid: int) -> bool:
+        """Whether the server says session ``pid`` is waiting for a lock (False if it cannot say)."""
+        assert self._engine is not None
+        try:
+            async with asyncio.timeout(self._wait_check_s), driver_connection(self._engine) as check:
+                return bool(
+                    await check.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid)
+                )
+        except Exception:
+            return False
+
+    async def _end_session(self, pid: int) -> None:
+        assert self._engine is not None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._wait_check_s), driver_connection(self._engine) as other:
+                await other.execute("SELECT pg_terminate_backend($1)", pid)
 
     async def _let_go_if_idle(self, turn: _Turn, namespace: int, panel: str) -> None:
         async with turn.lock:

@@ -8,13 +8,16 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from tcp_proxy import TcpProxy
 
 from bridge.store.database import create_engine
-from bridge.worker.panel_gate import MUTATIONS, PanelGate, panel_lock_key
+from bridge.worker.panel_gate import MUTATIONS, GateWaitLost, PanelGate, panel_lock_key
 
 
 @pytest.fixture
@@ -172,7 +175,8 @@ async def test_a_worker_waits_its_turn_however_long_the_call_ahead_of_it_takes(p
     impatient = create_async_engine(pg_url, connect_args={"timeout": 5, "command_timeout": 0.5})
     other = create_engine(pg_url)
     try:
-        here, elsewhere = PanelGate(impatient), PanelGate(other)
+        # The server is asked often whether the wait goes on: it does, so the wait is not ended.
+        here, elsewhere = PanelGate(impatient, wait_check_s=0.2), PanelGate(other)
         inside, answered = asyncio.Event(), asyncio.Event()
 
         async def slow_call_elsewhere() -> None:
@@ -189,3 +193,47 @@ async def test_a_worker_waits_its_turn_however_long_the_call_ahead_of_it_takes(p
     finally:
         await impatient.dispose()
         await other.dispose()
+
+
+async def test_a_wait_on_a_connection_lost_without_a_word_ends(pg_url: str) -> None:
+    # Packets dropped, no reset: the answer granting the lock would never come. The server,
+    # asked from another connection (lost the same way here), cannot say the session waits.
+    parts = urlsplit(pg_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    through_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    engine = create_async_engine(through_proxy, connect_args={"timeout": 1, "command_timeout": 1})
+    holder = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    key = panel_lock_key("panel-1")
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1, $2)", MUTATIONS, key)
+        gate = PanelGate(engine, wait_check_s=0.3)
+
+        async def enter() -> None:
+            async with gate.mutation("panel-1"):
+                pass
+
+        waiter = asyncio.create_task(enter())
+        for _ in range(100):  # until the server shows the waiter waiting
+            waits = await holder.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            if waits:
+                break
+            await asyncio.sleep(0.05)
+        proxy.silence()
+        await holder.execute("SELECT pg_advisory_unlock($1, $2)", MUTATIONS, key)  # granted; the answer is lost
+        with pytest.raises(GateWaitLost):
+            async with asyncio.timeout(10):
+                await waiter
+    finally:
+        # The session the answer never reached holds the lock until it is ended.
+        await holder.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND datname = current_database() AND query LIKE '%pg_advisory_lock%'"
+        )
+        await holder.close()
+        await proxy.cut()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await engine.dispose()

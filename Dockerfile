@@ -31,7 +31,8 @@ USER bridge
 WORKDIR /var/lib/bridge
 # 8080: the HTTP server (serve, run); 8081: a worker's own /metrics and /healthz.
 EXPOSE 8080 8081
-# Liveness of the HTTP roles (serve, run); compose switches it off for worker and migrate.
+# Liveness of the HTTP roles (serve, run); compose gives worker a check of its own (its
+# BRIDGE_WORKER_METRICS_PORT) and switches it off for migrate.
 # The slim image has no curl: Python's standard library asks /healthz.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('BRIDGE_HTTP_PORT', '8080'), timeout=4)"]

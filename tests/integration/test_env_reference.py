@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -173,3 +174,15 @@ def test_the_image_is_multi_stage_and_runs_as_a_user() -> None:
     for line in ("USER bridge", 'ENTRYPOINT ["bridge"]', 'CMD ["serve"]'):
         assert line in text.splitlines()
     assert "HEALTHCHECK" in text
+
+
+def test_a_systemd_worker_listens_on_8080_plus_its_instance_number() -> None:
+    # Numbered instances (bridge-worker@1..4) each get a port of their own: 8081..8084.
+    text = (ROOT / "deploy" / "bridge-worker@.service").read_text()
+    exec_start = re.search(r"^ExecStart=(.+)$", text, re.MULTILINE)
+    assert exec_start
+    # What systemd runs for bridge-worker@3 ($$ is its escape for $), the bridge swapped for env.
+    command = exec_start[1].replace("%i", "3").replace("$$", "$")
+    command = command.replace("/opt/bridge/venv/bin/bridge worker", "/usr/bin/env")
+    done = subprocess.run(shlex.split(command), capture_output=True, text=True, check=True, timeout=10)
+    assert "BRIDGE_WORKER_METRICS_PORT=8083" in done.stdout.splitlines()

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from bridge.bootstrap import Role, background_services, build_app, open_runtime
 from bridge.domain.jobs import JobStatus, StepStatus
@@ -66,6 +67,22 @@ def _orders(callback_url: str) -> list[tuple[str, dict[str, Any]]]:
             ),
         ),
     ]
+
+
+class _DemoSettings(Settings):
+    """What the demo passes, and the defaults: never the environment or ``BRIDGE_CONFIG``, so
+    a machine set up for a real bridge runs the same demo as any other."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 class _Receiver:
@@ -129,7 +146,7 @@ async def _run_in(
     timeout_s: float,
 ) -> int:
     """The bridge on a database in ``workdir`` (removed when the demo ends)."""
-    settings = Settings(
+    settings = _DemoSettings(
         database_url=f"sqlite+aiosqlite:///{workdir / 'bridge.db'}",
         webhook_secrets=[secrets["BRIDGE_WEBHOOK_SECRETS"]],
         callback_secret=secrets["BRIDGE_CALLBACK_SECRET"],

@@ -14,9 +14,15 @@ from bridge.demo import run_demo
 async def test_demo_runs_every_order_to_its_end(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    os.mkdir(tmp_path / "tmp")
+    # A machine set up for a real bridge: the demo reads neither its file nor its variables.
+    config = tmp_path / "bridge.toml"
+    config.write_text('http_prot = 1\ndatabase_url = "postgresql+asyncpg://nobody@127.0.0.1:1/none"\n')
+    monkeypatch.setenv("BRIDGE_CONFIG", str(config))
+    monkeypatch.setenv("BRIDGE_LEASE_S", "not a number")
     assert await run_demo(timeout_s=60) == 0
-    assert os.listdir(tmp_path) == []  # its database went with it
+    assert os.listdir(tmp_path / "tmp") == []  # its database went with it
     out = capsys.readouterr().out
     assert "(sent again: duplicate): HTTP 200" in out
     assert "4713 DNS not ready for SSL           issue_ssl        waiting_retry" in out

@@ -12,6 +12,7 @@ class TcpProxy:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.Task[None]] = set()
         self._silent = False
         self.port = 0
 
@@ -28,12 +29,20 @@ class TcpProxy:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        # Every connection's pipes end on the abort: wait for them, so none is left to the
+        # event loop's teardown.
+        await asyncio.gather(*self._connections, return_exceptions=True)
 
     def silence(self) -> None:
-        """From now on forward nothing, on open and new connections alike, and close nothing."""
+        """From now on forward nothing, on open and new connections alike (a connection still
+        ends when one of its sides does)."""
         self._silent = True
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
@@ -47,8 +56,8 @@ class TcpProxy:
                     if not self._silent:
                         dst.write(data)
                         await dst.drain()
-            if not self._silent:
-                dst.transport.abort()
+            # One side ended (or the proxy was cut): end the other, silent or not.
+            dst.transport.abort()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers -= {writer, up_writer}

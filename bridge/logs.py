@@ -12,6 +12,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from bridge.domain.masking import MASK, is_secret_field
 
 CONTEXT_FIELDS = ("job_id", "event_id", "step", "panel", "call")
@@ -46,6 +48,29 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{context}]" if context else text
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request its parser refuses (a bad header, a bad request line) as an error
+    with a traceback, quoting the offending line, which may carry a token. Such a request is
+    the client's mistake: one warning line naming the problem, without the line, is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            problem = (exc.message or exc.__class__.__name__).splitlines()[0].rstrip(":")[:200]
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg, record.args = "refused a malformed HTTP request from %s (%d): %s", (remote, exc.code, problem)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    """Install :class:`MalformedRequestFilter` on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())
+
+
 def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLinesFormatter() if fmt == "json" else TextFormatter())
@@ -54,3 +79,4 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     root.setLevel(level)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
+    quiet_malformed_requests()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from raw_http import raw_request
 from bridge.admin.auth import ADMIN_AUTH, UNAUTHORIZED, FailureLimiter
 from bridge.admin.openapi import routed_operations
 from bridge.bootstrap import Role, build_app, open_runtime
+from bridge.logs import quiet_malformed_requests
 from bridge.settings import Settings
 from bridge.store.admin_queries import encode_cursor
 
@@ -304,6 +306,24 @@ async def test_a_bearer_token_that_is_not_utf8_is_401(sqlite_url: str) -> None:
         head = b"GET /admin/api/jobs HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer tok\xff\xfeen"
         status, body = await raw_request(bridge.client, head)
         assert status == 401 and body == b'{"error": "missing or invalid admin token"}'
+
+
+async def test_a_request_the_http_parser_refuses_is_logged_as_one_line_without_the_token(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A control character makes aiohttp refuse the header line before the bridge sees it; its
+    # log quoted that line (the token with it) under a traceback.
+    quiet_malformed_requests()
+    async with admin_bridge(sqlite_url) as bridge:
+        head = f"GET /admin/api/jobs HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer {ADMIN_TOKEN}\x01".encode()
+        with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+            status, body = await raw_request(bridge.client, head)
+    assert status == 400 and b"Invalid header value char" in body
+    refused = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+    assert refused[0].levelno == logging.WARNING and refused[0].exc_info is None
+    assert refused[0].getMessage().startswith("refused a malformed HTTP request from 127.0.0.1 (400): ")
+    assert ADMIN_TOKEN not in caplog.text
 
 
 async def test_an_oversized_body_is_413_naming_the_body(sqlite_url: str) -> None:

@@ -94,6 +94,9 @@ class RabbitQueue:
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._consumers: set[RabbitConsumer] = set()
+        # Between start() and close(): publish and consume connect if start() could not.
+        self._wanted = False
+        self._connecting: asyncio.Task[None] | None = None
 
     # Topology.
 
@@ -128,9 +131,24 @@ class RabbitQueue:
     # Lifecycle.
 
     async def start(self) -> None:
-        """Connect (robustly: channels and consumers come back after an outage) and declare."""
+        """Connect (robustly: channels and consumers come back after an outage) and declare.
+
+        If the broker cannot be reached, this raises, and ``publish`` and ``consume`` try
+        to connect again each time they are called until it can (the robust connection
+        only restores a connection that was once made).
+        """
+        self._wanted = True
+        await self._connect()
+
+    async def _connect(self) -> None:
+        """Connect unless connected; concurrent callers share one attempt."""
         if self._connection is not None:
             return
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._open())
+        await asyncio.shield(self._connecting)
+
+    async def _open(self) -> None:
         connection = await aio_pika.connect_robust(self.url)
         try:
             # Publisher confirms, and unroutable messages raise instead of vanishing.
@@ -145,6 +163,11 @@ class RabbitQueue:
 
     async def close(self) -> None:
         """Stop the consumers (waiting for their running handlers), then close the connection."""
+        self._wanted = False
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None and not connecting.done():
+            connecting.cancel()
+            await asyncio.wait([connecting])
         for consumer in list(self._consumers):
             await consumer.stop()
         connection, self._connection = self._connection, None
@@ -161,6 +184,13 @@ class RabbitQueue:
 
     async def publish(self, job_id: str, delay_s: float = 0.0) -> None:
         """Return once the broker confirmed the message; raise PublishError otherwise."""
+        if self._publish_channel is None and self._wanted:
+            # start() could not reach the broker: try again, within the confirm's time.
+            try:
+                async with asyncio.timeout(self.confirm_timeout_s):
+                    await self._connect()
+            except Exception as exc:  # TimeoutError included
+                raise PublishError(f"cannot connect to RabbitMQ ({exc!r}); job {job_id} not published") from exc
         channel = self._publish_channel
         if channel is None or channel.is_closed:
             raise PublishError(f"not connected to RabbitMQ; job {job_id} not published")
@@ -194,10 +224,12 @@ class RabbitQueue:
 
     async def consume(self, handler: WakeUpHandler, prefetch: int) -> RabbitConsumer:
         """Deliver job ids from the work queue to ``handler`` on a channel of its own."""
-        if self._connection is None:
-            raise RuntimeError("RabbitQueue.consume() before start()")
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
+        if not self._wanted:
+            raise RuntimeError("RabbitQueue.consume() before start()")
+        await self._connect()  # raises while the broker cannot be reached
+        assert self._connection is not None
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.get_queue(self.names.work)

@@ -55,7 +55,7 @@ class OutboxRelay:
             update(t.outbox)
             .where(t.outbox.c.id.in_(unsent.scalar_subquery()))
             .values(sent_at=bindparam("sent_at"))
-            .returning(t.outbox.c.job_public_id, t.outbox.c.delay_s)
+            .returning(t.outbox.c.job_public_id, t.outbox.c.delay_s, t.outbox.c.created_at)
         )
 
     def wake(self) -> None:
@@ -67,11 +67,17 @@ class OutboxRelay:
             # Claim and mark in one statement. The mark is only committed once every
             # message of the batch is confirmed: on any failure the transaction rolls
             # back and the rows stay unsent (the locks keep other relays off them meanwhile).
-            rows = (await conn.execute(self._claim, {"sent_at": utcnow()})).all()
+            now = utcnow()
+            rows = (await conn.execute(self._claim, {"sent_at": now})).all()
             if not rows:
                 return 0
+            # A delay counts from the commit that wrote the row: a row that waited in the
+            # outbox (the broker was down) is published for what is left of it.
+            delays = [max(0.0, row.delay_s - (now - row.created_at).total_seconds()) for row in rows]
             # Raises on the first failure, which rolls the claim back.
-            await asyncio.gather(*(self._queue.publish(row.job_public_id, row.delay_s) for row in rows))
+            await asyncio.gather(
+                *(self._queue.publish(row.job_public_id, delay) for row, delay in zip(rows, delays, strict=True))
+            )
         self._metrics.relay_published.inc(len(rows))
         return len(rows)
 

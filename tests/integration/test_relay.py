@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import insert, select
@@ -25,6 +26,7 @@ class RecordingQueue(InProcessQueue):
     def __init__(self) -> None:
         super().__init__()
         self.published: Counter[str] = Counter()
+        self.delays: dict[str, float] = {}
         self.refusing = False
 
     async def publish(self, job_id: str, delay_s: float = 0.0) -> None:
@@ -32,6 +34,7 @@ class RecordingQueue(InProcessQueue):
         if self.refusing:
             raise PublishError(f"refused {job_id}")
         self.published[job_id] += 1
+        self.delays[job_id] = delay_s
 
 
 @pytest.fixture
@@ -80,3 +83,23 @@ async def test_relays_side_by_side_publish_each_row_once(engine: AsyncEngine) ->
     assert sum(counts) == 500
     assert queue.published == Counter(ids)
     assert await unsent(engine) == 0
+
+
+async def test_a_wake_up_that_waited_in_the_outbox_is_published_for_what_is_left_of_its_delay(
+    engine: AsyncEngine,
+) -> None:
+    # Committed 50 s ago for 60 s later (the broker was down meanwhile): due in 10 s, not in 60.
+    # A row whose time has passed goes at once.
+    committed = utcnow() - timedelta(seconds=50)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(t.outbox),
+            [
+                {"job_public_id": "waiting", "delay_s": 60.0, "created_at": committed},
+                {"job_public_id": "overdue", "delay_s": 30.0, "created_at": committed},
+            ],
+        )
+    queue = RecordingQueue()
+    assert await OutboxRelay(engine, queue, Metrics()).drain() == 2
+    assert 9.0 <= queue.delays["waiting"] <= 10.0
+    assert queue.delays["overdue"] == 0.0

@@ -18,7 +18,9 @@
  *
  * Handled webhook-ids are remembered (48 hours by default, longer than the bridge's
  * retry schedule). The bridge signs each delivery afresh, so the same id with a new
- * timestamp is its redelivery: answered 200 without doing anything again.
+ * timestamp is its redelivery: answered 200 without doing anything again once handled,
+ * 503 while another request is still handling it. After a 500 the redelivery does what
+ * was left undone, never an effect twice (a second welcome e-mail, a second note).
  */
 
 if (is_file(__DIR__ . '/init.php')) {
@@ -37,6 +39,8 @@ use ProvisioningBridge\SignatureError;
 use ProvisioningBridge\Store;
 
 const PBCB_MAX_BODY = 262144;
+/** A callback still marked as being handled after this long was left by a request that died: retake it. */
+const PBCB_ABANDONED_S = 600;
 
 function pbcb_config(): array
 {
@@ -113,36 +117,109 @@ function pbcb_main(): void
     pbcb_process($config, $id, $headers['webhook-timestamp'], $event);
 }
 
-/** Claims the id, handles the event, and releases the claim if handling failed so a redelivery can succeed. */
+/**
+ * Claims the id, handles the event, and marks it done; a redelivery after a failure does
+ * only what the failed delivery had not done yet.
+ *
+ * The entry "seen:<sha256 of id>" holds the first delivery's timestamp (the same one again
+ * is a replay), its state (handling, failed, done) and the effects already carried out.
+ */
 function pbcb_process(array $config, string $id, string $timestamp, array $event): void
 {
-    $store = Store::open($config['state_dir']);
+    $ttl = (int) $config['remember_ids_s'];
     $seenKey = 'seen:' . hash('sha256', $id);
-    if (!$store->addIfAbsent($seenKey, ['timestamp' => $timestamp], (int) $config['remember_ids_s'])) {
-        $seen = $store->get($seenKey);
-        if (($seen['timestamp'] ?? null) === $timestamp) {
-            pbcb_respond(409, ['error' => 'webhook-id already received with this timestamp: a replay']);
-            return;
-        }
+    try {
+        $store = Store::open($config['state_dir']);
+        $verdict = pbcb_claim($store, $seenKey, $timestamp, $ttl);
+    } catch (\Throwable $e) {
+        error_log('bridge_callback: ' . $e->getMessage());
+        pbcb_respond(500, ['error' => 'the callback could not be recorded; send it again']);
+        return;
+    }
+    if ($verdict === 'replay') {
+        pbcb_respond(409, ['error' => 'webhook-id already received with this timestamp: a replay']);
+        return;
+    }
+    if ($verdict === 'done') {
         pbcb_respond(200, ['ok' => true, 'duplicate' => true]);
         return;
     }
+    if ($verdict === 'busy') {
+        // Not a 2xx: the first delivery may still fail, and the sender must then deliver again.
+        header('Retry-After: 60');
+        pbcb_respond(503, ['error' => 'webhook-id is still being handled; send it again later']);
+        return;
+    }
+    $once = function (string $effect, callable $work) use ($store, $seenKey, $ttl): void {
+        $seen = $store->get($seenKey) ?? [];
+        if (in_array($effect, (array) ($seen['effects'] ?? []), true)) {
+            return;
+        }
+        $work();
+        $store->update($seenKey, function (?array $seen) use ($effect) {
+            $seen = $seen ?? [];
+            $seen['effects'] = array_merge((array) ($seen['effects'] ?? []), [$effect]);
+            return $seen;
+        }, $ttl);
+    };
     try {
-        pbcb_handle($config, $store, $event['type'], $event['data']);
+        pbcb_handle($config, $store, $event['type'], $event['data'], $once);
+        $store->update($seenKey, function (?array $seen) {
+            return ['state' => 'done'] + ($seen ?? []);
+        }, $ttl);
     } catch (\Throwable $e) {
-        $store->delete($seenKey);
         error_log('bridge_callback: ' . $e->getMessage());
+        try {
+            $store->update($seenKey, function (?array $seen) {
+                return ['state' => 'failed'] + ($seen ?? []);
+            }, $ttl);
+        } catch (\Throwable $ignored) {
+            // Left "handling": a redelivery takes it over once PBCB_ABANDONED_S have passed.
+        }
         pbcb_respond(500, ['error' => 'the callback could not be recorded; send it again']);
         return;
     }
     pbcb_respond(200, ['ok' => true, 'duplicate' => false]);
 }
 
-function pbcb_handle(array $config, Store $store, string $type, array $data): void
+/**
+ * "new" or "retake" (handle it), "done" (handled before), "busy" (another request is
+ * handling it), or "replay" (the exact same message again).
+ */
+function pbcb_claim(Store $store, string $seenKey, string $timestamp, int $ttl): string
+{
+    $now = time();
+    if ($store->addIfAbsent($seenKey, ['timestamp' => $timestamp, 'state' => 'handling', 'since' => $now], $ttl)) {
+        return 'new';
+    }
+    $verdict = 'retake';
+    $store->update($seenKey, function (?array $seen) use ($timestamp, $now, &$verdict) {
+        if ($seen === null) {
+            // Released meanwhile (expired or its handling failed): take it.
+            return ['timestamp' => $timestamp, 'state' => 'handling', 'since' => $now];
+        }
+        $state = $seen['state'] ?? 'done';  // entries without a state were written once handled
+        if (($seen['timestamp'] ?? null) === $timestamp) {
+            $verdict = 'replay';
+        } elseif ($state === 'done') {
+            $verdict = 'done';
+        } elseif ($state === 'handling' && $now - (int) ($seen['since'] ?? 0) < PBCB_ABANDONED_S) {
+            $verdict = 'busy';
+        } else {
+            return ['state' => 'handling', 'since' => $now] + $seen;
+        }
+        return $seen;
+    }, $ttl);
+    return $verdict;
+}
+
+function pbcb_handle(array $config, Store $store, string $type, array $data, callable $once): void
 {
     $serviceId = (string) ($data['service_id'] ?? '');
     if (!ctype_digit($serviceId)) {
-        pbcb_api($config, 'LogActivity', ['description' => "Provisioning Bridge: $type for unknown service '$serviceId' ignored"]);
+        $once('log', function () use ($config, $type, $serviceId) {
+            pbcb_api($config, 'LogActivity', ['description' => "Provisioning Bridge: $type for unknown service '$serviceId' ignored"]);
+        });
         return;
     }
     pbcb_remember_status($store, $serviceId, $data);
@@ -150,19 +227,29 @@ function pbcb_handle(array $config, Store $store, string $type, array $data): vo
     $summary = 'Provisioning Bridge: ' . $type . ' for service #' . $serviceId . pbcb_domain($service)
         . ' (job ' . ($data['job_id'] ?? '?') . ', status ' . ($data['status'] ?? '?') . ')';
     if ($type === 'job.succeeded') {
-        pbcb_api($config, 'UpdateClientProduct', ['serviceid' => (int) $serviceId, 'status' => 'Active']);
+        $once('activate', function () use ($config, $serviceId) {
+            pbcb_api($config, 'UpdateClientProduct', ['serviceid' => (int) $serviceId, 'status' => 'Active']);
+        });
         if (!empty($data['deferred'])) {
             $summary .= '; still retrying: ' . implode(', ', (array) $data['deferred']);
         }
-        pbcb_note_success($config, $store, $serviceId, $data);
+        $once('ticket', function () use ($config, $store, $serviceId, $data) {
+            pbcb_note_success($config, $store, $serviceId, $data);
+        });
         if ($config['welcome_email'] !== '') {
-            pbcb_api($config, 'SendEmail', ['messagename' => $config['welcome_email'], 'id' => (int) $serviceId]);
+            $once('welcome', function () use ($config, $serviceId) {
+                pbcb_api($config, 'SendEmail', ['messagename' => $config['welcome_email'], 'id' => (int) $serviceId]);
+            });
         }
     } elseif ($type === 'job.failed') {
         $summary .= ': ' . ($data['error'] ?? 'no error given');
-        pbcb_ticket($config, $store, $serviceId, $service, $data);
+        $once('ticket', function () use ($config, $store, $serviceId, $service, $data) {
+            pbcb_ticket($config, $store, $serviceId, $service, $data);
+        });
     }
-    pbcb_api($config, 'LogActivity', ['description' => $summary] + (isset($service['clientid']) ? ['userid' => (int) $service['clientid']] : []));
+    $once('log', function () use ($config, $summary, $service) {
+        pbcb_api($config, 'LogActivity', ['description' => $summary] + (isset($service['clientid']) ? ['userid' => (int) $service['clientid']] : []));
+    });
 }
 
 /** Lets the module know how the current attempt ended (it starts over only after success or cancel). */

@@ -9,6 +9,7 @@ laid out as in a WHMCS installation, so the bridge's real callbacks reach it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -40,6 +41,7 @@ WRONG_SECRET = "whsec_d3Jvbmctc2VjcmV0LWtub3duLXRvLW5vYm9keQ=="
 SERVICE_ID = 42
 DATABASES = "wp wpuser\nshop shopuser"
 CRON = "*/5 * * * * /usr/bin/php /home/john/public_html/cron.php"
+WELCOME_EMAIL = "Hosting Account Welcome Email"
 
 
 def _php() -> str:
@@ -78,8 +80,13 @@ class Whmcs:
             "PROVISIONINGBRIDGE_STATE_DIR": str(self.state_dir),
         }
 
-    async def module(self, function: str, params: dict[str, Any] | None = None) -> Any:
-        """Runs provisioningbridge_<function>($params) without blocking the bridge's event loop."""
+    async def module(
+        self, function: str, params: dict[str, Any] | None = None, *, raw: dict[str, bytes] | None = None
+    ) -> Any:
+        """Runs provisioningbridge_<function>($params) without blocking the bridge's event loop.
+
+        ``raw``: params given as bytes, for values that are not UTF-8 (JSON cannot carry them).
+        """
         proc = await asyncio.create_subprocess_exec(
             self.php,
             str(PHP_TESTS / "run_module.php"),
@@ -88,7 +95,9 @@ class Whmcs:
             stderr=asyncio.subprocess.PIPE,
             env=self.env(),
         )
-        request = {"function": function} if params is None else {"function": function, "params": params}
+        request: dict[str, Any] = {"function": function} if params is None else {"function": function, "params": params}
+        if raw:
+            request["raw_params"] = {name: base64.b64encode(value).decode() for name, value in raw.items()}
         out, err = await asyncio.wait_for(proc.communicate(json.dumps(request).encode()), 30)
         assert proc.returncode == 0, f"php failed: {err.decode()} {out.decode()}"
         return json.loads(out)["result"]
@@ -122,6 +131,9 @@ class Whmcs:
     def fail_once(self, *commands: str) -> None:
         (self.standin_dir / "localapi_fail.json").write_text(json.dumps(list(commands)))
 
+    def slow(self, command: str, seconds: float) -> None:
+        (self.standin_dir / "localapi_slow.json").write_text(json.dumps({command: seconds}))
+
     async def wait_api(self, command: str, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while len(calls := self.api_calls(command)) < count:
@@ -142,11 +154,16 @@ def whmcs(tmp_path: Path) -> Iterator[Whmcs]:
     shutil.copytree(HOOKS / "modules", webroot / "modules")
     (webroot / "init.php").write_text(f"<?php\nrequire {str(PHP_TESTS / 'whmcs_standins.php')!r};\n")
     # Two secrets: the bridge signs with the second (rotation keeps both valid).
-    config = f"<?php\nreturn ['secret' => '{OTHER_SECRET}, {CALLBACK_SECRET}', 'department_id' => 7];\n"
+    config = (
+        f"<?php\nreturn ['secret' => '{OTHER_SECRET}, {CALLBACK_SECRET}', 'department_id' => 7,"
+        f" 'welcome_email' => '{WELCOME_EMAIL}'];\n"
+    )
     (webroot / "bridge_callback_config.php").write_text(config)
     port = _free_port()
     env = {**os.environ, "WHMCS_STANDIN_DIR": str(standins), "PROVISIONINGBRIDGE_STATE_DIR": str(state)}
     env.pop("BRIDGE_CALLBACK_SECRET", None)
+    # Several workers: the bridge may deliver again while WHMCS is still handling a callback.
+    env["PHP_CLI_SERVER_WORKERS"] = "4"
     server = subprocess.Popen(
         [php, "-S", f"127.0.0.1:{port}", "-t", str(webroot)],
         env=env,
@@ -294,6 +311,7 @@ async def test_create_account_provisions_once_and_the_callback_activates_the_ser
         updates = await whmcs.wait_api("UpdateClientProduct", 1)
         assert [u["values"] for u in updates] == [{"serviceid": SERVICE_ID, "status": "Active"}]
         await whmcs.wait_api("LogActivity", 2)  # job.started and job.succeeded
+        assert [e["values"] for e in whmcs.api_calls("SendEmail")] == [{"messagename": WELCOME_EMAIL, "id": SERVICE_ID}]
         assert whmcs.api_calls("OpenTicket") == []
 
         snapshot = bridge.sim.snapshot()
@@ -440,6 +458,17 @@ async def test_create_account_reports_the_bridges_reasons(sqlite_url: str, whmcs
     assert "could not reach the bridge" in down
 
 
+async def test_an_order_that_is_not_utf8_is_refused_before_sending_and_says_why(sqlite_url: str, whmcs: Whmcs) -> None:
+    """A password from a WHMCS whose charset is not UTF-8 cannot be put into JSON: the order
+    is not sent (never an empty body), and the admin reads why."""
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        params = service_params(bridge, whmcs, configoption4="", configoption5="")
+        result = await whmcs.module("CreateAccount", params, raw={"password": b"Geheim-\xe4\xf6-2024"})
+        assert "UTF-8" in result, result
+        assert not [entry for entry in whmcs.module_log() if entry["action"] == "CreateAccount"]
+        assert await jobs_of(bridge) == []
+
+
 # --- the callback receiver on its own --------------------------------------------------------------
 
 
@@ -513,6 +542,45 @@ async def test_ticket_memory_per_service_and_a_failed_effect_is_redone_on_redeli
     assert whmcs.api_calls("AddTicketNote")[-1]["values"]["ticketid"] == 3
 
 
+async def test_a_redelivery_after_a_failure_redoes_only_what_was_not_done(whmcs: Whmcs) -> None:
+    """The activity log entry fails after the welcome e-mail went out: the redelivery must not
+    send the customer a second one (nor add a second note to a ticket, nor open a second one)."""
+    now = int(time.time())
+    whmcs.fail_once("LogActivity")
+    body = callback("job.succeeded")
+    assert (await post_callback(whmcs, body, msg_id="cb_partial", timestamp=now))[0] == 500
+    status, answer = await post_callback(whmcs, body, msg_id="cb_partial", timestamp=now + 1)
+    assert status == 200 and answer["duplicate"] is False
+    assert len(whmcs.api_calls("SendEmail")) == 1
+    assert len(whmcs.api_calls("LogActivity")) == 2  # the one that failed, then the one that worked
+
+    whmcs.fail_once("LogActivity")
+    failure = callback("job.failed", status="failed", error="create_database: Access denied")
+    assert (await post_callback(whmcs, failure, msg_id="cb_failed", timestamp=now))[0] == 500
+    assert (await post_callback(whmcs, failure, msg_id="cb_failed", timestamp=now + 1))[0] == 200
+    assert len(whmcs.api_calls("OpenTicket")) == 1
+    assert whmcs.api_calls("AddTicketNote") == []
+
+
+async def test_a_redelivery_while_the_first_delivery_is_still_handled_is_not_acknowledged(whmcs: Whmcs) -> None:
+    """The bridge gives up waiting on a slow WHMCS and delivers again. Answering that 2xx while the
+    first delivery may still fail would lose the callback: the bridge counts it delivered."""
+    now = int(time.time())
+    whmcs.slow("SendEmail", 2.0)
+    whmcs.fail_once("LogActivity")
+    body = callback("job.succeeded")
+    first = asyncio.create_task(post_callback(whmcs, body, msg_id="cb_slow", timestamp=now))
+    await whmcs.wait_api("SendEmail", 1)
+    status, answer = await post_callback(whmcs, body, msg_id="cb_slow", timestamp=now + 1)
+    assert not 200 <= status < 300, answer
+    assert (await first)[0] == 500
+    # The bridge's next delivery finishes the work.
+    status, answer = await post_callback(whmcs, body, msg_id="cb_slow", timestamp=now + 2)
+    assert status == 200 and answer["duplicate"] is False
+    assert len(whmcs.api_calls("SendEmail")) == 1
+    assert len(whmcs.api_calls("LogActivity")) == 2
+
+
 # --- the module's memory ------------------------------------------------------------------------
 
 
@@ -537,4 +605,16 @@ def test_attempt_keys_passwords_and_claims_in_both_stores(store: str, tmp_path: 
         "claims": [True, False],
         "expired_is_gone": True,
         "deleted_is_gone": True,
+    }
+
+
+def test_a_claim_the_database_could_not_write_is_not_taken_for_a_duplicate() -> None:
+    """With the WHMCS database failing (a deadlock), the claim of a new callback id fails: the
+    receiver must not answer "already handled" and so drop a callback it never handled."""
+    run = subprocess.run([_php(), str(PHP_TESTS / "claim_check.php")], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert json.loads(run.stdout) == {
+        "first": "claimed",
+        "present_while_failing": "already there",
+        "absent_while_failing": "error",
     }

@@ -11,6 +11,8 @@ final class CapsuleRows
 {
     public static $tables = [];
     public static $created = [];
+    /** @var string|null when set, every insert fails with this database error */
+    public static $insertError;
 }
 
 final class CapsuleBlueprint
@@ -92,6 +94,9 @@ final class CapsuleQuery
 
     public function insert(array $row)
     {
+        if (CapsuleRows::$insertError !== null) {
+            throw new \RuntimeException(CapsuleRows::$insertError);
+        }
         if (isset(CapsuleRows::$tables[$this->table][$row['name']])) {
             throw new \RuntimeException('Integrity constraint violation: Duplicate entry');
         }

@@ -8,8 +8,8 @@
  *   localapi.jsonl     localAPI calls: {"command", "values", "adminuser"}
  * Knobs in the same directory: settings.json (WHMCS\Config\Setting values),
  * products.json (what GetClientsProducts answers), localapi_fail.json (command
- * names that fail once each), tickets.json (the tickets OpenTicket made; a test
- * may set a status to "Closed").
+ * names that fail once each), localapi_slow.json (command name => seconds it takes),
+ * tickets.json (the tickets OpenTicket made; a test may set a status to "Closed").
  */
 
 namespace WHMCS\Config {
@@ -77,6 +77,10 @@ namespace {
     function localAPI($command, $values = [], $adminUser = '')
     {
         whmcs_standin_append('localapi.jsonl', ['command' => $command, 'values' => $values, 'adminuser' => $adminUser]);
+        $slow = whmcs_standin_read('localapi_slow.json', []);
+        if (isset($slow[$command])) {
+            usleep((int) ($slow[$command] * 1000000));
+        }
         $failing = whmcs_standin_read('localapi_fail.json', []);
         if (in_array($command, $failing, true)) {
             whmcs_standin_write('localapi_fail.json', array_values(array_diff($failing, [$command])));

@@ -66,7 +66,7 @@ final class BridgeClient
     /** POSTs a signed order event to /webhooks/orders. */
     public function sendEvent(string $action, string $webhookId, array $event): BridgeResponse
     {
-        $body = json_encode($event, JSON_UNESCAPED_SLASHES);
+        $body = self::json($event);
         $headers = Signature::sign($this->settings->webhookSecret, $webhookId, time(), $body);
         $headers['Content-Type'] = 'application/json';
         return $this->call($action, 'POST', '/webhooks/orders', $headers, $body);
@@ -83,10 +83,22 @@ final class BridgeClient
         $headers = ['Authorization' => 'Bearer ' . $this->settings->adminToken, 'Accept' => 'application/json'];
         $encoded = null;
         if ($body !== null) {
-            $encoded = json_encode($body, JSON_UNESCAPED_SLASHES);
+            $encoded = self::json($body);
             $headers['Content-Type'] = 'application/json';
         }
         return $this->call($action, $method, $path, $headers, $encoded);
+    }
+
+    /** The request body; an exception rather than an empty body when a value cannot be encoded. */
+    private static function json(array $data): string
+    {
+        $body = json_encode($data, JSON_UNESCAPED_SLASHES);
+        if ($body === false) {
+            // The message names the problem, never the value (it may be a password).
+            throw new \RuntimeException('the request cannot be encoded as JSON, nothing was sent: '
+                . json_last_error_msg() . ' (every field must be UTF-8)');
+        }
+        return $body;
     }
 
     /** A call without credentials (health checks). */

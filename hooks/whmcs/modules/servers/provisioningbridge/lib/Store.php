@@ -128,6 +128,11 @@ final class CapsuleStore extends Store
             $this->table()->insert(['name' => $key, 'value' => json_encode($value), 'expires_at' => time() + $ttlSeconds]);
             return true;
         } catch (\Exception $e) {
+            // Only the key being taken means "already there"; any other failure (a deadlock,
+            // a lost connection) is the database's, and the caller must not take it for a duplicate.
+            if ($this->get($key) === null) {
+                throw $e;
+            }
             return false;
         }
     }

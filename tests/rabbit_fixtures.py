@@ -102,6 +102,7 @@ async def make_rabbit_queue_fixture(amqp_url: str) -> AsyncIterator[MakeRabbitQu
             "delivery_limit": 2,
             "delay_buckets_s": (0.3, 1.0),
             "confirm_timeout_s": 2.0,
+            "redelivery_delay_s": 0.05,
         }
         settings.update(kwargs)
         queue = RabbitQueue(settings.pop("url", amqp_url), **settings)

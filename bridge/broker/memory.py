@@ -2,7 +2,7 @@
 
 It keeps the broker's semantics the job engine relies on: delayed delivery,
 at most ``prefetch`` handlers at once per consumer, redelivery of a message whose
-handler raised (after a short pause) and dead-lettering once ``delivery_limit``
+handler raised (after a pause that grows) and dead-lettering once ``delivery_limit``
 deliveries have failed. Nothing survives the process; that is acceptable because
 the database is the record of truth and the scheduler re-enqueues due jobs.
 """
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from bridge.broker.base import PublishError, WakeUpHandler
 
 log = logging.getLogger(__name__)
+
+MAX_REDELIVERY_DELAY_S = 30.0
 
 
 @dataclass
@@ -31,7 +33,8 @@ class InProcessQueue:
     redelivered; when it fails once more it is moved to :attr:`dead_letters`
     (so at most ``delivery_limit + 1`` deliveries, as with RabbitMQ's
     ``x-delivery-limit``). ``redelivery_delay_s`` is the pause before a failed
-    message is offered again.
+    message is offered again, doubled for each earlier failed delivery (as the
+    RabbitMQ queue does): a brief outage does not use up a message's deliveries.
     """
 
     def __init__(self, delivery_limit: int = 5, redelivery_delay_s: float = 0.1) -> None:
@@ -134,7 +137,8 @@ class InProcessQueue:
             self._done()
         elif self._started:
             # Still counted as unfinished: join() waits for the redelivery.
-            self._later(self.redelivery_delay_s, message, counted=True)
+            pause = self.redelivery_delay_s * 2 ** min(message.deliveries - 1, 16)
+            self._later(min(pause, MAX_REDELIVERY_DELAY_S), message, counted=True)
         else:
             self._done()
 

@@ -3,8 +3,9 @@
 Topology (declared on start, idempotently; ``{p}`` is the prefix):
 
 - ``{p}.jobs``: the work queue, a durable quorum queue. A handler that raises
-  gets its message back (``nack(requeue=True)``); the queue counts deliveries
-  and, past ``x-delivery-limit``, dead-letters the message to ``{p}.jobs.dead``.
+  gets its message back (``nack(requeue=True)``) after a pause that doubles with
+  each failed delivery; the queue counts deliveries and, past ``x-delivery-limit``,
+  dead-letters the message to ``{p}.jobs.dead``.
 - ``{p}.jobs.dead``: where messages go after too many failed deliveries.
 - ``{p}.delay.{ms}ms``: one per delay bucket, no consumers. A message waits
   there for the queue's TTL, then expires back into ``{p}.jobs``.
@@ -37,11 +38,13 @@ from pamqp.commands import Basic
 from pamqp.common import FieldTable
 
 from bridge.broker.base import PublishError, WakeUpHandler
+from bridge.waiting import wait_for_event
 
 log = logging.getLogger(__name__)
 
 PING_TIMEOUT_S = 2.0
 PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+MAX_REDELIVERY_DELAY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ class RabbitQueue:
     consumer re-publishes the remainder after checking the job in the database:
     early is fine, late is not. ``confirm_timeout_s``: how long ``publish`` waits
     for the broker's confirm, including while a lost connection is restored.
+    ``redelivery_delay_s``: the pause before a message whose handler raised goes
+    back to the queue, doubled for each earlier failed delivery (at most
+    :data:`MAX_REDELIVERY_DELAY_S`): a handler fails when the database or the
+    broker is briefly unavailable, and redelivered at once the message would use
+    up its deliveries within milliseconds and be dead-lettered.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class RabbitQueue:
         delivery_limit: int = 5,
         delay_buckets_s: tuple[float, ...] = (1, 5, 30, 120, 600, 3600),
         confirm_timeout_s: float = 10,
+        redelivery_delay_s: float = 0.5,
     ) -> None:
         if delivery_limit < 0:
             raise ValueError("delivery_limit must not be negative")
@@ -86,6 +95,7 @@ class RabbitQueue:
         self.delivery_limit = delivery_limit
         self.delay_buckets_s = tuple(sorted(set(delay_buckets_s)))
         self.confirm_timeout_s = confirm_timeout_s
+        self.redelivery_delay_s = redelivery_delay_s
         self.names = QueueNames(
             work=f"{prefix}.jobs",
             dead=f"{prefix}.jobs.dead",
@@ -233,7 +243,13 @@ class RabbitQueue:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.get_queue(self.names.work)
-        consumer = RabbitConsumer(channel, queue, handler, on_stopped=self._consumers.discard)
+        consumer = RabbitConsumer(
+            channel,
+            queue,
+            handler,
+            on_stopped=self._consumers.discard,
+            redelivery_delay_s=self.redelivery_delay_s,
+        )
         await consumer.begin()
         self._consumers.add(consumer)
         return consumer
@@ -275,13 +291,16 @@ class RabbitConsumer:
         queue: AbstractQueue,
         handler: WakeUpHandler,
         on_stopped: Callable[[RabbitConsumer], None] = lambda consumer: None,
+        redelivery_delay_s: float = 0.0,
     ) -> None:
         self._channel = channel
+        self._redelivery_delay_s = redelivery_delay_s
         self._queue = queue
         self._handler = handler
         self._on_stopped = on_stopped
         self._tag: str | None = None
         self._stopping = False
+        self._stopped = asyncio.Event()  # cuts redelivery pauses short
         self._running = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -308,6 +327,11 @@ class RabbitConsumer:
             await self._handler(job_id)
         except Exception:
             log.warning("handler failed for job %s; returning it to the queue", job_id, exc_info=True)
+            # A quorum queue counts the earlier failed deliveries in x-delivery-count.
+            failed_before = message.headers.get("x-delivery-count", 0)
+            failed_before = failed_before if isinstance(failed_before, int) else 0
+            pause = min(self._redelivery_delay_s * 2 ** min(failed_before, 16), MAX_REDELIVERY_DELAY_S)
+            await wait_for_event(self._stopped, pause)
             settle = message.nack(requeue=True)
         else:
             settle = message.ack()
@@ -333,6 +357,7 @@ class RabbitConsumer:
             except Exception:
                 log.warning("could not cancel consumer %s", tag, exc_info=True)
         self._stopping = True
+        self._stopped.set()
         await self._idle.wait()
         if not self._channel.is_closed:
             await self._channel.close()

@@ -112,6 +112,32 @@ async def test_a_failing_message_is_redelivered_then_dead_lettered(
     assert any("doomed" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_handler_failing_for_a_moment_is_not_dead_lettered_at_once(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    # The database restarting: for a moment every handler raises. Redeliveries pause,
+    # growing, so the message outlives the blip instead of using up its deliveries at once.
+    q = await make_rabbit_queue(delivery_limit=2, redelivery_delay_s=0.3)
+    loop = asyncio.get_running_loop()
+    back_at = loop.time() + 0.6
+    handled = asyncio.Event()
+    attempts = 0
+
+    async def handler(job_id: str) -> None:
+        nonlocal attempts
+        attempts += 1
+        if loop.time() < back_at:
+            raise ConnectionRefusedError("database restarting")
+        handled.set()
+
+    consumer = await q.consume(handler, prefetch=1)
+    await q.publish("blip")
+    await asyncio.wait_for(handled.wait(), 10)
+    await consumer.stop()
+    assert attempts <= 3
+    assert await ready_count(q, q.names.dead) == 0
+
+
 async def _has(q: RabbitQueue, name: str, n: int) -> bool:
     return await ready_count(q, name) == n
 

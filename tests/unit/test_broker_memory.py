@@ -110,6 +110,29 @@ async def test_a_message_that_fails_once_succeeds_on_redelivery(queue: InProcess
     assert queue.dead_letters == []
 
 
+async def test_a_handler_failing_for_a_moment_is_not_dead_lettered_at_once() -> None:
+    # Redeliveries pause longer each time (0.2 s, then 0.4 s), so the message outlives a
+    # half-second outage instead of using up its deliveries within it.
+    queue = InProcessQueue(delivery_limit=2, redelivery_delay_s=0.2)
+    await queue.start()
+    loop = asyncio.get_running_loop()
+    back_at = loop.time() + 0.5
+    attempts: list[float] = []
+
+    async def handler(job_id: str) -> None:
+        attempts.append(loop.time())
+        if loop.time() < back_at:
+            raise ConnectionRefusedError("database restarting")
+
+    consumer = await queue.consume(handler, prefetch=1)
+    await queue.publish("blip")
+    await asyncio.wait_for(queue.join(), 5)
+    await consumer.stop()
+    await queue.close()
+    assert queue.dead_letters == []
+    assert len(attempts) == 3
+
+
 async def test_no_more_than_prefetch_handlers_run_at_once(queue: InProcessQueue) -> None:
     running = peak = done = 0
 

@@ -25,6 +25,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.broker.base import JobQueue
+from bridge.broker.memory import InProcessQueue
 from bridge.callbacks.sender import CallbackSender
 from bridge.metrics import Metrics
 from bridge.panel.client import PanelClient
@@ -122,8 +123,6 @@ def make_queue(settings: Settings) -> JobQueue:
         from bridge.broker.rabbitmq import RabbitQueue
 
         return RabbitQueue(settings.amqp_url, prefix=settings.amqp_prefix, delay_buckets_s=DELAY_BUCKETS_S)
-    from bridge.broker.memory import InProcessQueue
-
     return InProcessQueue()
 
 
@@ -264,7 +263,15 @@ def background_services(runtime: Runtime, roles: set[Role]) -> list[Service]:
     settings = runtime.settings
     services: list[Service] = []
     if Role.BACKGROUND in roles:
-        services.append(Scheduler(runtime.engine, runtime.queue, requeue_after_s=settings.requeue_after_s))
+        services.append(
+            Scheduler(
+                runtime.engine,
+                runtime.queue,
+                requeue_after_s=settings.requeue_after_s,
+                # The in-process queue lost whatever it held when the process last stopped.
+                volatile_queue=isinstance(runtime.queue, InProcessQueue),
+            )
+        )
         services.append(runtime.callbacks)
     if Role.WORKER in roles:
         services.append(

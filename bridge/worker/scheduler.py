@@ -30,10 +30,15 @@ class Scheduler:
         poll_s: float = 1.0,
         requeue_after_s: float = 300.0,
         batch_size: int = 500,
+        volatile_queue: bool = False,
     ) -> None:
         """``requeue_after_s``: how long a due job may wait after its last wake-up before
-        the scheduler assumes the message was lost. Expired leases are re-enqueued at once."""
+        the scheduler assumes the message was lost. Expired leases are re-enqueued at once.
+        ``volatile_queue``: the queue keeps nothing across a restart (the in-process queue),
+        so a job last enqueued before this scheduler was made is carried by no message and
+        is re-enqueued as soon as it is due."""
         self._engine = engine
+        self._lost_before = utcnow() if volatile_queue else None
         self._queue = queue
         self._poll_s = poll_s
         self._requeue_after = timedelta(seconds=requeue_after_s)
@@ -43,6 +48,10 @@ class Scheduler:
     async def tick(self) -> int:
         """Re-enqueue what is overdue; how many jobs were re-enqueued."""
         now = utcnow()
+        enqueued = t.jobs.c.enqueued_at
+        lost = or_(enqueued.is_(None), enqueued < now - self._requeue_after)
+        if self._lost_before is not None:
+            lost = or_(lost, enqueued < self._lost_before)
         async with self._engine.begin() as conn:
             rows = (
                 await conn.execute(
@@ -53,10 +62,7 @@ class Scheduler:
                             # A worker held it and the lease ran out: it died or hung.
                             and_(t.jobs.c.lease_owner.is_not(None), t.jobs.c.lease_until < now),
                             # Free, due, and nothing published for it in a good while.
-                            and_(
-                                t.jobs.c.lease_owner.is_(None),
-                                or_(t.jobs.c.enqueued_at.is_(None), t.jobs.c.enqueued_at < now - self._requeue_after),
-                            ),
+                            and_(t.jobs.c.lease_owner.is_(None), lost),
                         ),
                     )
                     .order_by(t.jobs.c.next_run_at)

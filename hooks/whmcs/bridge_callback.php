@@ -11,7 +11,8 @@
  *   409 the exact same signed message again (a replay)
  *
  * A verified callback, through WHMCS's local API:
- *   job.succeeded   UpdateClientProduct status=Active, activity log entry
+ *   job.succeeded   UpdateClientProduct status=Active (only from Pending: never a service an
+ *                   admin has suspended, terminated or cancelled since), activity log entry
  *   job.failed      activity log entry and a ticket for the staff; a later failure of
  *                   the same service adds a note to that ticket while it is open
  *   job.updated, job.started, anything else   activity log entry
@@ -224,19 +225,35 @@ function pbcb_handle(array $config, Store $store, string $type, array $data, cal
     }
     pbcb_remember_status($store, $serviceId, $data);
     $service = pbcb_service($config, $serviceId);
+    if ($service === null) {
+        // Deleted in WHMCS: a 5xx would only have the bridge send it again for a day.
+        $once('log', function () use ($config, $type, $serviceId, $data) {
+            pbcb_api($config, 'LogActivity', ['description' => "Provisioning Bridge: $type for service #$serviceId ignored: "
+                . 'WHMCS has no such service (job ' . ($data['job_id'] ?? '?') . ')']);
+        });
+        return;
+    }
     $summary = 'Provisioning Bridge: ' . $type . ' for service #' . $serviceId . pbcb_domain($service)
         . ' (job ' . ($data['job_id'] ?? '?') . ', status ' . ($data['status'] ?? '?') . ')';
     if ($type === 'job.succeeded') {
-        $once('activate', function () use ($config, $serviceId) {
-            pbcb_api($config, 'UpdateClientProduct', ['serviceid' => (int) $serviceId, 'status' => 'Active']);
-        });
+        // Callbacks are retried for a day: one may arrive after an admin suspended, terminated
+        // or cancelled the service, which a late success must not undo (nor e-mail about).
+        $status = (string) ($service['status'] ?? '');
+        $activate = $status === '' || in_array(strtolower($status), ['pending', 'active'], true);
+        if ($activate) {
+            $once('activate', function () use ($config, $serviceId) {
+                pbcb_api($config, 'UpdateClientProduct', ['serviceid' => (int) $serviceId, 'status' => 'Active']);
+            });
+        } else {
+            $summary .= "; not activated: the service is $status in WHMCS";
+        }
         if (!empty($data['deferred'])) {
             $summary .= '; still retrying: ' . implode(', ', (array) $data['deferred']);
         }
         $once('ticket', function () use ($config, $store, $serviceId, $data) {
             pbcb_note_success($config, $store, $serviceId, $data);
         });
-        if ($config['welcome_email'] !== '') {
+        if ($activate && $config['welcome_email'] !== '') {
             $once('welcome', function () use ($config, $serviceId) {
                 pbcb_api($config, 'SendEmail', ['messagename' => $config['welcome_email'], 'id' => (int) $serviceId]);
             });
@@ -352,13 +369,19 @@ function pbcb_failure_text(array $config, string $serviceId, array $data): strin
     return implode("\n", $lines);
 }
 
-/** The WHMCS service (domain, client) for messages; empty when it cannot be read. */
-function pbcb_service(array $config, string $serviceId): array
+/**
+ * The WHMCS service (domain, client, status): empty when it cannot be read, null when WHMCS
+ * answers that it has no such service.
+ */
+function pbcb_service(array $config, string $serviceId): ?array
 {
     try {
         $result = pbcb_api($config, 'GetClientsProducts', ['serviceid' => (int) $serviceId]);
     } catch (\RuntimeException $e) {
         return [];
+    }
+    if (isset($result['totalresults']) && (int) $result['totalresults'] === 0) {
+        return null;
     }
     $product = $result['products']['product'][0] ?? [];
     return is_array($product) ? $product : [];

@@ -128,6 +128,10 @@ class Whmcs:
         tickets[str(ticket_id)]["status"] = status
         path.write_text(json.dumps(tickets))
 
+    def set_services(self, *services: dict[str, Any]) -> None:
+        """What GetClientsProducts answers from now on (none: WHMCS has no such service)."""
+        (self.standin_dir / "products.json").write_text(json.dumps(list(services)))
+
     def fail_once(self, *commands: str) -> None:
         (self.standin_dir / "localapi_fail.json").write_text(json.dumps(list(commands)))
 
@@ -560,6 +564,28 @@ async def test_a_redelivery_after_a_failure_redoes_only_what_was_not_done(whmcs:
     assert (await post_callback(whmcs, failure, msg_id="cb_failed", timestamp=now + 1))[0] == 200
     assert len(whmcs.api_calls("OpenTicket")) == 1
     assert whmcs.api_calls("AddTicketNote") == []
+
+
+@pytest.mark.parametrize("status", ["Suspended", "Terminated", "Cancelled"])
+async def test_a_late_success_does_not_reactivate_a_service_an_admin_has_since_stopped(
+    whmcs: Whmcs, status: str
+) -> None:
+    # Callbacks are retried for a day: a job.succeeded may arrive after the service was stopped.
+    whmcs.set_services({"id": SERVICE_ID, "clientid": 1, "domain": "example.com", "status": status})
+    answer = await post_callback(whmcs, callback("job.succeeded"))
+    assert answer == (200, {"ok": True, "duplicate": False})
+    assert whmcs.api_calls("UpdateClientProduct") == [] and whmcs.api_calls("SendEmail") == []
+    (log,) = whmcs.api_calls("LogActivity")
+    assert f"not activated: the service is {status} in WHMCS" in log["values"]["description"]
+
+
+async def test_a_callback_for_a_service_whmcs_no_longer_has_is_logged_and_acknowledged(whmcs: Whmcs) -> None:
+    # Deleted in WHMCS: refusing it would only make the bridge retry for a day.
+    whmcs.set_services()
+    answer = await post_callback(whmcs, callback("job.succeeded"))
+    assert answer == (200, {"ok": True, "duplicate": False})
+    assert [c["command"] for c in whmcs.effects()] == ["LogActivity"]
+    assert "WHMCS has no such service" in whmcs.api_calls("LogActivity")[0]["values"]["description"]
 
 
 async def test_a_redelivery_while_the_first_delivery_is_still_handled_is_not_acknowledged(whmcs: Whmcs) -> None:

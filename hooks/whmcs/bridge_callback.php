@@ -15,7 +15,9 @@
  *                   admin has suspended, terminated or cancelled since), activity log entry
  *   job.failed      activity log entry and a ticket for the staff; a later failure of
  *                   the same service adds a note to that ticket while it is open
- *   job.updated, job.started, anything else   activity log entry
+ *   job.updated     activity log entry; when a deferred step (the certificate) gave up,
+ *                   a ticket too, as for job.failed
+ *   job.started, anything else   activity log entry
  *
  * Handled webhook-ids are remembered (48 hours by default, longer than the bridge's
  * retry schedule). The bridge signs each delivery afresh, so the same id with a new
@@ -261,7 +263,14 @@ function pbcb_handle(array $config, Store $store, string $type, array $data, cal
     } elseif ($type === 'job.failed') {
         $summary .= ': ' . ($data['error'] ?? 'no error given');
         $once('ticket', function () use ($config, $store, $serviceId, $service, $data) {
-            pbcb_ticket($config, $store, $serviceId, $service, $data);
+            pbcb_ticket($config, $store, $serviceId, $service, $data, pbcb_failure_text($config, $serviceId, $data));
+        });
+    } elseif ($type === 'job.updated' && ($gaveUp = pbcb_failed_step($data)) !== null) {
+        // A deferred step (the certificate) gave up after the service went live: staff must
+        // hear of it, not only the activity log.
+        $summary .= ': ' . $gaveUp['kind'] . ' gave up: ' . ($gaveUp['error'] ?? 'no error given');
+        $once('ticket', function () use ($config, $store, $serviceId, $service, $data, $gaveUp) {
+            pbcb_ticket($config, $store, $serviceId, $service, $data, pbcb_gave_up_text($config, $serviceId, $data, $gaveUp));
         });
     }
     $once('log', function () use ($config, $summary, $service) {
@@ -285,9 +294,8 @@ function pbcb_remember_status(Store $store, string $serviceId, array $data): voi
  * Opens a ticket for a failed job, or adds a note to the service's ticket when one is
  * still open, so repeated failures of one service stay in one conversation.
  */
-function pbcb_ticket(array $config, Store $store, string $serviceId, array $service, array $data): void
+function pbcb_ticket(array $config, Store $store, string $serviceId, array $service, array $data, string $message): void
 {
-    $message = pbcb_failure_text($config, $serviceId, $data);
     $ticketId = pbcb_open_ticket_id($config, $store, $serviceId);
     if ($ticketId !== null) {
         pbcb_api($config, 'AddTicketNote', ['ticketid' => $ticketId, 'message' => $message, 'markdown' => true]);
@@ -363,6 +371,24 @@ function pbcb_failure_text(array $config, string $serviceId, array $data): strin
     }
     $lines[] = '';
     $lines[] = 'Fix the cause, then press "Retry provisioning" on the service; finished steps are not repeated.';
+    if ($config['bridge_url'] !== '' && isset($data['job_id'])) {
+        $lines[] = 'Job in the bridge: ' . rtrim($config['bridge_url'], '/') . '/admin/jobs/' . rawurlencode($data['job_id']);
+    }
+    return implode("\n", $lines);
+}
+
+/** The ticket text when a step deferred past the job's success (the certificate) gave up. */
+function pbcb_gave_up_text(array $config, string $serviceId, array $data, array $step): string
+{
+    $lines = [
+        'Service #' . $serviceId . ' is active, but its ' . $step['kind'] . ' step gave up after '
+            . ($step['attempts'] ?? '?') . ' attempt(s) (job ' . ($data['job_id'] ?? '?') . '):',
+        '',
+        (string) ($step['error'] ?? 'no error given'),
+        '',
+        'For a certificate: the site keeps the self-signed one until it is issued. Check that the'
+            . " domain's DNS points at the server, then issue it on the panel.",
+    ];
     if ($config['bridge_url'] !== '' && isset($data['job_id'])) {
         $lines[] = 'Job in the bridge: ' . rtrim($config['bridge_url'], '/') . '/admin/jobs/' . rawurlencode($data['job_id']);
     }

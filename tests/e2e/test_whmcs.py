@@ -588,6 +588,22 @@ async def test_a_callback_for_a_service_whmcs_no_longer_has_is_logged_and_acknow
     assert "WHMCS has no such service" in whmcs.api_calls("LogActivity")[0]["values"]["description"]
 
 
+async def test_a_deferred_certificate_that_gives_up_opens_a_ticket(whmcs: Whmcs) -> None:
+    # The service went live with SSL deferred; days later the bridge reports the certificate
+    # gave up. The activity log alone would leave the site self-signed with nobody told.
+    issued = {"kind": "issue_ssl", "status": "succeeded", "attempts": 2, "error": None}
+    assert (await post_callback(whmcs, callback("job.updated", steps=[issued])))[0] == 200
+    assert whmcs.api_calls("OpenTicket") == []
+    gave_up = {"kind": "issue_ssl", "status": "failed", "attempts": 12, "error": "DNS does not point here"}
+    assert (await post_callback(whmcs, callback("job.updated", steps=[gave_up])))[0] == 200
+    (ticket,) = whmcs.api_calls("OpenTicket")
+    assert ticket["values"]["subject"] == f"Provisioning failed: service #{SERVICE_ID} (example.com) at issue_ssl"
+    message = ticket["values"]["message"]
+    assert "is active, but its issue_ssl step gave up after 12 attempt(s)" in message
+    assert "DNS does not point here" in message and "Retry provisioning" not in message
+    assert whmcs.api_calls("UpdateClientProduct") == []
+
+
 async def test_a_redelivery_while_the_first_delivery_is_still_handled_is_not_acknowledged(whmcs: Whmcs) -> None:
     """The bridge gives up waiting on a slow WHMCS and delivers again. Answering that 2xx while the
     first delivery may still fail would lose the callback: the bridge counts it delivered."""

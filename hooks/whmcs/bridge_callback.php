@@ -44,6 +44,9 @@ use ProvisioningBridge\Store;
 const PBCB_MAX_BODY = 262144;
 /** A callback still marked as being handled after this long was left by a request that died: retake it. */
 const PBCB_ABANDONED_S = 600;
+// Handled ids are kept at least this long: the bridge redelivers a callback whose answer it
+// did not get for up to about 27.6 hours, and a forgotten id would be handled twice.
+const PBCB_MIN_REMEMBER_S = 28 * 3600;
 
 function pbcb_config(): array
 {
@@ -129,7 +132,7 @@ function pbcb_main(): void
  */
 function pbcb_process(array $config, string $id, string $timestamp, array $event): void
 {
-    $ttl = (int) $config['remember_ids_s'];
+    $ttl = max((int) $config['remember_ids_s'], PBCB_MIN_REMEMBER_S);
     $seenKey = 'seen:' . hash('sha256', $id);
     try {
         $store = Store::open($config['state_dir']);

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -602,6 +603,17 @@ async def test_a_deferred_certificate_that_gives_up_opens_a_ticket(whmcs: Whmcs)
     assert "is active, but its issue_ssl step gave up after 12 attempt(s)" in message
     assert "DNS does not point here" in message and "Retry provisioning" not in message
     assert whmcs.api_calls("UpdateClientProduct") == []
+
+
+async def test_callback_ids_are_kept_at_least_as_long_as_the_bridge_redelivers(whmcs: Whmcs) -> None:
+    # A minute would let a redelivery a day later (its first answer lost) be handled twice.
+    config = whmcs.standin_dir.parent / "webroot" / "bridge_callback_config.php"
+    short = config.read_text().replace("'department_id' => 7,", "'department_id' => 7, 'remember_ids_s' => 60,")
+    config.write_text(short)
+    assert (await post_callback(whmcs, callback("job.succeeded"), msg_id="cb_kept"))[0] == 200
+    state = json.loads((whmcs.state_dir / "state.json").read_text())
+    seen = state["seen:" + hashlib.sha256(b"cb_kept").hexdigest()]
+    assert seen["expires_at"] - time.time() > 28 * 3600 - 60
 
 
 async def test_a_redelivery_while_the_first_delivery_is_still_handled_is_not_acknowledged(whmcs: Whmcs) -> None:

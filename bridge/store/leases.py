@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 import asyncpg
-from sqlalchemy import case, exists, literal, or_, select, update
+from sqlalchemy import ColumnElement, case, exists, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES
@@ -43,7 +43,8 @@ class Lease:
 _earlier = t.jobs.alias("earlier")
 
 
-def _no_earlier_unfinished_job() -> object:
+def no_earlier_unfinished_job() -> ColumnElement[bool]:
+    """The job (``jobs``) is the first unfinished one of its service: its turn has come."""
     return ~exists().where(
         _earlier.c.service_id == t.jobs.c.service_id,
         _earlier.c.id < t.jobs.c.id,
@@ -69,7 +70,7 @@ async def acquire(engine: AsyncEngine, public_id: str, owner: str, lease_s: floa
                     t.jobs.c.next_run_at.is_not(None),
                     t.jobs.c.next_run_at <= now,
                     or_(t.jobs.c.lease_until.is_(None), t.jobs.c.lease_until < now),
-                    _no_earlier_unfinished_job(),  # type: ignore[arg-type]
+                    no_earlier_unfinished_job(),
                 )
                 .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s))
                 .returning(*t.jobs.c)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bridge.broker.base import JobQueue, PublishError
 from bridge.store import tables as t
 from bridge.store.errors import DATABASE_UNAVAILABLE
+from bridge.store.leases import no_earlier_unfinished_job
 from bridge.store.types import utcnow
 from bridge.waiting import wait_for_event
 
@@ -61,8 +62,10 @@ class Scheduler:
                         or_(
                             # A worker held it and the lease ran out: it died or hung.
                             and_(t.jobs.c.lease_owner.is_not(None), t.jobs.c.lease_until < now),
-                            # Free, due, and nothing published for it in a good while.
-                            and_(t.jobs.c.lease_owner.is_(None), lost),
+                            # Free, due, and nothing published for it in a good while. One
+                            # waiting behind an earlier job of its service is woken when that
+                            # one finishes (and is this loop's again once it has).
+                            and_(t.jobs.c.lease_owner.is_(None), lost, no_earlier_unfinished_job()),
                         ),
                     )
                     .order_by(t.jobs.c.next_run_at)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import FERNET_KEY, WEBHOOK_SECRET
 from orders import service_create, signed
+from sqlalchemy import update
 
 from bridge.bootstrap import Role, background_services, build_app, open_runtime
+from bridge.broker.memory import InProcessQueue
+from bridge.domain.events import OrderEvent
 from bridge.settings import Settings
+from bridge.store import tables as t
+from bridge.store.crypto import SecretBox
+from bridge.store.database import create_engine
+from bridge.store.intake import store_event
+from bridge.store.types import utcnow
 from bridge.worker.scheduler import Scheduler
 
 
@@ -46,3 +56,37 @@ async def test_after_an_embedded_restart_the_jobs_the_queue_held_are_published_a
         # Once: after that the job waits out requeue_after like any other.
         assert await scheduler.tick() == 0
         await consumer.stop()
+
+
+async def test_a_job_waiting_behind_an_earlier_one_of_its_service_is_left_to_that_one(db_url: str) -> None:
+    # It is woken when the earlier job finishes; publishing it every requeue_after meanwhile
+    # would only cost a refused lease each time (thousands, for a busy service).
+    engine = create_engine(db_url)
+    queue = InProcessQueue()
+    await queue.start()
+    try:
+        box = SecretBox([FERNET_KEY])
+        first, second = [
+            await store_event(engine, box, f"msg_{n}", OrderEvent.model_validate(service_create(service_id="4711")))
+            for n in (1, 2)
+        ]
+        long_ago = utcnow() - timedelta(hours=1)
+        async with engine.begin() as conn:
+            await conn.execute(update(t.jobs).values(enqueued_at=long_ago, next_run_at=long_ago))
+            await conn.execute(
+                update(t.jobs)
+                .where(t.jobs.c.public_id == first.job_id)
+                .values(status="running", lease_owner="w:1", lease_until=utcnow() + timedelta(minutes=5))
+            )
+        scheduler = Scheduler(engine, queue, requeue_after_s=60)
+        assert await scheduler.tick() == 0  # the first is held; the second waits its turn
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(t.jobs)
+                .where(t.jobs.c.public_id == first.job_id)
+                .values(status="succeeded", next_run_at=None, lease_owner=None, lease_until=None)
+            )
+        assert await scheduler.tick() == 1  # its wake-up lost: now it is the scheduler's
+    finally:
+        await queue.close()
+        await engine.dispose()

@@ -49,8 +49,12 @@ class Scheduler:
     async def tick(self) -> int:
         """Re-enqueue what is overdue; how many jobs were re-enqueued."""
         now = utcnow()
+        cutoff = now - self._requeue_after
         enqueued = t.jobs.c.enqueued_at
-        lost = or_(enqueued.is_(None), enqueued < now - self._requeue_after)
+        # Lost: due for a good while and nothing published for it in as long. A job that has
+        # only just come due (a retry an hour off, published to a delay queue when it was
+        # set) is being woken by that message right now.
+        lost = and_(or_(enqueued.is_(None), enqueued < cutoff), t.jobs.c.next_run_at <= cutoff)
         if self._lost_before is not None:
             lost = or_(lost, enqueued < self._lost_before)
         async with self._engine.begin() as conn:

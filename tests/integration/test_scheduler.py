@@ -90,3 +90,26 @@ async def test_a_job_waiting_behind_an_earlier_one_of_its_service_is_left_to_tha
     finally:
         await queue.close()
         await engine.dispose()
+
+
+async def test_a_job_that_has_only_just_come_due_is_left_to_its_delayed_wake_up(db_url: str) -> None:
+    # Its retry was published an hour ago to a delay queue, which delivers it now: publishing
+    # another only makes a second delivery. Due for longer than requeue_after, it is lost.
+    engine = create_engine(db_url)
+    queue = InProcessQueue()
+    await queue.start()
+    try:
+        event = OrderEvent.model_validate(service_create())
+        stored = await store_event(engine, SecretBox([FERNET_KEY]), "msg_retry", event)
+        scheduler = Scheduler(engine, queue, requeue_after_s=60)
+        for due_since, expected in ((timedelta(seconds=10), 0), (timedelta(minutes=2), 1)):
+            async with engine.begin() as conn:
+                await conn.execute(
+                    update(t.jobs)
+                    .where(t.jobs.c.public_id == stored.job_id)
+                    .values(enqueued_at=utcnow() - timedelta(hours=1), next_run_at=utcnow() - due_since)
+                )
+            assert await scheduler.tick() == expected, due_since
+    finally:
+        await queue.close()
+        await engine.dispose()

@@ -16,6 +16,18 @@ from typing import Protocol
 WakeUpHandler = Callable[[str], Awaitable[None]]
 
 
+# The longest pause before a message whose handler raised goes back to the queue.
+MAX_REDELIVERY_DELAY_S = 30.0
+
+
+def redelivery_pause_s(first_s: float, failed_before: int) -> float:
+    """The pause before a message whose handler raised goes back: ``first_s``, doubled for each
+    earlier failed delivery. A handler fails when the database or the broker is briefly
+    unavailable; redelivered at once, a message would use up its deliveries within
+    milliseconds and be dead-lettered."""
+    return min(first_s * 2.0 ** min(failed_before, 16), MAX_REDELIVERY_DELAY_S)
+
+
 class PublishError(Exception):
     """The broker did not confirm a message (unreachable, nacked, or returned as unroutable)."""
 

@@ -13,11 +13,9 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from bridge.broker.base import PublishError, WakeUpHandler
+from bridge.broker.base import PublishError, WakeUpHandler, redelivery_pause_s
 
 log = logging.getLogger(__name__)
-
-MAX_REDELIVERY_DELAY_S = 30.0
 
 
 @dataclass
@@ -137,8 +135,7 @@ class InProcessQueue:
             self._done()
         elif self._started:
             # Still counted as unfinished: join() waits for the redelivery.
-            pause = self.redelivery_delay_s * 2 ** min(message.deliveries - 1, 16)
-            self._later(min(pause, MAX_REDELIVERY_DELAY_S), message, counted=True)
+            self._later(redelivery_pause_s(self.redelivery_delay_s, message.deliveries - 1), message, counted=True)
         else:
             self._done()
 

@@ -37,14 +37,13 @@ from aio_pika.abc import (
 from pamqp.commands import Basic
 from pamqp.common import FieldTable
 
-from bridge.broker.base import PublishError, WakeUpHandler
+from bridge.broker.base import PublishError, WakeUpHandler, redelivery_pause_s
 from bridge.waiting import wait_for_event
 
 log = logging.getLogger(__name__)
 
 PING_TIMEOUT_S = 2.0
 PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
-MAX_REDELIVERY_DELAY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -73,9 +72,7 @@ class RabbitQueue:
     for the broker's confirm, including while a lost connection is restored.
     ``redelivery_delay_s``: the pause before a message whose handler raised goes
     back to the queue, doubled for each earlier failed delivery (at most
-    :data:`MAX_REDELIVERY_DELAY_S`): a handler fails when the database or the
-    broker is briefly unavailable, and redelivered at once the message would use
-    up its deliveries within milliseconds and be dead-lettered.
+    30 s; see :func:`bridge.broker.base.redelivery_pause_s`).
     """
 
     def __init__(
@@ -330,8 +327,7 @@ class RabbitConsumer:
             # A quorum queue counts the earlier failed deliveries in x-delivery-count.
             failed_before = message.headers.get("x-delivery-count", 0)
             failed_before = failed_before if isinstance(failed_before, int) else 0
-            pause = min(self._redelivery_delay_s * 2 ** min(failed_before, 16), MAX_REDELIVERY_DELAY_S)
-            await wait_for_event(self._stopped, pause)
+            await wait_for_event(self._stopped, redelivery_pause_s(self._redelivery_delay_s, failed_before))
             settle = message.nack(requeue=True)
         else:
             settle = message.ack()

@@ -52,8 +52,8 @@ def _require_webhook_secret(settings: Settings) -> None:
 def _require_scale_out(settings: Settings) -> None:
     """serve and worker are separate processes: they must share a broker and a database server."""
     problems = scale_out_problems(settings)
-    for line in problems:
-        print(f"bridge: configuration error: {line}", file=sys.stderr)
+    for setting, problem in problems:
+        print(f"bridge: configuration error: {setting}: {problem}", file=sys.stderr)
     if problems:
         raise SystemExit(2)
 

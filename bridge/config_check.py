@@ -89,9 +89,7 @@ def settings_findings(settings: Settings) -> list[Found]:
     found += _panel_findings(settings)
     if not (settings.embedded and settings.database_url.startswith("sqlite")):
         # Half a scale-out deployment: only `bridge run` starts with it.
-        for line in scale_out_problems(settings):
-            setting, _, message = line.partition(": ")
-            found.append(Found("warning", setting, message))
+        found += [Found("warning", setting, problem) for setting, problem in scale_out_problems(settings)]
     if settings.retry_delay_scale != 1.0:
         found.append(
             Found(

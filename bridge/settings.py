@@ -179,22 +179,28 @@ def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
     return sorted(name for name in environ if name.upper().startswith("BRIDGE_") and name.upper() not in known)
 
 
-def scale_out_problems(settings: Settings) -> list[str]:
+def scale_out_problems(settings: Settings) -> list[tuple[str, str]]:
     """Why ``bridge serve`` and ``bridge worker``, which run as separate processes, cannot
     start with these settings: the in-process queue reaches no other process, and SQLite is
-    one process's database. One line per setting."""
+    one process's database. (setting, problem) pairs."""
     from bridge.store.database import is_sqlite
 
     problems = []
     if settings.embedded:
         problems.append(
-            "BRIDGE_AMQP_URL: empty (the in-process queue, which no other process can reach): "
-            "`bridge serve` and `bridge worker` need RabbitMQ; only `bridge run` works without it"
+            (
+                "BRIDGE_AMQP_URL",
+                "empty (the in-process queue, which no other process can reach): "
+                "`bridge serve` and `bridge worker` need RabbitMQ; only `bridge run` works without it",
+            )
         )
     if is_sqlite(settings.database_url):
         problems.append(
-            "BRIDGE_DATABASE_URL: SQLite is one process's database: "
-            "`bridge serve` and `bridge worker` need PostgreSQL; only `bridge run` works on SQLite"
+            (
+                "BRIDGE_DATABASE_URL",
+                "SQLite is one process's database: "
+                "`bridge serve` and `bridge worker` need PostgreSQL; only `bridge run` works on SQLite",
+            )
         )
     return problems
 

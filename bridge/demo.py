@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from bridge.bootstrap import Role, background_services, build_app, open_runtime
 from bridge.domain.jobs import JobStatus, StepStatus
@@ -73,16 +72,7 @@ class _DemoSettings(Settings):
     """What the demo passes, and the defaults: never the environment or ``BRIDGE_CONFIG``, so
     a machine set up for a real bridge runs the same demo as any other."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+    reads_environment = False
 
 
 class _Receiver:

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     """Every setting a user can see. Names here are BRIDGE_<NAME> in the environment."""
 
     model_config = SettingsConfigDict(env_prefix="BRIDGE_", extra="forbid", frozen=True)
+    # False in a subclass whose values are only those passed and the defaults (the demo's).
+    reads_environment: ClassVar[bool] = True
 
     database_url: str = DEFAULT_DATABASE_URL
     amqp_url: str = ""
@@ -149,6 +151,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if not cls.reads_environment:
+            return (init_settings,)
         config_file = os.environ.get("BRIDGE_CONFIG")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if config_file:

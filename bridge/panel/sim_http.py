@@ -10,6 +10,7 @@ injected faults and the view itself.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -99,7 +100,7 @@ async def dispatch(sim: PanelSimulator, request: web.Request) -> web.StreamRespo
     state.calls.append(record)
     # Like the real panel (Django behind a WSGI server), a call is worked through to its end even
     # when the client goes away meanwhile: a caller killed mid-call may still have had its effect.
-    work = asyncio.ensure_future(_answer_counting_mutations(sim, request, call, account, fields, line))
+    work = asyncio.ensure_future(_counting_mutations(sim, call, _answer(sim, request, call, account, fields, line)))
     sim.unfinished.add(work)
 
     def finished(_: asyncio.Future[web.StreamResponse]) -> None:
@@ -111,20 +112,16 @@ async def dispatch(sim: PanelSimulator, request: web.Request) -> web.StreamRespo
     return await asyncio.shield(work)
 
 
-async def _answer_counting_mutations(
-    sim: PanelSimulator,
-    request: web.Request,
-    call: str,
-    account: SimAccount,
-    fields: dict[str, str],
-    line: int | None,
+async def _counting_mutations(
+    sim: PanelSimulator, call: str, answer: Coroutine[Any, Any, web.StreamResponse]
 ) -> web.StreamResponse:
+    """``answer``, counted among the mutations in progress when ``call`` is one."""
     if call not in MUTATING_CALLS:
-        return await _answer(sim, request, call, account, fields, line)
+        return await answer
     sim.mutations_in_flight += 1
     sim.state.max_concurrent_mutations = max(sim.state.max_concurrent_mutations, sim.mutations_in_flight)
     try:
-        return await _answer(sim, request, call, account, fields, line)
+        return await answer
     finally:
         sim.mutations_in_flight -= 1
 

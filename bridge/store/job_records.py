@@ -190,8 +190,9 @@ class JobRecords:
         job.wrote_callbacks |= change.writes_callbacks
         return changed
 
-    def _change(self, job: JobRecord, owner: str, **job_values: Any) -> JobChange:
-        return JobChange(job.pk, owner, job_values)
+    def _change(self, job: JobRecord, **job_values: Any) -> JobChange:
+        """A change of ``job``, fenced by the lease it was loaded under."""
+        return JobChange(job.pk, job.owner, job_values)
 
     def _callback(self, change: JobChange, job: JobRecord, event_type: str) -> None:
         if job.callback_url:
@@ -203,14 +204,14 @@ class JobRecords:
         await self._apply(change, job)
 
     async def start_attempt(
-        self, job: JobRecord, step: StepRecord, owner: str, lease_s: float, *, after: JobChange | None = None
+        self, job: JobRecord, step: StepRecord, lease_s: float, *, after: JobChange | None = None
     ) -> int:
         """Commit the intent before anything is sent: if the worker dies now, the next one reconciles.
 
         ``after``: the previous step's outcome, not yet committed; both go in one statement.
         """
         now = utcnow()
-        change = after or self._change(job, owner)
+        change = after or self._change(job)
         change.set(lease_until=now + timedelta(seconds=lease_s))
         if job.status is JobStatus.ACCEPTED:
             job.status = JobStatus.RUNNING
@@ -234,18 +235,18 @@ class JobRecords:
         )
         change.insert(
             t.attempts,
-            {"step_id": step.id, "number": step.attempts, "worker": owner, "started_at": now},
+            {"step_id": step.id, "number": step.attempts, "worker": job.owner, "started_at": now},
             id_as="attempt_id",
         )
         return int((await self._apply(change, job))["attempt_id"])
 
     async def withdraw_attempt(
-        self, job: JobRecord, step: StepRecord, attempt_id: int, *, owner: str, in_flight: bool, message: str
+        self, job: JobRecord, step: StepRecord, attempt_id: int, *, in_flight: bool, message: str
     ) -> None:
         """An attempt started but never sent (the job was cancelled meanwhile): close it, and put back
         whether the step may have taken effect as it was before."""
         now = utcnow()
-        change = self._change(job, owner, updated_at=now)
+        change = self._change(job, updated_at=now)
         change.update(t.attempts, {"id": attempt_id}, {"finished_at": now, "outcome": "abandoned", "message": message})
         change.update(t.steps, {"id": step.id}, {"in_flight": in_flight, "updated_at": now})
         step.in_flight = in_flight
@@ -257,7 +258,6 @@ class JobRecords:
         step: StepRecord,
         attempt_id: int,
         *,
-        owner: str,
         status: StepStatus,
         label: str,
         message: str,
@@ -270,7 +270,7 @@ class JobRecords:
         """The step's outcome, held back (not committed): the runner commits it together with the
         start of the next step, or on its own (:meth:`commit`). The job in memory shows it already."""
         now = utcnow()
-        change = self._change(job, owner, updated_at=now)
+        change = self._change(job, updated_at=now)
         # An admin may have asked to cancel while this step ran: the runner honours it before the next step.
         change.read_back("cancel_requested")
         change.update(t.attempts, {"id": attempt_id}, {"finished_at": now, "outcome": label, "message": message})
@@ -326,7 +326,7 @@ class JobRecords:
         change.on_commit(lambda changed: setattr(job, "cancel_requested", bool(changed["cancel_requested"])))
         return change
 
-    async def finish(self, job: JobRecord, action: Finish, *, owner: str, error: str | None, was: JobStatus) -> None:
+    async def finish(self, job: JobRecord, action: Finish, *, error: str | None, was: JobStatus) -> None:
         """Final status (or succeeded-with-deferred), lease released, callbacks, next job of the service woken."""
         if job.callback_url and job.compensations:
             # An admin may have resolved a compensation record while the job ran: the callback
@@ -343,7 +343,7 @@ class JobRecords:
         }
         if not was.finished:
             values["finished_at"] = now
-        change = self._change(job, owner, **values)
+        change = self._change(job, **values)
         job.status, job.error = action.status, error
         if action.status is JobStatus.SUCCEEDED and not action.deferred:
             change.update(t.compensations, {"job_id": job.pk, "status": "pending"}, {"status": "not_needed"})
@@ -367,11 +367,11 @@ class JobRecords:
         self._callback(change, job, callback)
         await self._apply(change, job)
 
-    async def wait(self, job: JobRecord, until: datetime, *, owner: str) -> None:
+    async def wait(self, job: JobRecord, until: datetime) -> None:
         """Nothing to run before ``until``: release the lease and schedule a wake-up."""
         now = utcnow()
         change = self._change(
-            job, owner, next_run_at=until, lease_owner=None, lease_until=None, enqueued_at=now, updated_at=now
+            job, next_run_at=until, lease_owner=None, lease_until=None, enqueued_at=now, updated_at=now
         )
         _wake(change, job.public_id, max(0.0, (until - now).total_seconds()))
         await self._apply(change, job)

@@ -135,12 +135,12 @@ class JobRunner:
                     if job.status.finished and action.status is JobStatus.SUCCEEDED and action.deferred:
                         # Still waiting on the deferred step: nothing changed, only the next wake-up.
                         assert action.wake_at is not None
-                        await self._records.wait(job, action.wake_at, owner=job.owner)
+                        await self._records.wait(job, action.wake_at)
                         return
                     await self._finish(job, action, self._job_error(job, action), was)
                     return
                 if isinstance(action, WaitUntil):
-                    await self._records.wait(job, action.at, owner=job.owner)
+                    await self._records.wait(job, action.at)
                     return
                 if self.stopping:
                     await self._records.release(job.pk, job.public_id, owner=job.owner)
@@ -163,7 +163,7 @@ class JobRunner:
         return next_action([s.state() for s in job.steps], utcnow(), deferrable)
 
     async def _finish(self, job: JobRecord, action: Finish, error: str | None, was: JobStatus) -> None:
-        await self._records.finish(job, action, owner=job.owner, error=error, was=was)
+        await self._records.finish(job, action, error=error, was=was)
         if not was.finished:
             self._metrics.jobs_finished.labels(action.status.value).inc()
         log.info("job %s %s", job.public_id, action.status.value, extra={"job_id": job.public_id})
@@ -186,11 +186,11 @@ class JobRunner:
         lease_s = self._config.lease_s + self._sending_room_s(job, step)
         # No later than the lease start_attempt commits: what the panel access may count on.
         lease_until = utcnow() + timedelta(seconds=lease_s)
-        attempt_id = await self._records.start_attempt(job, step, job.owner, lease_s, after=held)
+        attempt_id = await self._records.start_attempt(job, step, lease_s, after=held)
         if job.cancel_requested:
             # Learnt as the previous outcome was committed: this attempt is never sent.
             await self._records.withdraw_attempt(
-                job, step, attempt_id, owner=job.owner, in_flight=unsure, message=f"not sent: {CANCELLED_BY_ADMIN}"
+                job, step, attempt_id, in_flight=unsure, message=f"not sent: {CANCELLED_BY_ADMIN}"
             )
             return True, None
         access = PanelAccess(
@@ -260,7 +260,6 @@ class JobRunner:
             job,
             step,
             attempt_id,
-            owner=job.owner,
             status=status,
             label=outcome.label,
             message=message,

@@ -87,7 +87,6 @@ def call() -> PanelCallRecord:
 def outcome_of(records: JobRecords, job: JobRecord, step: StepRecord, attempt_id: int, **changes: Any) -> JobChange:
     """The held outcome of an attempt: by default the domain added, with its undo."""
     values: dict[str, Any] = {
-        "owner": "worker-a",
         "status": StepStatus.SUCCEEDED,
         "label": "succeeded",
         "message": "Domain added",
@@ -104,7 +103,7 @@ async def test_the_holder_writes_the_step_its_call_and_its_compensation_together
     records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
-    attempt_id = await records.start_attempt(job, step, "worker-a", 60)
+    attempt_id = await records.start_attempt(job, step, 60)
     outcome = outcome_of(records, job, step, attempt_id, calls=[call(), call()])
     await records.commit(outcome, job)
     row, steps = await job_and_steps(engine, job)
@@ -123,19 +122,19 @@ async def test_a_worker_that_lost_its_lease_writes_nothing(engine: AsyncEngine) 
     records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
-    attempt_id = await records.start_attempt(job, step, "worker-a", 60)
+    attempt_id = await records.start_attempt(job, step, 60)
     await take_over(engine, job, "worker-b")
     before, (row_before, steps_before) = await counts(engine), await job_and_steps(engine, job)
 
     with pytest.raises(LeaseLost):
-        await records.start_attempt(job, job.steps[2], "worker-a", 60)
+        await records.start_attempt(job, job.steps[2], 60)
     with pytest.raises(LeaseLost):
         held = outcome_of(records, job, step, attempt_id)
         await records.commit(held, job)
     with pytest.raises(LeaseLost):
-        await records.finish(job, Finish(JobStatus.FAILED), owner="worker-a", error="x", was=JobStatus.RUNNING)
+        await records.finish(job, Finish(JobStatus.FAILED), error="x", was=JobStatus.RUNNING)
     with pytest.raises(LeaseLost):
-        await records.wait(job, utcnow(), owner="worker-a")
+        await records.wait(job, utcnow())
     with pytest.raises(LeaseLost):
         await records.release(job.pk, job.public_id, owner="worker-a")
 
@@ -158,7 +157,7 @@ async def _lease_read_matches_row_by_row(engine: AsyncEngine) -> None:
     records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
-    attempt_id = await records.start_attempt(job, step, "worker-a", 60)
+    attempt_id = await records.start_attempt(job, step, 60)
     outcome = outcome_of(
         records,
         job,
@@ -172,7 +171,7 @@ async def _lease_read_matches_row_by_row(engine: AsyncEngine) -> None:
         next_attempt_at=utcnow(),
     )
     await records.commit(outcome, job)
-    await records.wait(job, utcnow(), owner="worker-a")
+    await records.wait(job, utcnow())
 
     lease = await leases.acquire(engine, job.public_id, "worker-b", 60)
     assert lease.outcome is leases.LeaseOutcome.LEASED
@@ -212,7 +211,7 @@ async def test_an_outcome_and_the_next_attempt_of_the_same_step_commit_as_if_in_
     records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
-    first = await records.start_attempt(job, step, "worker-a", 60)
+    first = await records.start_attempt(job, step, 60)
     held = outcome_of(
         records,
         job,
@@ -226,7 +225,7 @@ async def test_an_outcome_and_the_next_attempt_of_the_same_step_commit_as_if_in_
         compensation=None,
         next_attempt_at=utcnow(),
     )
-    second = await records.start_attempt(job, step, "worker-a", 60, after=held)
+    second = await records.start_attempt(job, step, 60, after=held)
     _, steps = await job_and_steps(engine, job)
     assert (steps[1].status, steps[1].attempts, steps[1].in_flight) == (StepStatus.RUNNING, 2, True)
     assert steps[1].error == "no answer in time"  # the outcome's, kept under the start's
@@ -239,11 +238,11 @@ async def test_a_callback_reports_compensations_an_admin_resolved_while_the_job_
     records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
-    attempt_id = await records.start_attempt(job, step, "worker-a", 60)
+    attempt_id = await records.start_attempt(job, step, 60)
     held = outcome_of(records, job, step, attempt_id)
     await records.commit(held, job)
     await admin_ops.resolve_compensation(engine, job.compensations[0].id, "done")
-    await records.finish(job, Finish(JobStatus.FAILED), owner="worker-a", error="x", was=JobStatus.RUNNING)
+    await records.finish(job, Finish(JobStatus.FAILED), error="x", was=JobStatus.RUNNING)
     async with engine.connect() as conn:
         sent = (await conn.execute(select(t.callbacks.c.body).where(t.callbacks.c.type == "job.failed"))).scalar_one()
         read = callback_body(await job_document(conn, job.pk), "job.failed")

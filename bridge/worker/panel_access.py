@@ -113,32 +113,39 @@ class PanelAccess:
 
         The queue is as long as the calls ahead take (a certificate issuance takes minutes).
         A job whose lease ran out there would be leased again by another delivery, and a new
-        attempt counted against its retry budget for every lease lost before its turn.
+        attempt counted against its retry budget for every lease lost before its turn. Most
+        turns come at once: the renewals start only after a third of a lease in the queue.
         """
-        queued = asyncio.Event()
-        keeping = asyncio.create_task(self._keep_lease(queued))
+        turn_came = asyncio.Event()
+        keeping: list[asyncio.Task[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            self.lease_s / 3, lambda: keeping.append(asyncio.create_task(self._keep_lease(turn_came)))
+        )
         try:
             async with gate as locked:
-                queued.set()
+                turn_came.set()
+                timer.cancel()
                 yield locked
         finally:
-            queued.set()
-            await keeping
+            turn_came.set()
+            timer.cancel()
+            for task in keeping:
+                await task
 
     async def _keep_lease(self, turn_came: asyncio.Event) -> None:
-        """Renew the lease every third of a lease until ``turn_came`` (the check in the gate then
-        renews it for the call, or finds it lost)."""
-        while not await wait_for_event(turn_came, self.lease_s / 3):
+        """Renew the lease now and every third of a lease until ``turn_came`` (the check in the
+        gate then renews it for the call, or finds it lost)."""
+        while not turn_came.is_set():
             until = utcnow() + timedelta(seconds=self.lease_s)
-            if until <= self.lease_until:
-                continue
-            try:
-                if not await renew(self.engine, self.job_pk, self.owner, until):
+            if until > self.lease_until:
+                try:
+                    if not await renew(self.engine, self.job_pk, self.owner, until):
+                        return
+                except Exception as exc:  # the check in the gate goes to the database anyway
+                    log.warning("could not renew the lease of a job waiting for the panel: %s", exc.__class__.__name__)
                     return
-            except Exception as exc:  # the check in the gate goes to the database anyway
-                log.warning("could not renew the lease of a job waiting for the panel: %s", exc.__class__.__name__)
-                return
-            self.lease_until = max(self.lease_until, until)
+                self.lease_until = max(self.lease_until, until)
+            await wait_for_event(turn_came, self.lease_s / 3)
 
     def _may_go_unchecked(self, timeout: float, now: datetime) -> bool:
         return (

@@ -99,6 +99,17 @@ def outcome_of(records: JobRecords, job: JobRecord, step: StepRecord, attempt_id
     return records.record_outcome(job, step, attempt_id, **{**values, **changes})
 
 
+def retried(records: JobRecords, job: JobRecord, step: StepRecord, attempt_id: int, **changes: Any) -> JobChange:
+    """The held outcome of an attempt to be tried again at once, the step left in flight."""
+    values: dict[str, Any] = {
+        "status": StepStatus.WAITING_RETRY,
+        "in_flight": True,
+        "result": None,
+        "next_attempt_at": utcnow(),
+    }
+    return outcome_of(records, job, step, attempt_id, **{**values, **changes})
+
+
 async def test_the_holder_writes_the_step_its_call_and_its_compensation_together(engine: AsyncEngine) -> None:
     records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
     job = await leased_job(engine, records, "worker-a")
@@ -158,18 +169,7 @@ async def _lease_read_matches_row_by_row(engine: AsyncEngine) -> None:
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
     attempt_id = await records.start_attempt(job, step, 60)
-    outcome = outcome_of(
-        records,
-        job,
-        step,
-        attempt_id,
-        status=StepStatus.WAITING_RETRY,
-        label="retryable",
-        message="try again",
-        in_flight=True,
-        result=None,
-        next_attempt_at=utcnow(),
-    )
+    outcome = retried(records, job, step, attempt_id, label="retryable", message="try again")
     await records.commit(outcome, job)
     await records.wait(job, utcnow())
 
@@ -212,19 +212,7 @@ async def test_an_outcome_and_the_next_attempt_of_the_same_step_commit_as_if_in_
     job = await leased_job(engine, records, "worker-a")
     step = job.steps[1]
     first = await records.start_attempt(job, step, 60)
-    held = outcome_of(
-        records,
-        job,
-        step,
-        first,
-        status=StepStatus.WAITING_RETRY,
-        label="unknown",
-        message="no answer in time",
-        in_flight=True,
-        result=None,
-        compensation=None,
-        next_attempt_at=utcnow(),
-    )
+    held = retried(records, job, step, first, label="unknown", message="no answer in time", compensation=None)
     second = await records.start_attempt(job, step, 60, after=held)
     _, steps = await job_and_steps(engine, job)
     assert (steps[1].status, steps[1].attempts, steps[1].in_flight) == (StepStatus.RUNNING, 2, True)

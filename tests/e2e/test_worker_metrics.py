@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from cli_process import run_bridge
 from engine_harness import ACCOUNT, running_bridge
 from orders import service_create
 
@@ -71,24 +69,15 @@ def test_a_port_already_taken_stops_the_start_with_one_line(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        env.update(
+        settings = {
             **{f"BRIDGE_{name.upper()}": value for name, value in secrets_env.items()},
-            BRIDGE_DATABASE_URL=pg_url,
-            BRIDGE_AMQP_URL=amqp_url,
-            BRIDGE_HTTP_HOST="127.0.0.1",
-            BRIDGE_PANELS=json.dumps([{"name": "default", "url": "http://127.0.0.1:1"}]),
-            **{setting: str(port)},
-        )
-        done = subprocess.run(
-            [sys.executable, "-m", "bridge.cli", command],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+            "BRIDGE_DATABASE_URL": pg_url,
+            "BRIDGE_AMQP_URL": amqp_url,
+            "BRIDGE_HTTP_HOST": "127.0.0.1",
+            "BRIDGE_PANELS": json.dumps([{"name": "default", "url": "http://127.0.0.1:1"}]),
+            setting: str(port),
+        }
+        done = run_bridge(command, settings, tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[-1] == (
         f"bridge: cannot start: {setting}: cannot listen on 127.0.0.1:{port}: address already in use"

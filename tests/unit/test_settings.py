@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_process import run_bridge
 from cryptography.fernet import Fernet
 
 from bridge.cli import main
@@ -201,17 +200,7 @@ def test_serve_and_worker_refuse_the_in_process_queue_and_sqlite(
     tmp_path: Path, command: str, settings: dict[str, str], expected: list[str]
 ) -> None:
     # A subprocess: started anyway, the process would run until it is stopped.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(BRIDGE_WEBHOOK_SECRETS=WEBHOOK_SECRET, **settings)
-    done = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", command],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_bridge(command, {"BRIDGE_WEBHOOK_SECRETS": WEBHOOK_SECRET, **settings}, tmp_path, timeout_s=30)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == len(expected), done.stderr

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import FERNET_KEY, WEBHOOK_SECRET
 from orders import service_create, signed
 from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.bootstrap import Role, background_services, build_app, open_runtime
 from bridge.broker.memory import InProcessQueue
@@ -28,6 +32,27 @@ def embedded(sqlite_url: str) -> Settings:
         secret_key=[FERNET_KEY],
         panels=[{"name": "default", "url": "http://127.0.0.1:1"}],  # type: ignore[list-item]
     )
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(db_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def scheduler(engine: AsyncEngine) -> AsyncIterator[Scheduler]:
+    """A scheduler publishing to an in-process queue nobody reads."""
+    queue = InProcessQueue()
+    await queue.start()
+    yield Scheduler(engine, queue, requeue_after_s=60)
+    await queue.close()
+
+
+async def stored(engine: AsyncEngine, webhook_id: str, **order: Any) -> str:
+    event = OrderEvent.model_validate(service_create(**order))
+    return (await store_event(engine, SecretBox([FERNET_KEY]), webhook_id, event)).job_id
 
 
 async def test_after_an_embedded_restart_the_jobs_the_queue_held_are_published_at_once(sqlite_url: str) -> None:
@@ -58,58 +83,42 @@ async def test_after_an_embedded_restart_the_jobs_the_queue_held_are_published_a
         await consumer.stop()
 
 
-async def test_a_job_waiting_behind_an_earlier_one_of_its_service_is_left_to_that_one(db_url: str) -> None:
+async def test_a_job_waiting_behind_an_earlier_one_of_its_service_is_left_to_that_one(
+    engine: AsyncEngine, scheduler: Scheduler
+) -> None:
     # It is woken when the earlier job finishes; publishing it every requeue_after meanwhile
     # would only cost a refused lease each time (thousands, for a busy service).
-    engine = create_engine(db_url)
-    queue = InProcessQueue()
-    await queue.start()
-    try:
-        box = SecretBox([FERNET_KEY])
-        first, second = [
-            await store_event(engine, box, f"msg_{n}", OrderEvent.model_validate(service_create(service_id="4711")))
-            for n in (1, 2)
-        ]
-        long_ago = utcnow() - timedelta(hours=1)
-        async with engine.begin() as conn:
-            await conn.execute(update(t.jobs).values(enqueued_at=long_ago, next_run_at=long_ago))
-            await conn.execute(
-                update(t.jobs)
-                .where(t.jobs.c.public_id == first.job_id)
-                .values(status="running", lease_owner="w:1", lease_until=utcnow() + timedelta(minutes=5))
-            )
-        scheduler = Scheduler(engine, queue, requeue_after_s=60)
-        assert await scheduler.tick() == 0  # the first is held; the second waits its turn
-        async with engine.begin() as conn:
-            await conn.execute(
-                update(t.jobs)
-                .where(t.jobs.c.public_id == first.job_id)
-                .values(status="succeeded", next_run_at=None, lease_owner=None, lease_until=None)
-            )
-        assert await scheduler.tick() == 1  # its wake-up lost: now it is the scheduler's
-    finally:
-        await queue.close()
-        await engine.dispose()
+    first = await stored(engine, "msg_1", service_id="4711")
+    await stored(engine, "msg_2", service_id="4711")
+    long_ago = utcnow() - timedelta(hours=1)
+    async with engine.begin() as conn:
+        await conn.execute(update(t.jobs).values(enqueued_at=long_ago, next_run_at=long_ago))
+        await conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.public_id == first)
+            .values(status="running", lease_owner="w:1", lease_until=utcnow() + timedelta(minutes=5))
+        )
+    assert await scheduler.tick() == 0  # the first is held; the second waits its turn
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.public_id == first)
+            .values(status="succeeded", next_run_at=None, lease_owner=None, lease_until=None)
+        )
+    assert await scheduler.tick() == 1  # its wake-up lost: now it is the scheduler's
 
 
-async def test_a_job_that_has_only_just_come_due_is_left_to_its_delayed_wake_up(db_url: str) -> None:
+async def test_a_job_that_has_only_just_come_due_is_left_to_its_delayed_wake_up(
+    engine: AsyncEngine, scheduler: Scheduler
+) -> None:
     # Its retry was published an hour ago to a delay queue, which delivers it now: publishing
     # another only makes a second delivery. Due for longer than requeue_after, it is lost.
-    engine = create_engine(db_url)
-    queue = InProcessQueue()
-    await queue.start()
-    try:
-        event = OrderEvent.model_validate(service_create())
-        stored = await store_event(engine, SecretBox([FERNET_KEY]), "msg_retry", event)
-        scheduler = Scheduler(engine, queue, requeue_after_s=60)
-        for due_since, expected in ((timedelta(seconds=10), 0), (timedelta(minutes=2), 1)):
-            async with engine.begin() as conn:
-                await conn.execute(
-                    update(t.jobs)
-                    .where(t.jobs.c.public_id == stored.job_id)
-                    .values(enqueued_at=utcnow() - timedelta(hours=1), next_run_at=utcnow() - due_since)
-                )
-            assert await scheduler.tick() == expected, due_since
-    finally:
-        await queue.close()
-        await engine.dispose()
+    job_id = await stored(engine, "msg_retry")
+    for due_since, expected in ((timedelta(seconds=10), 0), (timedelta(minutes=2), 1)):
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(t.jobs)
+                .where(t.jobs.c.public_id == job_id)
+                .values(enqueued_at=utcnow() - timedelta(hours=1), next_run_at=utcnow() - due_since)
+            )
+        assert await scheduler.tick() == expected, due_since

@@ -29,6 +29,7 @@ from conftest import ADMIN_TOKEN, CALLBACK_SECRET, WEBHOOK_SECRET, service_missi
 from engine_harness import ACCOUNT, Bridge, running_bridge
 from sqlalchemy import select
 
+from bridge.bootstrap import Role
 from bridge.store import tables as t
 from bridge.webhooks.signature import sign
 
@@ -139,6 +140,10 @@ class Whmcs:
     def slow(self, command: str, seconds: float) -> None:
         (self.standin_dir / "localapi_slow.json").write_text(json.dumps({command: seconds}))
 
+    def meet(self, action: str, count: int) -> None:
+        """From now on a module call logged as `action` waits until `count` of them are logged."""
+        (self.standin_dir / "module_log_barrier.json").write_text(json.dumps({action: count}))
+
     async def wait_api(self, command: str, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while len(calls := self.api_calls(command)) < count:
@@ -192,9 +197,11 @@ def whmcs(tmp_path: Path) -> Iterator[Whmcs]:
 
 
 @contextlib.asynccontextmanager
-async def live_bridge(db_url: str, whmcs: Whmcs) -> AsyncIterator[Bridge]:
+async def live_bridge(db_url: str, whmcs: Whmcs, **extra: Any) -> AsyncIterator[Bridge]:
     """The bridge, allowed to call the stand-in WHMCS back, with an admin token."""
-    async with running_bridge(db_url, callback_allowed_origins=[whmcs.origin], admin_tokens=[ADMIN_TOKEN]) as bridge:
+    async with running_bridge(
+        db_url, callback_allowed_origins=[whmcs.origin], admin_tokens=[ADMIN_TOKEN], **extra
+    ) as bridge:
         yield bridge
 
 
@@ -360,6 +367,37 @@ async def test_a_new_attempt_only_after_the_previous_job_succeeded(sqlite_url: s
         # Provisioning the service again (say after a terminate) is a new event, and a new job.
         assert await whmcs.module("CreateAccount", params) == "success"
         assert whmcs.service_record()["attempt_key"] != first_key
+        assert len(await jobs_of(bridge)) == 2
+
+
+async def test_two_create_clicks_at_once_after_a_success_record_the_new_jobs_own_status(
+    sqlite_url: str, whmcs: Whmcs
+) -> None:
+    """Both clicks read the finished job's status before either starts the new attempt; one
+    sends the new order, the other's send is its duplicate. Neither may record the old job's
+    "succeeded" against the new job: a later click would take it for finished and order again."""
+    quick = {"configoption3": "", "configoption4": "", "configoption5": ""}
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        assert await whmcs.module("CreateAccount", service_params(bridge, whmcs, **quick)) == "success"
+        [first_job] = await jobs_of(bridge)
+        await bridge.wait_for(first_job, "succeeded")
+        await whmcs.wait_api("UpdateClientProduct", 1)
+        first = whmcs.service_record()
+        assert (first["job_id"], first["job_status"]) == (first_job, "succeeded")
+    # The same bridge without a worker: the new job waits in the queue and reports nothing yet.
+    async with live_bridge(sqlite_url, whmcs, roles={Role.BACKGROUND}) as bridge:
+        params = service_params(bridge, whmcs, **quick)
+        whmcs.meet("JobStatus", 2)
+        clicks = await asyncio.gather(*(whmcs.module("CreateAccount", params) for _ in range(2)))
+        assert clicks == ["success", "success"]
+        [new_job] = [job for job in await jobs_of(bridge) if job != first_job]
+        record = whmcs.service_record()
+        assert record["attempt_key"] != first["attempt_key"]
+        assert (record["job_id"], record["job_status"]) == (new_job, "accepted")
+
+        # Without the admin API the recorded status decides: the waiting job is no reason to order again.
+        no_admin = f"webhook_secret={WEBHOOK_SECRET}\ncallback_url={whmcs.callback_url}"
+        assert await whmcs.module("CreateAccount", {**params, "serveraccesshash": no_admin}) == "success"
         assert len(await jobs_of(bridge)) == 2
 
 

@@ -9,7 +9,9 @@
  * Knobs in the same directory: settings.json (WHMCS\Config\Setting values),
  * products.json (what GetClientsProducts answers), localapi_fail.json (command
  * names that fail once each), localapi_slow.json (command name => seconds it takes),
- * tickets.json (the tickets OpenTicket made; a test may set a status to "Closed").
+ * tickets.json (the tickets OpenTicket made; a test may set a status to "Closed"),
+ * module_log_barrier.json (action => count: a logModuleCall of that action returns only
+ * once module_log.jsonl holds that many entries of it, so concurrent calls meet there).
  */
 
 namespace WHMCS\Config {
@@ -72,6 +74,27 @@ namespace {
             'response' => $text($response),
             'processed' => $text($processed),
         ]);
+        $barrier = whmcs_standin_read('module_log_barrier.json', []);
+        if (isset($barrier[$action])) {
+            whmcs_standin_wait_for_entries((string) $action, (int) $barrier[$action]);
+        }
+    }
+
+    /** Waits (10 s at most, then goes on and lets the test fail) for $count module log entries of $action. */
+    function whmcs_standin_wait_for_entries(string $action, int $count): void
+    {
+        $deadline = microtime(true) + 10;
+        while (microtime(true) < $deadline) {
+            $lines = @file(whmcs_standin_dir() . '/module_log.jsonl', FILE_IGNORE_NEW_LINES | FILE_SKIP_EMPTY_LINES) ?: [];
+            $seen = 0;
+            foreach ($lines as $line) {
+                $seen += (json_decode($line, true)['action'] ?? null) === $action ? 1 : 0;
+            }
+            if ($seen >= $count) {
+                return;
+            }
+            usleep(20000);
+        }
     }
 
     function localAPI($command, $values = [], $adminUser = '')

@@ -92,6 +92,10 @@ function provisioningbridge_CreateAccount(array $params)
         $previousStatus = provisioningbridge_jobStatus($client, $previous);
         $finishedKey = in_array($previousStatus, ServiceState::FINISHED_FOR_GOOD, true) ? $previous['attempt_key'] : null;
         $record = ServiceState::nextAttempt($store, $serviceId, $databases, $finishedKey);
+        if ($record['attempt_key'] !== ($previous['attempt_key'] ?? null)) {
+            // A new attempt (this click's or a simultaneous one's): the status read is the old job's.
+            $previousStatus = null;
+        }
 
         $passwords = ServiceState::passwords($record);
         $client = new BridgeClient($settings, array_merge([(string) ($params['password'] ?? '')], array_values($passwords)));
@@ -119,6 +123,7 @@ function provisioningbridge_jobStatus(BridgeClient $client, array $record): ?str
     return $record['job_status'] ?? null;
 }
 
+/** $previousStatus: the status of this attempt's job as read before sending, null if unknown. */
 function provisioningbridge_createResult(Store $store, string $serviceId, array $record, BridgeResponse $response, ?string $previousStatus)
 {
     if (!in_array($response->status, [200, 202], true)) {
@@ -126,8 +131,13 @@ function provisioningbridge_createResult(Store $store, string $serviceId, array 
     }
     $jobId = (string) ($response->json['job_id'] ?? '');
     $duplicate = !empty($response->json['duplicate']);
-    ServiceState::recordJob($store, $serviceId, $record['attempt_key'], $jobId, $duplicate ? (string) $previousStatus : 'accepted');
-    if ($duplicate && $previousStatus === 'failed') {
+    $jobStatus = 'accepted';
+    if ($duplicate) {
+        // The answer says where the job it found is now (a bridge too old to say leaves the status read before).
+        $jobStatus = isset($response->json['job_status']) ? (string) $response->json['job_status'] : $previousStatus;
+    }
+    ServiceState::recordJob($store, $serviceId, $record['attempt_key'], $jobId, (string) $jobStatus);
+    if ($duplicate && $jobStatus === 'failed') {
         // Sending the same event again cannot restart a failed job; say what can.
         return "The bridge already has this order (job $jobId) and it failed. Fix the cause, then press \"Retry provisioning\".";
     }

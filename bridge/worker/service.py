@@ -28,16 +28,24 @@ class WorkerService:
         self._prefetch = prefetch
         self._grace_s = grace_s
         self._consumer: Consumer | None = None
+        self._stopping = False
         self._stopped = asyncio.Event()
         self._handling: set[asyncio.Task[object]] = set()
 
     async def run(self) -> None:
-        while self._consumer is None and not self._stopped.is_set():
+        while self._consumer is None and not self._stopping:
             try:
-                self._consumer = await self._queue.consume(self._handle, self._prefetch)
+                consumer = await self._queue.consume(self._handle, self._prefetch)
             except Exception as exc:  # the broker may be down at start: keep trying
                 log.warning("cannot consume yet (%s); retrying", exc)
                 await wait_for_event(self._stopped, 2.0)
+                continue
+            if self._stopping:
+                # stop() came while subscribing and found no consumer: nobody else would end
+                # this one, which would take (and hold) messages until the connection closes.
+                await self._let_go(consumer)
+                break
+            self._consumer = consumer
         await self._stopped.wait()
 
     async def _handle(self, job_id: str) -> None:
@@ -51,15 +59,19 @@ class WorkerService:
             self._handling.discard(task)
 
     async def stop(self) -> None:
-        self._runner.stopping = True
+        self._stopping = self._runner.stopping = True
         if self._consumer is not None:
-            stopping = asyncio.ensure_future(self._consumer.stop())
-            done, _ = await asyncio.wait({stopping}, timeout=self._grace_s)
-            if not done:
-                log.warning("grace period over: steps still running are left to their lease and reconciled later")
-                # Cancelled, nothing is recorded and the message is not acked: the step stays in
-                # flight under its lease, which outlasts the panel call.
-                for task in list(self._handling):
-                    task.cancel()
-                await stopping
+            await self._let_go(self._consumer)
         self._stopped.set()
+
+    async def _let_go(self, consumer: Consumer) -> None:
+        """Stop ``consumer``, its running steps given the grace period."""
+        stopping = asyncio.ensure_future(consumer.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=self._grace_s)
+        if not done:
+            log.warning("grace period over: steps still running are left to their lease and reconciled later")
+            # Cancelled, nothing is recorded and the message is not acked: the step stays in
+            # flight under its lease, which outlasts the panel call.
+            for task in list(self._handling):
+                task.cancel()
+            await stopping

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import aio_pika
 import aio_pika.exceptions
@@ -23,7 +24,9 @@ from rabbit_fixtures import (  # noqa: F401 (fixtures are found by name)
 )
 
 from bridge.broker.base import JobQueue, PublishError
-from bridge.broker.rabbitmq import RabbitQueue
+from bridge.broker.rabbitmq import RabbitConsumer, RabbitQueue
+from bridge.worker.runner import JobRunner
+from bridge.worker.service import WorkerService
 
 pytestmark = [pytest.mark.amqp, pytest.mark.timeout(30)]
 
@@ -226,6 +229,54 @@ async def test_stop_waits_for_running_handlers_and_acks_their_messages(
     await other.stop()
     assert again == []
     assert await ready_count(q, q.names.work) == 0
+
+
+async def first_delivery(q: RabbitQueue) -> str | None:
+    """The job id a consumer subscribing now receives first (None within 5 s)."""
+    received: asyncio.Queue[str] = asyncio.Queue()
+    consumer = await q.consume(received.put, prefetch=1)
+    try:
+        return await asyncio.wait_for(received.get(), 5)
+    except TimeoutError:
+        return None
+    finally:
+        await consumer.stop()
+
+
+class RecordingRunner:
+    """Stands in for the job runner: records the job ids it is handed."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.handled: list[str] = []
+
+    async def handle(self, job_id: str) -> None:
+        self.handled.append(job_id)
+
+
+async def test_a_worker_stopped_while_subscribing_leaves_no_consumer_behind(
+    make_rabbit_queue: MakeRabbitQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = await make_rabbit_queue()
+    subscribing = asyncio.Event()
+    consume = q.consume
+
+    async def signalled_consume(*args: Any, **kwargs: Any) -> RabbitConsumer:
+        subscribing.set()
+        return await consume(*args, **kwargs)
+
+    monkeypatch.setattr(q, "consume", signalled_consume)
+    runner = RecordingRunner()
+    worker = WorkerService(q, cast(JobRunner, runner), prefetch=1, grace_s=5)
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(subscribing.wait(), 5)
+    await worker.stop()  # while the subscription is still being made
+    await asyncio.wait_for(running, 5)
+
+    # Published after the worker stopped: it waits for the next consumer.
+    await q.publish("after-stop")
+    assert await first_delivery(q) == "after-stop"
+    assert runner.handled == []
 
 
 async def test_publish_after_close_raises_promptly(make_rabbit_queue: MakeRabbitQueue) -> None:

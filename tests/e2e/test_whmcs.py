@@ -14,7 +14,9 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -710,3 +712,44 @@ def test_a_claim_the_database_could_not_write_is_not_taken_for_a_duplicate() -> 
         "present_while_failing": "already there",
         "absent_while_failing": "error",
     }
+
+
+def _limit_file_size() -> None:
+    """In the child: no file grows past 64 KiB; a write beyond fails (EFBIG) instead of killing it."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def test_a_file_store_write_that_fails_part_way_is_an_error_and_the_file_keeps_what_it_held(tmp_path: Path) -> None:
+    """The disk fills up while the state is written: the change must not be reported as stored,
+    and the truncated write must not replace the state file (attempt keys, passwords, seen ids)."""
+    env = {**os.environ, "PROVISIONINGBRIDGE_STATE_DIR": str(tmp_path)}
+    run = subprocess.run(
+        [_php(), "-d", "display_errors=stderr", str(PHP_TESTS / "store_write_check.php")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        preexec_fn=_limit_file_size,
+    )
+    assert run.returncode == 0, run.stderr + run.stdout
+    seen = json.loads(run.stdout)
+    assert seen.pop("large").startswith("error: cannot write the state file"), run.stdout
+    assert seen == {"kept": {"attempt_key": "k1"}, "large_visible": False, "files": ["state.json", "state.lock"]}
+
+
+async def test_a_state_file_that_cannot_be_written_is_reported_never_taken_for_stored(
+    sqlite_url: str, whmcs: Whmcs
+) -> None:
+    """Without Capsule the module's memory is state.json. When a change cannot be put in place,
+    CreateAccount must say so rather than send an order it will not remember (each click would
+    then be a new order), and a callback must be answered 500, not acknowledged as handled."""
+    (whmcs.state_dir / "state.json").mkdir()  # the new file cannot be renamed over it, not even by root
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        result = await whmcs.module("CreateAccount", service_params(bridge, whmcs))
+        assert result.startswith("Provisioning Bridge: cannot write the state file"), result
+        assert await jobs_of(bridge) == []
+    status, answer = await post_callback(whmcs, callback("job.succeeded"))
+    assert status == 500, answer
+    assert whmcs.effects() == []
+    assert sorted(path.name for path in whmcs.state_dir.iterdir()) == ["state.json", "state.lock"]

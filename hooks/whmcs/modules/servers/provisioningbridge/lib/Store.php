@@ -215,12 +215,37 @@ final class FileStore extends Store
         return is_array($entries) ? $entries : [];
     }
 
+    /**
+     * Writes a temporary file and renames it over state.json, so a reader never sees half a
+     * file and a failed write leaves the previous state whole. Any failure is an exception:
+     * a change that was not written must never be taken for stored.
+     */
     private function save(array $entries): void
     {
-        // Write then rename, so a reader never sees half a file.
-        $tmp = $this->dir . '/state.json.' . bin2hex(random_bytes(4));
-        file_put_contents($tmp, json_encode($entries));
-        chmod($tmp, 0600);
-        rename($tmp, $this->dir . '/state.json');
+        $path = $this->dir . '/state.json';
+        $json = json_encode($entries);
+        if ($json === false) {
+            throw new \RuntimeException("cannot write the state file $path: " . json_last_error_msg());
+        }
+        $tmp = $path . '.' . bin2hex(random_bytes(4));
+        error_clear_last();  // so that the message reported is this write's
+        $file = @fopen($tmp, 'x');
+        if ($file === false) {
+            throw new \RuntimeException("cannot write the state file $path: " . self::lastError());
+        }
+        // Private before anything is in it: the entries hold database passwords.
+        $ok = @chmod($tmp, 0600) && @fwrite($file, $json) === strlen($json) && @fflush($file)
+            && (!function_exists('fsync') || @fsync($file));  // on disk before it replaces the old state (PHP 8.1+)
+        $ok = @fclose($file) && $ok;
+        if (!$ok || !@rename($tmp, $path)) {
+            $error = self::lastError();
+            @unlink($tmp);
+            throw new \RuntimeException("cannot write the state file $path: $error");
+        }
+    }
+
+    private static function lastError(): string
+    {
+        return error_get_last()['message'] ?? 'unknown error';
     }
 }

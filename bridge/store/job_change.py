@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Column, Float, Integer, Select, Table, insert, literal, select, update
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, Select, Table, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES
@@ -31,6 +31,15 @@ from bridge.store.types import UTCDateTime
 
 class LeaseLost(Exception):
     """Another worker owns the job now; this one must not send or write anything for it."""
+
+
+@dataclass(frozen=True)
+class NextNumber:
+    """An inserted row's number: one more than the largest in its column among the rows of its
+    table whose ``column`` is ``value`` (1 for the first), counted by the statement inserting it."""
+
+    column: str
+    value: Any
 
 
 @dataclass
@@ -126,7 +135,7 @@ class JobChange:
             ctes.append(f'update_{n} AS (UPDATE "{change.table.name}" SET {sets} WHERE {where} AND {fenced})')
         for n, (table, row) in enumerate(self._rows):
             names = ", ".join(f'"{name}"' for name in row)
-            values = ", ".join(p(table.c[name], value) for name, value in row.items())
+            values = ", ".join(_inserted(p, table, name, value) for name, value in row.items())
             returning = " RETURNING id" if n in self._ids.values() else ""
             ctes.append(
                 f'insert_{n} AS (INSERT INTO "{table.name}" ({names}) SELECT {values} WHERE {fenced}{returning})'
@@ -178,7 +187,8 @@ class JobChange:
                 ]
                 await conn.execute(update(change.table).where(*where).values(**change.values))
             names = {n: name for name, n in self._ids.items()}
-            for n, (table, values) in enumerate(self._rows):
+            for n, (table, given) in enumerate(self._rows):
+                values = {k: _next_number(table, k, v) if isinstance(v, NextNumber) else v for k, v in given.items()}
                 if n in names:
                     adding = insert(table).values(**values).returning(table.c.id)
                     result[names[n]] = (await conn.execute(adding)).scalar_one()
@@ -212,6 +222,19 @@ def next_of_service(service_id: str, job_pk: int, now: datetime) -> Select[Any]:
 
 def _is_many(value: Any) -> bool:
     return isinstance(value, Collection) and not isinstance(value, str)
+
+
+def _next_number(table: Table, name: str, number: NextNumber) -> Any:
+    of = table.c[number.column] == number.value
+    return select(func.coalesce(func.max(table.c[name]), 0) + 1).where(of).scalar_subquery()
+
+
+def _inserted(p: _Params, table: Table, name: str, value: Any) -> str:
+    """One value of a row the statement inserts."""
+    if isinstance(value, NextNumber):
+        of = _match(p, table.c[value.column], value.value)
+        return f'(SELECT coalesce(max("{name}"), 0) + 1 FROM "{table.name}" WHERE {of})'
+    return p(table.c[name], value)
 
 
 def _match(p: _Params, column: Column[Any], value: Any) -> str:

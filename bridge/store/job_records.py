@@ -17,7 +17,7 @@ from bridge.panel.client import PanelCallRecord
 from bridge.store import tables as t
 from bridge.store.callback_rows import CallbackPolicy, callback_row
 from bridge.store.crypto import SecretBox
-from bridge.store.job_change import WAKE_COLUMNS, JobChange, next_of_service
+from bridge.store.job_change import WAKE_COLUMNS, JobChange, NextNumber, next_of_service
 from bridge.store.job_view import callback_body, deferred_kinds
 from bridge.store.leases import Lease
 from bridge.store.types import utcnow
@@ -233,9 +233,12 @@ class JobRecords:
                 "updated_at": now,
             },
         )
+        # Numbered after the step's last attempt row, not by its count of attempts: one held back
+        # by an open breaker has a row of its own but does not count against the retry budget.
+        number = NextNumber("step_id", step.id)
         change.insert(
             t.attempts,
-            {"step_id": step.id, "number": step.attempts, "worker": job.owner, "started_at": now},
+            {"step_id": step.id, "number": number, "worker": job.owner, "started_at": now},
             id_as="attempt_id",
         )
         return int((await self._apply(change, job))["attempt_id"])

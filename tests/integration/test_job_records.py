@@ -222,6 +222,25 @@ async def test_an_outcome_and_the_next_attempt_of_the_same_step_commit_as_if_in_
     assert [(a.id, a.outcome) for a in attempts] == [(first, "unknown"), (second, None)]
 
 
+async def test_attempts_after_an_admin_retry_are_numbered_after_the_earlier_ones(engine: AsyncEngine) -> None:
+    # The retry gives the step a fresh budget (its attempts start again from 0), not fresh numbers.
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await leased_job(engine, records, "worker-a")
+    first = await records.start_attempt(job, job.steps[1], 60)
+    failed = outcome_of(
+        records, job, job.steps[1], first, status=StepStatus.FAILED, label="permanent", compensation=None
+    )
+    await records.commit(failed, job)
+    await records.finish(job, Finish(JobStatus.FAILED), error="x", was=JobStatus.RUNNING)
+    await admin_ops.retry_job(engine, SecretBox([FERNET_KEY]), job.public_id)
+    again = await records.load(await leases.acquire(engine, job.public_id, "worker-b", 60))
+    await records.start_attempt(again, again.steps[1], 60)
+    _, steps = await job_and_steps(engine, job)
+    async with engine.connect() as conn:
+        numbers = (await conn.execute(select(t.attempts.c.number).order_by(t.attempts.c.id))).scalars().all()
+    assert numbers == [1, 2] and steps[1].attempts == 1
+
+
 async def test_a_callback_reports_compensations_an_admin_resolved_while_the_job_ran(engine: AsyncEngine) -> None:
     records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
     job = await leased_job(engine, records, "worker-a")

@@ -1,0 +1,73 @@
+"""The job runner against the panel simulator, one wake-up at a time, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from aiohttp.test_utils import TestServer
+from conftest import FERNET_KEY, WEBHOOK_SECRET
+from orders import ACCOUNT_PASSWORD, service_create
+from sqlalchemy import delete, insert, select, update
+
+from bridge.bootstrap import Runtime, open_runtime
+from bridge.domain.events import OrderEvent
+from bridge.panel.simulator import PanelSimulator
+from bridge.settings import Settings
+from bridge.store import admin_ops
+from bridge.store import tables as t
+from bridge.store.intake import store_event
+from bridge.store.types import utcnow
+
+
+@pytest.fixture
+async def runtime(db_url: str) -> AsyncIterator[Runtime]:
+    """The bridge's parts, nothing running: the test hands each wake-up to a runner itself."""
+    sim = PanelSimulator()
+    sim.add_account("john", ACCOUNT_PASSWORD)
+    async with TestServer(sim.app()) as panel:
+        settings = Settings(
+            database_url=db_url,
+            webhook_secrets=[WEBHOOK_SECRET],
+            secret_key=[FERNET_KEY],
+            panels=[{"name": "default", "url": str(panel.make_url("/")).rstrip("/")}],  # type: ignore[list-item]
+            retry_delay_scale=0.001,
+        )
+        async with open_runtime(settings) as runtime:
+            yield runtime
+
+
+async def set_breaker(runtime: Runtime, *, open_for: timedelta | None) -> None:
+    """Open the panel's circuit breaker (as after refused logins elsewhere), or close it."""
+    async with runtime.engine.begin() as conn:
+        await conn.execute(delete(t.panel_breakers))
+        if open_for is not None:
+            until = utcnow() + open_for
+            await conn.execute(insert(t.panel_breakers).values(panel="default", failures=3, open_until=until))
+
+
+async def make_due(runtime: Runtime, job_id: str) -> None:
+    """The job and its waiting step due now, as when the wait for the breaker is over."""
+    now = utcnow()
+    job_pk = select(t.jobs.c.id).where(t.jobs.c.public_id == job_id).scalar_subquery()
+    waiting = t.steps.c.next_attempt_at.is_not(None)
+    async with runtime.engine.begin() as conn:
+        await conn.execute(update(t.jobs).where(t.jobs.c.id == job_pk).values(next_run_at=now))
+        await conn.execute(update(t.steps).where(t.steps.c.job_id == job_pk, waiting).values(next_attempt_at=now))
+
+
+async def test_attempts_held_back_by_the_breaker_are_numbered_apart_but_cost_no_budget(runtime: Runtime) -> None:
+    event = OrderEvent.model_validate(service_create())
+    job_id = (await store_event(runtime.engine, runtime.box, "msg_breaker", event)).job_id
+    # Twice the breaker holds the first step back; then it is closed and the job runs through.
+    for open_for in (timedelta(minutes=10), timedelta(minutes=10), None):
+        await set_breaker(runtime, open_for=open_for)
+        await make_due(runtime, job_id)
+        await runtime.runner().handle(job_id)  # a runner of its own: no breaker reading remembered
+
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    assert job["status"] == "succeeded"
+    first = [(a["number"], a["outcome"]) for a in job["attempts"] if a["step"] == "check_account"]
+    assert first == [(1, "breaker_open"), (2, "breaker_open"), (3, "succeeded")]
+    assert job["steps"][0]["attempts"] == 1  # only the attempt sent counts against the retry budget

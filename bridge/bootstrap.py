@@ -98,7 +98,9 @@ class Runtime:
             records=self.records,
             queue=self.queue,
             clients=self.panel_client,
-            gate=PanelGate(None if sqlite_mode(settings) else self.engine),
+            gate=PanelGate(
+                None if sqlite_mode(settings) else self.engine, quiet_scale=settings.retry_delay_scale
+            ),
             breaker=PanelBreaker(self.engine, cooldown=timedelta(minutes=10) * max(settings.retry_delay_scale, 0.001)),
             metrics=self.metrics,
             owner=self.worker_id,

@@ -31,6 +31,11 @@ class PanelServer(BaseModel):
     ``cronjob_add``). Reads default to ``min(timeout_s, 15)`` and certificate
     issuance to ``max(timeout_s, 600)``, because issuing waits for DNS and ACME;
     ``read_timeout_s`` and ``ssl_timeout_s`` override those.
+
+    ``quiet_after_unknown_s`` is how long no mutating call goes to the server after
+    one whose outcome is unknown: it timed out, its connection dropped, or the
+    worker sending it died. The panel works such a call through to its end, and a
+    second configuration rewrite beside it can lose a mapping.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -44,6 +49,7 @@ class PanelServer(BaseModel):
     timeout_s: float = Field(default=120.0, gt=0)
     read_timeout_s: float | None = Field(default=None, gt=0)
     ssl_timeout_s: float | None = Field(default=None, gt=0)
+    quiet_after_unknown_s: float = Field(default=60.0, ge=0)
 
     @field_validator("url")
     @classmethod

@@ -182,3 +182,14 @@ panel_breakers = Table(
     Column("open_until", UTCDateTime()),
     Column("last_reason", Text),
 )
+
+# Who holds each panel's mutation gate (PostgreSQL only). The advisory lock dies with its
+# session and leaves no trace; this row outlives it: a holder found here by the next one
+# ended without letting go (killed, or its connection lost), perhaps in the middle of a call.
+panel_gates = Table(
+    "panel_gates",
+    metadata,
+    Column("panel", String(64), primary_key=True),
+    Column("held_by", String(64)),
+    Column("held_since", UTCDateTime()),
+)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bridge.domain.outcomes import FailureReason, PermanentFailure
+from bridge.domain.outcomes import FailureReason, PermanentFailure, UnknownOutcome
 from bridge.metrics import Metrics
 from bridge.panel.client import CallResult, PanelCallRecord, PanelClient
 from bridge.panel.config import PanelCredentials
@@ -85,9 +85,12 @@ class PanelAccess:
         the call by ``lease_s``, as a renewal would: no other worker can lease the job before
         then, even if the panel works on after the call timed out. Every other
         worker waits while the gate is held, so the round trip saved is saved for all of them.
+
+        A call whose outcome is unknown keeps the gate closed for the panel's quiet period.
         """
         timeout = self.client.server.timeout_for(name)
-        async with self._turn(self.gate.mutation(self.panel)) as locked:
+        quiet_s = self.client.server.quiet_after_unknown_s
+        async with self._turn(self.gate.mutation(self.panel, quiet_s=quiet_s)) as locked:
             now = utcnow()
             if self._may_go_unchecked(timeout, now):
                 if (until := self.breaker.seen_open_until(self.panel, now)) is not None:
@@ -103,7 +106,29 @@ class PanelAccess:
                 )
                 self._check(clearance)
                 self.lease_until = renewed_until
-            return await self._record(call)
+            result = await self._record(call)
+            if isinstance(result.outcome, UnknownOutcome) and quiet_s > 0:
+                await self._stay_quiet(name, quiet_s)
+            return result
+
+    async def _stay_quiet(self, name: str, quiet_s: float) -> None:
+        """Hold the gate closed while the panel may still be working on the call just given up on."""
+        log.warning(
+            "no answer from panel %s to %s: it may still be working on it, so no mutating call goes to it "
+            "for its quiet period (quiet_after_unknown_s = %s)",
+            self.panel,
+            name,
+            quiet_s,
+        )
+        until = utcnow() + timedelta(seconds=quiet_s + self.lease_s)
+        if until > self.lease_until:
+            try:
+                # Lost, the lease is not this worker's to keep; the gate stays closed all the same.
+                if await renew(self.engine, self.job_pk, self.owner, until):
+                    self.lease_until = until
+            except Exception as exc:
+                log.warning("could not renew the lease of a job keeping a panel quiet: %s", exc.__class__.__name__)
+        await self.gate.stay_quiet(quiet_s)
 
     @contextlib.asynccontextmanager
     async def _turn(

@@ -7,12 +7,22 @@ connection and so its lock); in the embedded mode one process runs every worker,
 so an asyncio lock is enough. Within a process an asyncio lock is taken first,
 so only one database connection per process waits on the advisory lock, and a
 process whose workers queue for the same panel hands the lock from one to the next.
+
+A call the bridge stopped waiting for (it timed out, its connection dropped, the
+worker sending it died) is still worked through by the panel. So the gate stays
+closed for a quiet period after one: the worker that saw it keeps the gate that
+long, and, with PostgreSQL, a holder that ended without letting go is noticed by
+the next one (a row in ``panel_gates`` outlives the lock), which waits as long
+before its first call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import socket
 import zlib
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -22,6 +32,8 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.store.driver import driver_connection
+
+log = logging.getLogger("bridge.worker")
 
 # Advisory-lock namespaces of the bridge (first key of the two-key form): one gate for
 # mutating calls, one for calls whose credentials are not yet proven (a failed login
@@ -60,32 +72,46 @@ class _Turn:
     held: contextlib.AsyncExitStack | None = None
     driver: asyncpg.Connection | None = None
     streak: int = 0
+    # What this process wrote in ``panel_gates`` as the holder (mutations only).
+    holder: str | None = None
 
 
 class PanelGate:
     # How many calls in a row one process may make while another's workers may be waiting.
     MAX_STREAK = 8
 
-    def __init__(self, engine: AsyncEngine | None, *, wait_check_s: float = WAIT_CHECK_S) -> None:
-        """``engine`` is the PostgreSQL engine, or None in the embedded mode."""
+    def __init__(
+        self, engine: AsyncEngine | None, *, wait_check_s: float = WAIT_CHECK_S, quiet_scale: float = 1.0
+    ) -> None:
+        """``engine`` is the PostgreSQL engine, or None in the embedded mode. Quiet periods are
+        multiplied by ``quiet_scale`` (BRIDGE_RETRY_DELAY_SCALE, like every other wait)."""
         self._engine = engine
         self._wait_check_s = wait_check_s
+        self._quiet_scale = quiet_scale
         self._turns: defaultdict[tuple[int, str], _Turn] = defaultdict(_Turn)
         # Advisory-lock acquisitions (fewer than calls when turns are handed on); tests read it.
         self.acquisitions = 0
         self._cleanup: set[asyncio.Future[None]] = set()
 
-    def mutation(self, panel: str) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]:
-        """Hold the panel's gate for mutating calls (see :meth:`_turn`)."""
-        return self._turn(MUTATIONS, panel)
+    def mutation(
+        self, panel: str, *, quiet_s: float
+    ) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]:
+        """Hold the panel's gate for mutating calls (see :meth:`_turn`). If the holder before
+        ended without letting go, the gate stays closed ``quiet_s`` (scaled) first."""
+        return self._turn(MUTATIONS, panel, quiet_s)
+
+    async def stay_quiet(self, quiet_s: float) -> None:
+        """Keep the gate held by the caller closed ``quiet_s`` (scaled) more: called inside it
+        after a call whose outcome is unknown, which the panel may still be working on."""
+        await asyncio.sleep(quiet_s * self._quiet_scale)
 
     def unproven(self, panel: str) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]:
         """Hold the panel's gate for calls with credentials not yet proven, so that however many
         jobs with bad credentials arrive at once, each sees the breaker the one before it left."""
-        return self._turn(UNPROVEN, panel)
+        return self._turn(UNPROVEN, panel, 0.0)
 
     @contextlib.asynccontextmanager
-    async def _turn(self, namespace: int, panel: str) -> AsyncIterator[asyncpg.Connection | None]:
+    async def _turn(self, namespace: int, panel: str, quiet_s: float) -> AsyncIterator[asyncpg.Connection | None]:
         """Hold one of the panel's gates; yields the driver connection holding the lock (None in the embedded mode).
 
         No transaction is open on it, so the caller's last checks before sending take one
@@ -111,7 +137,7 @@ class PanelGate:
                 return
             ok = False
             try:
-                yield await self._hold(turn, namespace, panel)
+                yield await self._hold(turn, namespace, panel, quiet_s)
                 ok = True
             finally:
                 turn.streak += 1
@@ -120,7 +146,7 @@ class PanelGate:
         finally:
             turn.lock.release()
 
-    async def _hold(self, turn: _Turn, namespace: int, panel: str) -> asyncpg.Connection:
+    async def _hold(self, turn: _Turn, namespace: int, panel: str, quiet_s: float) -> asyncpg.Connection:
         if turn.driver is not None:
             if not turn.driver.is_closed():
                 return turn.driver
@@ -140,7 +166,30 @@ class PanelGate:
             raise
         self.acquisitions += 1
         turn.held, turn.driver, turn.streak = stack, driver, 0
+        if namespace == MUTATIONS:
+            # Anything raised from here lets the lock go (see _turn), leaving the row as it was.
+            await self._claim(turn, driver, panel, quiet_s)
         return driver
+
+    async def _claim(self, turn: _Turn, driver: asyncpg.Connection, panel: str, quiet_s: float) -> None:
+        """Write this process in ``panel_gates`` as the holder; if the holder before never let
+        go, first keep the gate closed for the quiet period."""
+        holder = f"{socket.gethostname()}:{os.getpid()}:{driver.get_server_pid()}"[-64:]
+        if await driver.fetchval(_CLAIM, panel, holder) is None:
+            before = await driver.fetchrow(_HOLDER, panel)
+            assert before is not None
+            quiet = quiet_s * self._quiet_scale
+            log.warning(
+                "the holder of panel %s's gate (%s, since %s) ended without letting go, perhaps in the "
+                "middle of a call the panel is still working on: no mutating call goes to it for %.1f s",
+                panel,
+                before["held_by"],
+                before["held_since"],
+                quiet,
+            )
+            await asyncio.sleep(quiet)
+            await driver.execute(_TAKE_OVER, panel, holder)
+        turn.holder = holder
 
     async def _lock(self, driver: asyncpg.Connection, namespace: int, key: int) -> None:
         """Wait for the advisory lock as long as the server says this session waits for it."""
@@ -187,15 +236,37 @@ class PanelGate:
                 await self._let_go(turn, namespace, panel)
 
     async def _let_go(self, turn: _Turn, namespace: int, panel: str) -> None:
-        stack, driver = turn.held, turn.driver
-        turn.held, turn.driver = None, None
+        stack, driver, holder = turn.held, turn.driver, turn.holder
+        turn.held, turn.driver, turn.holder = None, None, None
         if stack is None or driver is None:
             return
         async with stack:
-            # A broken connection has lost its session, and the lock with it.
+            # A broken connection has lost its session, and the lock with it (the row stays: the
+            # next holder cannot tell whether a call was in flight).
             if not driver.is_closed():
                 try:
-                    await driver.execute("SELECT pg_advisory_unlock($1, $2)", namespace, panel_lock_key(panel))
+                    if holder is None:
+                        await driver.execute(_UNLOCK, namespace, panel_lock_key(panel))
+                    else:
+                        await driver.execute(_RELEASE, namespace, panel_lock_key(panel), panel, holder)
                 except BaseException:
                     driver.terminate()  # as above: never pooled while it may hold the lock
                     raise
+
+
+_UNLOCK = "SELECT pg_advisory_unlock($1, $2)"
+# One round trip, as a bare unlock. Whichever runs first, the row is written when the
+# statement commits, and the next holder's claim waits for that row.
+_RELEASE = """
+    WITH let_go AS (UPDATE panel_gates SET held_by = NULL WHERE panel = $3 AND held_by = $4)
+    SELECT pg_advisory_unlock($1, $2)
+"""
+# A row back: the gate was let go cleanly (or never held). None: its holder never let go.
+_CLAIM = """
+    INSERT INTO panel_gates AS g (panel, held_by, held_since) VALUES ($1, $2, now())
+    ON CONFLICT (panel) DO UPDATE SET held_by = excluded.held_by, held_since = excluded.held_since
+        WHERE g.held_by IS NULL
+    RETURNING true
+"""
+_HOLDER = "SELECT held_by, held_since FROM panel_gates WHERE panel = $1"
+_TAKE_OVER = "UPDATE panel_gates SET held_by = $2, held_since = now() WHERE panel = $1"

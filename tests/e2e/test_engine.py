@@ -92,7 +92,8 @@ async def test_an_answer_after_the_timeout_is_reconciled_not_repeated(deployment
 async def test_an_earlier_call_that_lands_after_the_read_back_is_reconciled_not_a_conflict(
     deployment: dict[str, str], call: str, kind: str
 ) -> None:
-    async with running_bridge(**deployment) as bridge:
+    # With no quiet period after the first call, the bridge sends again while the panel still works on it.
+    async with running_bridge(**deployment, panel_options={"quiet_after_unknown_s": 0}) as bridge:
         # The first call works 3 s before it makes its change; the client gives up at 2 s.
         bridge.sim.set_latency(3.0, call)
         status, answer = await bridge.send(order(bridge, ssl=False))
@@ -118,6 +119,36 @@ async def test_an_earlier_call_that_lands_after_the_read_back_is_reconciled_not_
         assert domain_id == acct["domains"][0]["id"]
         assert actions["add_domain"] == f"remove domain example.com (panel id {domain_id}) from account john"
         assert set(actions) == {"add_domain", "create_database", "add_cron_job"}
+
+
+async def test_no_mutating_call_goes_to_a_panel_still_working_on_one_given_up_on(
+    deployment: dict[str, str],
+) -> None:
+    sim = PanelSimulator()
+    sim.add_account("mary", "Mary-Panel-Pass-2")
+    # Quiet for 2.5 s (scaled by the tests' 0.001) after a call that timed out at 2 s.
+    async with running_bridge(**deployment, sim=sim, panel_options={"quiet_after_unknown_s": 2500}) as bridge:
+        # The panel works 3 s on john's add_domain; the client gives up at 2 s.
+        sim.set_latency(3.0, "add_domain")
+        first = (await bridge.send(order(bridge, ssl=False, databases=[], cron_jobs=[])))[1]["job_id"]
+        for _ in range(500):  # until the panel is working on it (it has read its delay)
+            if any(c["call"] == "add_domain" for c in sim.snapshot()["calls"]):
+                break
+            await asyncio.sleep(0.01)
+        sim.set_latency(0.0, "add_domain")
+        event = service_create(
+            service_id="other", username="mary", password="Mary-Panel-Pass-2", domain="mary.example.com", ssl=False
+        )
+        event["data"].update(databases=[], cron_jobs=[])
+        second = (await bridge.send(event))[1]["job_id"]
+        one = await bridge.wait_for(first, "succeeded", "failed", timeout=30)
+        two = await bridge.wait_for(second, "succeeded", "failed", timeout=30)
+    assert (one["status"], two["status"]) == ("succeeded", "succeeded"), (one["error"], two["error"])
+    # Mary's add_domain waited for the panel to finish john's, which was then read back.
+    snapshot = sim.snapshot()
+    assert snapshot["max_concurrent_mutations"] == 1
+    assert [a["outcome"] for a in one["attempts"] if a["step"] == "add_domain"] == ["unknown", "reconciled"]
+    assert snapshot["counters"]["add_domain"] == 2
 
 
 async def test_a_permanent_failure_fails_the_job_with_compensation_records(deployment: dict[str, str]) -> None:

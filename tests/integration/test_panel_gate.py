@@ -38,7 +38,7 @@ async def test_calls_never_overlap_and_a_process_hands_the_lock_to_its_own_waite
 
     async def call(n: int) -> None:
         nonlocal overlaps
-        async with gates[n].mutation("panel-1"):
+        async with gates[n].mutation("panel-1", quiet_s=0):
             overlaps += len(inside)
             inside.append(n)
             order.append(n)
@@ -66,14 +66,14 @@ async def test_a_lock_kept_for_a_worker_that_was_cancelled_is_let_go(
     queued: asyncio.Task[None] | None = None
 
     async def first() -> None:
-        async with here.mutation("panel-1"):
+        async with here.mutation("panel-1", quiet_s=0):
             await release.wait()
             # Cancelled while queued behind us: we still see it waiting, so we keep the lock for it.
             assert queued is not None
             queued.cancel()
 
     async def second() -> None:
-        async with here.mutation("panel-1"):
+        async with here.mutation("panel-1", quiet_s=0):
             raise AssertionError("a cancelled worker must not get the gate")
 
     holder = asyncio.create_task(first())
@@ -86,7 +86,7 @@ async def test_a_lock_kept_for_a_worker_that_was_cancelled_is_let_go(
         await queued
 
     async def other_process() -> None:
-        async with elsewhere.mutation("panel-1"):
+        async with elsewhere.mutation("panel-1", quiet_s=0):
             pass
 
     await asyncio.wait_for(other_process(), timeout=5)
@@ -96,18 +96,18 @@ async def test_a_failed_call_lets_the_lock_go(engines: tuple[AsyncEngine, AsyncE
     here, elsewhere = PanelGate(engines[0]), PanelGate(engines[1])
 
     async def failing() -> None:
-        async with here.mutation("panel-1"):
+        async with here.mutation("panel-1", quiet_s=0):
             raise RuntimeError("the call failed")
 
     async def waiting() -> None:
-        async with here.mutation("panel-1"):
+        async with here.mutation("panel-1", quiet_s=0):
             await asyncio.sleep(0.01)
 
     results = await asyncio.gather(failing(), waiting(), return_exceptions=True)
     assert isinstance(results[0], RuntimeError) and results[1] is None
 
     async def other_process() -> None:
-        async with elsewhere.mutation("panel-1"):
+        async with elsewhere.mutation("panel-1", quiet_s=0):
             pass
 
     await asyncio.wait_for(other_process(), timeout=5)
@@ -118,7 +118,7 @@ async def test_unproven_calls_queue_among_themselves_but_not_behind_mutations(
 ) -> None:
     here, elsewhere = PanelGate(engines[0]), PanelGate(engines[1])
     # A first login elsewhere does not wait for the mutation in flight ...
-    async with here.mutation("panel-1"), asyncio.timeout(5), elsewhere.unproven("panel-1"):
+    async with here.mutation("panel-1", quiet_s=0), asyncio.timeout(5), elsewhere.unproven("panel-1"):
         pass
     async with here.unproven("panel-1"):
         # ... but does wait for another call whose credentials are not proven yet.
@@ -141,7 +141,7 @@ async def test_a_lock_whose_session_the_server_ended_is_taken_again_before_the_n
     second_held: list[bool] = []
 
     async def first() -> None:
-        async with here.mutation("panel-1") as held:
+        async with here.mutation("panel-1", quiet_s=0) as held:
             assert held is not None
             first_in.set()
             # Ended by the server (a restart, an administrator): the advisory lock goes with it.
@@ -155,7 +155,7 @@ async def test_a_lock_whose_session_the_server_ended_is_taken_again_before_the_n
 
     async def second() -> None:
         await first_in.wait()
-        async with here.mutation("panel-1") as held:
+        async with here.mutation("panel-1", quiet_s=0) as held:
             assert held is not None and not held.is_closed()
             # Really held again: another session cannot take it now.
             async with other.connect() as conn:
@@ -166,6 +166,44 @@ async def test_a_lock_whose_session_the_server_ended_is_taken_again_before_the_n
 
     await asyncio.gather(first(), second())
     assert second_held == [True] and here.acquisitions == 2
+
+
+async def test_after_a_holder_that_never_let_go_the_gate_stays_closed_for_the_quiet_period(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    # A worker killed mid-call: its session, and the lock, end at once, but the panel works the
+    # call through. The next holder, in another process, sends nothing before the quiet period.
+    dying, survivor = PanelGate(engines[0]), PanelGate(engines[1])
+    panel_done = asyncio.Event()
+
+    async def killed_mid_call() -> None:
+        async with dying.mutation("panel-1", quiet_s=0) as held:
+            assert held is not None
+            asyncio.get_running_loop().call_later(0.5, panel_done.set)  # the panel's work on the call
+            held.terminate()  # as the kernel closes a killed process's socket
+
+    await killed_mid_call()
+    async with asyncio.timeout(10), survivor.mutation("panel-1", quiet_s=1.0):
+        assert panel_done.is_set()
+    # That holder let go cleanly: the next one goes at once, however long the quiet period.
+    async with asyncio.timeout(5), dying.mutation("panel-1", quiet_s=60):
+        pass
+
+
+async def test_the_quiet_period_is_scaled_and_a_gate_let_go_cleanly_has_none(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    scaled = PanelGate(engines[1], quiet_scale=0.001)
+    for gate in (PanelGate(engines[0]), scaled):
+        async with asyncio.timeout(5), gate.mutation("panel-1", quiet_s=60):
+            pass
+    held = PanelGate(engines[0])
+    async with held.mutation("panel-1", quiet_s=0) as connection:
+        assert connection is not None
+        connection.terminate()
+    # 60 s, scaled to 0.06 s.
+    async with asyncio.timeout(5), scaled.mutation("panel-1", quiet_s=60):
+        pass
 
 
 async def test_a_worker_waits_its_turn_however_long_the_call_ahead_of_it_takes(pg_url: str) -> None:
@@ -180,14 +218,14 @@ async def test_a_worker_waits_its_turn_however_long_the_call_ahead_of_it_takes(p
         inside, answered = asyncio.Event(), asyncio.Event()
 
         async def slow_call_elsewhere() -> None:
-            async with elsewhere.mutation("panel-1"):
+            async with elsewhere.mutation("panel-1", quiet_s=0):
                 inside.set()
                 await asyncio.sleep(1.5)
                 answered.set()
 
         holder = asyncio.create_task(slow_call_elsewhere())
         await inside.wait()
-        async with asyncio.timeout(10), here.mutation("panel-1") as held:
+        async with asyncio.timeout(10), here.mutation("panel-1", quiet_s=0) as held:
             assert held is not None and answered.is_set()
         await holder
     finally:
@@ -210,7 +248,7 @@ async def test_a_wait_on_a_connection_lost_without_a_word_ends(pg_url: str) -> N
         gate = PanelGate(engine, wait_check_s=0.3)
 
         async def enter() -> None:
-            async with gate.mutation("panel-1"):
+            async with gate.mutation("panel-1", quiet_s=0):
                 pass
 
         waiter = asyncio.create_task(enter())

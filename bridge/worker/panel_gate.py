@@ -135,14 +135,19 @@ class PanelGate:
             if self._engine is None:
                 yield None
                 return
-            ok = False
+            ok = cancelled = False
             try:
                 yield await self._hold(turn, namespace, panel, quiet_s)
                 ok = True
+            except asyncio.CancelledError:
+                # Stopped in the middle of a call (or of a quiet period), perhaps: the panel works
+                # the call through, so the gate is not let go cleanly and the next holder waits.
+                cancelled = True
+                raise
             finally:
                 turn.streak += 1
                 if not ok or turn.waiting == 0 or turn.streak >= self.MAX_STREAK:
-                    await self._let_go(turn, namespace, panel)
+                    await self._let_go(turn, namespace, panel, cleanly=not cancelled)
         finally:
             turn.lock.release()
 
@@ -235,7 +240,7 @@ class PanelGate:
             if turn.waiting == 0:
                 await self._let_go(turn, namespace, panel)
 
-    async def _let_go(self, turn: _Turn, namespace: int, panel: str) -> None:
+    async def _let_go(self, turn: _Turn, namespace: int, panel: str, *, cleanly: bool = True) -> None:
         stack, driver, holder = turn.held, turn.driver, turn.holder
         turn.held, turn.driver, turn.holder = None, None, None
         if stack is None or driver is None:
@@ -245,7 +250,7 @@ class PanelGate:
             # next holder cannot tell whether a call was in flight).
             if not driver.is_closed():
                 try:
-                    if holder is None:
+                    if holder is None or not cleanly:
                         await driver.execute(_UNLOCK, namespace, panel_lock_key(panel))
                     else:
                         await driver.execute(_RELEASE, namespace, panel_lock_key(panel), panel, holder)

@@ -190,6 +190,28 @@ async def test_after_a_holder_that_never_let_go_the_gate_stays_closed_for_the_qu
         pass
 
 
+async def test_a_holder_stopped_mid_call_does_not_let_the_gate_go_cleanly(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    # A worker whose shutdown grace ran out in the middle of a call: the panel works it through.
+    stopping, other = PanelGate(engines[0]), PanelGate(engines[1])
+    inside, panel_done = asyncio.Event(), asyncio.Event()
+
+    async def mid_call() -> None:
+        async with stopping.mutation("panel-1", quiet_s=0):
+            inside.set()
+            asyncio.get_running_loop().call_later(0.5, panel_done.set)
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(mid_call())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(10), other.mutation("panel-1", quiet_s=1.0):
+        assert panel_done.is_set()
+
+
 async def test_the_quiet_period_is_scaled_and_a_gate_let_go_cleanly_has_none(
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:

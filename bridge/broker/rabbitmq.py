@@ -355,6 +355,7 @@ class RabbitConsumer:
         self._stopping = True
         self._stopped.set()
         await self._idle.wait()
-        if not self._channel.is_closed:
-            await self._channel.close()
+        # Even when lost with the connection (a broker outage): closed by us, it is not reopened
+        # with its subscription when the connection comes back, to hold messages until close.
+        await self._channel.close()
         self._on_stopped(self)

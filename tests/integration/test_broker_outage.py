@@ -1,18 +1,23 @@
 """The broker down at intake: orders are still accepted (the outbox keeps them) and
-published once the broker is back. Readiness reports the outage."""
+published once the broker is back. Readiness reports the outage. A consumer stopped
+during the outage stays stopped when the broker is back."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import FERNET_KEY, WEBHOOK_SECRET
 from orders import service_create, signed
+from rabbit_fixtures import MakeRabbitQueue
 from sqlalchemy import func, select
 from tcp_proxy import TcpProxy
 
 from bridge.bootstrap import Runtime, build_app, open_runtime
+from bridge.broker.base import PublishError
 from bridge.settings import Settings
 from bridge.store import tables as t
 
@@ -112,4 +117,40 @@ async def test_broker_down_at_start_is_connected_to_once_it_is_back(pg_url: str,
         assert (await client.get("/readyz")).status == 200
         assert job_id in await delivered(runtime, job_id)
         await runtime.queue.purge()  # type: ignore[attr-defined]
+    await proxy.cut()
+
+
+async def test_a_consumer_stopped_during_an_outage_is_not_restored_when_the_broker_is_back(
+    make_rabbit_queue: MakeRabbitQueue, amqp_url: str
+) -> None:
+    proxy, proxied = await broker_behind(amqp_url)
+    q = await make_rabbit_queue(url=proxied)
+    handled: list[str] = []
+
+    async def handler(job_id: str) -> None:
+        handled.append(job_id)
+
+    consumer = await q.consume(handler, prefetch=1)
+    await proxy.cut()
+    for _ in range(100):  # until the client has seen the connection go
+        if not await q.ping():
+            break
+        await asyncio.sleep(0.05)
+    await consumer.stop()
+
+    await proxy.start()  # the broker is back, and the connection with it
+    for _ in range(50):
+        with contextlib.suppress(PublishError):
+            await q.publish("after-outage")
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the connection did not come back")
+    # Nobody holds it: the next consumer gets it.
+    received: asyncio.Queue[str] = asyncio.Queue()
+    other = await q.consume(received.put, prefetch=1)
+    assert await asyncio.wait_for(received.get(), 5) == "after-outage"
+    await other.stop()
+    assert handled == []
+    await q.close()
     await proxy.cut()

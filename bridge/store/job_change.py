@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Column, Float, Integer, Select, Table, func, insert, literal, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES
 from bridge.store import tables as t
@@ -64,6 +64,9 @@ class JobChange:
     # Inserts whose new id the change returns, by the name it is returned as (index into _rows).
     _ids: dict[str, int] = field(default_factory=dict)
     _wake_next: tuple[str, datetime] | None = None
+    # The job's compensation records are read by the change itself (see report_compensations).
+    _reports_compensations: bool = False
+    _settle_compensations: str | None = None
     # Run with the result once the change is committed (e.g. to learn a new row's id).
     _on_commit: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
 
@@ -99,8 +102,22 @@ class JobChange:
         """Wake the next unfinished job of ``service_id`` after this one (it was waiting its turn)."""
         self._wake_next = (service_id, now)
 
+    def report_compensations(self, *, settle: str | None = None) -> None:
+        """Read the job's compensation records as this change leaves them, into its result
+        (``compensations``) and into the ``data.compensations`` of every callback it writes; with
+        ``settle``, the records still pending take that status.
+
+        They are read locked, in the change's own transaction: an admin's resolution of one is
+        either committed before and read, or waits for the change to commit. So a callback never
+        reports a record as it was before a resolution that committed first, and settling never
+        overrides one."""
+        self._reports_compensations = True
+        self._settle_compensations = settle or self._settle_compensations
+
     async def apply(self, engine: AsyncEngine) -> dict[str, Any]:
         """Commit the change; the ``returning`` columns and the new ids. Raises :class:`LeaseLost`."""
+        # A record inserted by the change itself would not be read by it (one snapshot on PostgreSQL).
+        assert not (self._reports_compensations and any(table is t.compensations for table, _ in self._rows))
         if engine.dialect.name == "postgresql":
             result = await self._apply_on_postgresql(engine)
         else:
@@ -133,9 +150,11 @@ class JobChange:
             sets = ", ".join(f'"{name}" = {p(cols[name], value)}' for name, value in change.values.items())
             where = " AND ".join(_match(p, cols[name], value) for name, value in change.match.items())
             ctes.append(f'update_{n} AS (UPDATE "{change.table.name}" SET {sets} WHERE {where} AND {fenced})')
+        if self._reports_compensations:
+            ctes.append(self._compensations_cte(p, fenced))
         for n, (table, row) in enumerate(self._rows):
             names = ", ".join(f'"{name}"' for name in row)
-            values = ", ".join(_inserted(p, table, name, value) for name, value in row.items())
+            values = ", ".join(self._inserted(p, table, name, value) for name, value in row.items())
             returning = " RETURNING id" if n in self._ids.values() else ""
             ctes.append(
                 f'insert_{n} AS (INSERT INTO "{table.name}" ({names}) SELECT {values} WHERE {fenced}{returning})'
@@ -154,7 +173,31 @@ class JobChange:
             extra += f', (SELECT id FROM insert_{n}) AS "{name}"'
         if self._wake_next is not None:
             extra += ", (SELECT count(*) FROM wake_next) AS woke_next"
+        if self._reports_compensations:
+            extra += f", {_COMPENSATIONS_JSON} AS compensations"
         return f"WITH {', '.join(ctes)} SELECT changed_job.*{extra} FROM changed_job", p.values
+
+    def _compensations_cte(self, p: _Params, fenced: str) -> str:
+        # Locked as read: FOR SHARE, or the UPDATE settling them (on every record of the job, so
+        # that each is read as the last commit left it, not as the statement's snapshot saw it).
+        comps = t.compensations.c
+        of_job = f"job_id = {p(comps.job_id, self.job_pk)} AND {fenced}"
+        if self._settle_compensations is None:
+            return f"compensations_now AS (SELECT {_COMPENSATION_FIELDS} FROM compensations WHERE {of_job} FOR SHARE)"
+        settled = f"CASE WHEN status = 'pending' THEN {p(comps.status, self._settle_compensations)} ELSE status END"
+        return (
+            f"compensations_now AS (UPDATE compensations SET status = {settled} WHERE {of_job} "
+            f"RETURNING {_COMPENSATION_FIELDS})"
+        )
+
+    def _inserted(self, p: _Params, table: Table, name: str, value: Any) -> str:
+        """One value of a row the statement inserts."""
+        if isinstance(value, NextNumber):
+            of = _match(p, table.c[value.column], value.value)
+            return f'(SELECT coalesce(max("{name}"), 0) + 1 FROM "{table.name}" WHERE {of})'
+        if self._reports_compensations and table is t.callbacks and name == "body":
+            return f"jsonb_set({p(table.c[name], value)}, '{{data,compensations}}', {_COMPENSATIONS_JSON})"
+        return p(table.c[name], value)
 
     @property
     def writes_outbox(self) -> bool:
@@ -186,9 +229,14 @@ class JobChange:
                     for name, value in change.match.items()
                 ]
                 await conn.execute(update(change.table).where(*where).values(**change.values))
+            if self._reports_compensations:
+                result["compensations"] = await self._compensations_in_turn(conn)
             names = {n: name for name, n in self._ids.items()}
             for n, (table, given) in enumerate(self._rows):
                 values = {k: _next_number(table, k, v) if isinstance(v, NextNumber) else v for k, v in given.items()}
+                if self._reports_compensations and table is t.callbacks:
+                    data = {**values["body"]["data"], "compensations": result["compensations"]}
+                    values["body"] = {**values["body"], "data": data}
                 if n in names:
                     adding = insert(table).values(**values).returning(table.c.id)
                     result[names[n]] = (await conn.execute(adding)).scalar_one()
@@ -202,8 +250,24 @@ class JobChange:
                 result["woke_next"] = woke.rowcount
         return result
 
+    async def _compensations_in_turn(self, conn: AsyncConnection) -> list[dict[str, Any]]:
+        # SQLite: the transaction (BEGIN IMMEDIATE) already keeps every other writer out.
+        comps = t.compensations.c
+        if self._settle_compensations is not None:
+            pending = update(t.compensations).where(comps.job_id == self.job_pk, comps.status == "pending")
+            await conn.execute(pending.values(status=self._settle_compensations))
+        fields = (comps.id, comps.step, comps.action, comps.status)
+        rows = await conn.execute(select(*fields).where(comps.job_id == self.job_pk).order_by(comps.id))
+        return [dict(r._mapping) for r in rows]
+
 
 WAKE_COLUMNS = ["job_public_id", "delay_s", "created_at"]
+# The job's compensation records as callbacks report them (see job_view.callback_body).
+_COMPENSATION_FIELDS = "id, step, action, status"
+_COMPENSATIONS_JSON = (
+    "(SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'step', step, 'action', action, 'status', status) "
+    "ORDER BY id), '[]'::jsonb) FROM compensations_now)"
+)
 
 
 def next_of_service(service_id: str, job_pk: int, now: datetime) -> Select[Any]:
@@ -227,14 +291,6 @@ def _is_many(value: Any) -> bool:
 def _next_number(table: Table, name: str, number: NextNumber) -> Any:
     of = table.c[number.column] == number.value
     return select(func.coalesce(func.max(table.c[name]), 0) + 1).where(of).scalar_subquery()
-
-
-def _inserted(p: _Params, table: Table, name: str, value: Any) -> str:
-    """One value of a row the statement inserts."""
-    if isinstance(value, NextNumber):
-        of = _match(p, table.c[value.column], value.value)
-        return f'(SELECT coalesce(max("{name}"), 0) + 1 FROM "{table.name}" WHERE {of})'
-    return p(table.c[name], value)
 
 
 def _match(p: _Params, column: Column[Any], value: Any) -> str:

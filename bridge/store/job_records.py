@@ -188,6 +188,8 @@ class JobRecords:
         changed = await change.apply(self._engine)
         job.wrote_outbox |= change.writes_outbox or changed.get("woke_next", 0) > 0
         job.wrote_callbacks |= change.writes_callbacks
+        if "compensations" in changed:
+            job.compensations = [CompensationRecord.of(c) for c in changed["compensations"]]
         return changed
 
     def _change(self, job: JobRecord, **job_values: Any) -> JobChange:
@@ -196,6 +198,9 @@ class JobRecords:
 
     def _callback(self, change: JobChange, job: JobRecord, event_type: str) -> None:
         if job.callback_url:
+            # Reports the compensation records as the change commits them, not as this worker
+            # last read them: an admin may resolve one at any time.
+            change.report_compensations()
             row, _ = callback_row(job.pk, event_type, job.callback_url, job.callback_body(event_type), self._callbacks)
             change.insert(t.callbacks, row)
 
@@ -331,10 +336,6 @@ class JobRecords:
 
     async def finish(self, job: JobRecord, action: Finish, *, error: str | None, was: JobStatus) -> None:
         """Final status (or succeeded-with-deferred), lease released, callbacks, next job of the service woken."""
-        if job.callback_url and job.compensations:
-            # An admin may have resolved a compensation record while the job ran: the callback
-            # reports the records as they are now.
-            job.compensations = await self._compensations(job.pk)
         now = utcnow()
         values: dict[str, Any] = {
             "status": action.status,
@@ -349,9 +350,8 @@ class JobRecords:
         change = self._change(job, **values)
         job.status, job.error = action.status, error
         if action.status is JobStatus.SUCCEEDED and not action.deferred:
-            change.update(t.compensations, {"job_id": job.pk, "status": "pending"}, {"status": "not_needed"})
-            for comp in job.compensations:
-                comp.status = "not_needed" if comp.status == "pending" else comp.status
+            # Those an admin resolved keep the resolution, even one committed as the job finishes.
+            change.report_compensations(settle="not_needed")
         if action.status is JobStatus.CANCELLED:
             change.update(
                 t.steps,

@@ -5,16 +5,17 @@ write is one statement)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
 from conftest import FERNET_KEY
 from orders import service_create
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.events import OrderEvent
 from bridge.domain.jobs import JobStatus, StepKind, StepStatus
@@ -255,6 +256,97 @@ async def test_a_callback_reports_compensations_an_admin_resolved_while_the_job_
         read = callback_body(await job_document(conn, job.pk), "job.failed")
     assert sent["data"]["compensations"][0]["status"] == "done"
     assert sent == read
+
+
+async def job_with_compensation(records: JobRecords, engine: AsyncEngine) -> JobRecord:
+    """A job leased to worker-a whose domain step took effect: one compensation record, pending."""
+    job = await leased_job(engine, records, "worker-a")
+    attempt_id = await records.start_attempt(job, job.steps[1], 60)
+    await records.commit(outcome_of(records, job, job.steps[1], attempt_id), job)
+    return job
+
+
+async def finished_and_reported(engine: AsyncEngine, job: JobRecord, finished: JobStatus) -> tuple[Any, Any, Any]:
+    """The finish's callback body, the same body from the job as the admin reads it, and the record's row."""
+    async with engine.connect() as conn:
+        callbacks = select(t.callbacks.c.body).where(t.callbacks.c.type == f"job.{finished.value}")
+        sent = (await conn.execute(callbacks)).scalar_one()
+        read = callback_body(await job_document(conn, job.pk), f"job.{finished.value}")
+        record = (await conn.execute(select(t.compensations))).one()
+    return sent, read, record
+
+
+@pytest.mark.parametrize("finished", [JobStatus.FAILED, JobStatus.SUCCEEDED])
+async def test_a_compensation_resolved_while_the_job_finishes_is_reported_as_resolved(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, finished: JobStatus
+) -> None:
+    # The admin's resolution commits after the finish has begun, right before its change: the
+    # record is neither settled as not needed (succeeded) nor reported pending (failed) by it.
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await job_with_compensation(records, engine)
+    apply = JobChange.apply
+
+    async def resolved_first(change: JobChange, bind: AsyncEngine) -> dict[str, Any]:
+        await admin_ops.resolve_compensation(engine, job.compensations[0].id, "done")
+        return await apply(change, bind)
+
+    monkeypatch.setattr(JobChange, "apply", resolved_first)
+    await records.finish(job, Finish(finished), error=None, was=JobStatus.RUNNING)
+    monkeypatch.undo()
+
+    sent, read, record = await finished_and_reported(engine, job, finished)
+    assert record.status == "done" and record.resolved_at is not None
+    assert sent["data"]["compensations"][0]["status"] == "done" and sent == read
+    assert [c.status for c in job.compensations] == ["done"]
+
+
+async def waiting_on_a_lock_or_done(engine: AsyncEngine, task: asyncio.Task[Any]) -> None:
+    """Until ``task`` waits for a row another transaction holds (or finished without waiting)."""
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    async with asyncio.timeout(10):
+        while not task.done():
+            async with engine.connect() as conn:
+                if (await conn.execute(waiting)).scalar_one():
+                    return
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("finished", [JobStatus.FAILED, JobStatus.SUCCEEDED])
+async def test_a_finish_waits_for_a_resolution_being_committed(pg_url: str, finished: JobStatus) -> None:
+    # On PostgreSQL the finish is one statement: it must wait for an admin's resolution written
+    # but not yet committed, not read the record from before it and commit past it.
+    engine = create_engine(pg_url)
+    try:
+        records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+        job = await job_with_compensation(records, engine)
+        written, commit = asyncio.Event(), asyncio.Event()
+
+        class CommitHeldBack:
+            """The admin's database: its transaction commits only once told to."""
+
+            @contextlib.asynccontextmanager
+            async def begin(self) -> AsyncIterator[AsyncConnection]:
+                async with engine.begin() as conn:
+                    yield conn
+                    written.set()
+                    await commit.wait()
+
+        admin = cast(AsyncEngine, CommitHeldBack())
+        resolving = asyncio.create_task(admin_ops.resolve_compensation(admin, job.compensations[0].id, "done"))
+        await written.wait()
+        finishing = asyncio.create_task(records.finish(job, Finish(finished), error=None, was=JobStatus.RUNNING))
+        await waiting_on_a_lock_or_done(engine, finishing)
+        commit.set()
+        await resolving
+        await finishing
+
+        sent, read, record = await finished_and_reported(engine, job, finished)
+        assert record.status == "done"
+        assert sent["data"]["compensations"][0]["status"] == "done" and sent == read
+    finally:
+        await engine.dispose()
 
 
 async def test_a_lease_whose_read_failed_is_given_up(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -260,11 +260,12 @@ class PanelGate:
 
 
 _UNLOCK = "SELECT pg_advisory_unlock($1, $2)"
-# One round trip, as a bare unlock. Whichever runs first, the row is written when the
-# statement commits, and the next holder's claim waits for that row.
+# One round trip, as a bare unlock. The row is updated first (a data-modifying WITH that
+# nothing reads would run after the unlock), so the next holder's claim, coming after the
+# unlock, waits for the row until this statement commits.
 _RELEASE = """
-    WITH let_go AS (UPDATE panel_gates SET held_by = NULL WHERE panel = $3 AND held_by = $4)
-    SELECT pg_advisory_unlock($1, $2)
+    WITH let_go AS (UPDATE panel_gates SET held_by = NULL WHERE panel = $3 AND held_by = $4 RETURNING 1)
+    SELECT pg_advisory_unlock($1, $2) FROM (SELECT count(*) FROM let_go) AS updated_first
 """
 # A row back: the gate was let go cleanly (or never held). None: its holder never let go.
 _CLAIM = """

@@ -38,7 +38,8 @@ async def test_calls_never_overlap_and_a_process_hands_the_lock_to_its_own_waite
 
     async def call(n: int) -> None:
         nonlocal overlaps
-        async with gates[n].mutation("panel-1", quiet_s=0):
+        # Every hand-over between the processes is clean: never a quiet period.
+        async with asyncio.timeout(20), gates[n].mutation("panel-1", quiet_s=60):
             overlaps += len(inside)
             inside.append(n)
             order.append(n)
@@ -188,6 +189,40 @@ async def test_after_a_holder_that_never_let_go_the_gate_stays_closed_for_the_qu
     # That holder let go cleanly: the next one goes at once, however long the quiet period.
     async with asyncio.timeout(5), dying.mutation("panel-1", quiet_s=60):
         pass
+
+
+async def test_the_gate_is_let_go_only_once_its_row_says_so(
+    pg_url: str, engines: tuple[AsyncEngine, AsyncEngine]
+) -> None:
+    # Were the lock let go before the row is written, the next holder could claim the gate
+    # in between, find the row still held, and keep the panel quiet for nothing.
+    gate, dsn = PanelGate(engines[0]), pg_url.replace("postgresql+asyncpg", "postgresql")
+    blocker, other = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    key = panel_lock_key("panel-1")
+    try:
+        entered, leave = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with gate.mutation("panel-1", quiet_s=0):
+                entered.set()
+                await leave.wait()
+
+        holder = asyncio.create_task(hold())
+        await entered.wait()
+        letting_go = blocker.transaction()  # the row is held up here a moment
+        await letting_go.start()
+        await blocker.execute("SELECT 1 FROM panel_gates WHERE panel = 'panel-1' FOR UPDATE")
+        leave.set()
+        await asyncio.sleep(0.3)  # the holder's release is sent, and waits for the row
+        assert not holder.done()
+        assert not await other.fetchval("SELECT pg_try_advisory_lock($1, $2)", MUTATIONS, key)
+        await letting_go.commit()
+        await asyncio.wait_for(holder, timeout=5)
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1, $2)", MUTATIONS, key)
+        assert await other.fetchval("SELECT held_by FROM panel_gates WHERE panel = 'panel-1'") is None
+    finally:
+        await blocker.close()
+        await other.close()
 
 
 async def test_a_holder_stopped_mid_call_does_not_let_the_gate_go_cleanly(

@@ -99,7 +99,9 @@ class Runtime:
             queue=self.queue,
             clients=self.panel_client,
             gate=PanelGate(
-                None if sqlite_mode(settings) else self.engine, quiet_scale=settings.retry_delay_scale
+                None if sqlite_mode(settings) else self.engine,
+                quiet_scale=settings.retry_delay_scale,
+                metrics=self.metrics,
             ),
             breaker=PanelBreaker(self.engine, cooldown=timedelta(minutes=10) * max(settings.retry_delay_scale, 0.001)),
             metrics=self.metrics,

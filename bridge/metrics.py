@@ -34,6 +34,14 @@ class Metrics:
             registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180, 600),
         )
+        self.panel_quiet_periods = Counter(
+            "bridge_panel_quiet_periods_total",
+            "Times a panel's gate stayed closed after a mutating call with an unknown outcome, by panel and "
+            "reason (no_answer: the call timed out or lost its connection; holder_lost: the holder of the gate "
+            "ended without letting go)",
+            ["panel", "reason"],
+            registry=self.registry,
+        )
         self.callbacks = Counter(
             "bridge_callback_deliveries_total",
             "Callback delivery attempts, by outcome",

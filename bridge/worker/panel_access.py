@@ -128,7 +128,7 @@ class PanelAccess:
                     self.lease_until = until
             except Exception as exc:
                 log.warning("could not renew the lease of a job keeping a panel quiet: %s", exc.__class__.__name__)
-        await self.gate.stay_quiet(quiet_s)
+        await self.gate.stay_quiet(self.panel, quiet_s)
 
     @contextlib.asynccontextmanager
     async def _turn(

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bridge.metrics import Metrics
 from bridge.store.driver import driver_connection
 
 log = logging.getLogger("bridge.worker")
@@ -81,13 +82,19 @@ class PanelGate:
     MAX_STREAK = 8
 
     def __init__(
-        self, engine: AsyncEngine | None, *, wait_check_s: float = WAIT_CHECK_S, quiet_scale: float = 1.0
+        self,
+        engine: AsyncEngine | None,
+        *,
+        wait_check_s: float = WAIT_CHECK_S,
+        quiet_scale: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         """``engine`` is the PostgreSQL engine, or None in the embedded mode. Quiet periods are
         multiplied by ``quiet_scale`` (BRIDGE_RETRY_DELAY_SCALE, like every other wait)."""
         self._engine = engine
         self._wait_check_s = wait_check_s
         self._quiet_scale = quiet_scale
+        self._metrics = metrics or Metrics()
         self._turns: defaultdict[tuple[int, str], _Turn] = defaultdict(_Turn)
         # Advisory-lock acquisitions (fewer than calls when turns are handed on); tests read it.
         self.acquisitions = 0
@@ -100,9 +107,10 @@ class PanelGate:
         ended without letting go, the gate stays closed ``quiet_s`` (scaled) first."""
         return self._turn(MUTATIONS, panel, quiet_s)
 
-    async def stay_quiet(self, quiet_s: float) -> None:
-        """Keep the gate held by the caller closed ``quiet_s`` (scaled) more: called inside it
-        after a call whose outcome is unknown, which the panel may still be working on."""
+    async def stay_quiet(self, panel: str, quiet_s: float) -> None:
+        """Keep ``panel``'s gate, held by the caller, closed ``quiet_s`` (scaled) more: called inside
+        it after a call whose outcome is unknown, which the panel may still be working on."""
+        self._metrics.panel_quiet_periods.labels(panel, "no_answer").inc()
         await asyncio.sleep(quiet_s * self._quiet_scale)
 
     def unproven(self, panel: str) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]:
@@ -192,6 +200,7 @@ class PanelGate:
                 before["held_since"],
                 quiet,
             )
+            self._metrics.panel_quiet_periods.labels(panel, "holder_lost").inc()
             await asyncio.sleep(quiet)
             await driver.execute(_TAKE_OVER, panel, holder)
         turn.holder = holder

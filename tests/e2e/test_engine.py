@@ -143,6 +143,8 @@ async def test_no_mutating_call_goes_to_a_panel_still_working_on_one_given_up_on
         second = (await bridge.send(event))[1]["job_id"]
         one = await bridge.wait_for(first, "succeeded", "failed", timeout=30)
         two = await bridge.wait_for(second, "succeeded", "failed", timeout=30)
+        quiet = {"panel": "default", "reason": "no_answer"}
+        assert bridge.runtime.metrics.registry.get_sample_value("bridge_panel_quiet_periods_total", quiet) == 1
     assert (one["status"], two["status"]) == ("succeeded", "succeeded"), (one["error"], two["error"])
     # Mary's add_domain waited for the panel to finish john's, which was then read back.
     snapshot = sim.snapshot()

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tcp_proxy import TcpProxy
 
+from bridge.metrics import Metrics
 from bridge.store.database import create_engine
 from bridge.worker.panel_gate import MUTATIONS, GateWaitLost, PanelGate, panel_lock_key
 
@@ -174,7 +175,8 @@ async def test_after_a_holder_that_never_let_go_the_gate_stays_closed_for_the_qu
 ) -> None:
     # A worker killed mid-call: its session, and the lock, end at once, but the panel works the
     # call through. The next holder, in another process, sends nothing before the quiet period.
-    dying, survivor = PanelGate(engines[0]), PanelGate(engines[1])
+    metrics = Metrics()
+    dying, survivor = PanelGate(engines[0]), PanelGate(engines[1], metrics=metrics)
     panel_done = asyncio.Event()
 
     async def killed_mid_call() -> None:
@@ -186,6 +188,8 @@ async def test_after_a_holder_that_never_let_go_the_gate_stays_closed_for_the_qu
     await killed_mid_call()
     async with asyncio.timeout(10), survivor.mutation("panel-1", quiet_s=1.0):
         assert panel_done.is_set()
+    quiet = {"panel": "panel-1", "reason": "holder_lost"}
+    assert metrics.registry.get_sample_value("bridge_panel_quiet_periods_total", quiet) == 1
     # That holder let go cleanly: the next one goes at once, however long the quiet period.
     async with asyncio.timeout(5), dying.mutation("panel-1", quiet_s=60):
         pass

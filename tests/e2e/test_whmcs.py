@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,7 @@ class Whmcs:
     standin_dir: Path
     state_dir: Path
     origin: str
+    preexec_fn: Callable[[], None] | None = None
 
     @property
     def callback_url(self) -> str:
@@ -98,6 +99,7 @@ class Whmcs:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.env(),
+            preexec_fn=self.preexec_fn,
         )
         request: dict[str, Any] = {"function": function} if params is None else {"function": function, "params": params}
         if raw:
@@ -155,9 +157,12 @@ class Whmcs:
         return calls
 
 
-@pytest.fixture
-def whmcs(tmp_path: Path) -> Iterator[Whmcs]:
-    """The stand-in WHMCS with bridge_callback.php served by ``php -S`` as in a WHMCS web root."""
+@contextlib.contextmanager
+def serve_whmcs(tmp_path: Path, preexec_fn: Callable[[], None] | None = None) -> Iterator[Whmcs]:
+    """The stand-in WHMCS with bridge_callback.php served by ``php -S`` as in a WHMCS web root.
+
+    ``preexec_fn``: run in every PHP process (the server and each module call) before it starts.
+    """
     php = _php()
     standins, state, webroot = tmp_path / "standin", tmp_path / "state", tmp_path / "webroot"
     for path in (standins, state, webroot):
@@ -181,6 +186,7 @@ def whmcs(tmp_path: Path) -> Iterator[Whmcs]:
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=preexec_fn,
     )
     try:
         deadline = time.monotonic() + 10
@@ -192,10 +198,23 @@ def whmcs(tmp_path: Path) -> Iterator[Whmcs]:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise AssertionError("php -S did not start") from None
                 time.sleep(0.05)
-        yield Whmcs(php, standins, state, f"http://127.0.0.1:{port}")
+        yield Whmcs(php, standins, state, f"http://127.0.0.1:{port}", preexec_fn)
     finally:
         server.terminate()
         server.wait(5)
+
+
+@pytest.fixture
+def whmcs(tmp_path: Path) -> Iterator[Whmcs]:
+    with serve_whmcs(tmp_path) as whmcs:
+        yield whmcs
+
+
+@pytest.fixture
+def full_disk_whmcs(tmp_path: Path) -> Iterator[Whmcs]:
+    """The stand-in WHMCS on a disk that is nearly full: no PHP process can write a file past 64 KiB."""
+    with serve_whmcs(tmp_path, _limit_file_size) as whmcs:
+        yield whmcs
 
 
 @contextlib.asynccontextmanager
@@ -739,12 +758,16 @@ def test_a_file_store_write_that_fails_part_way_is_an_error_and_the_file_keeps_w
 
 
 async def test_a_state_file_that_cannot_be_written_is_reported_never_taken_for_stored(
-    sqlite_url: str, whmcs: Whmcs
+    sqlite_url: str, full_disk_whmcs: Whmcs
 ) -> None:
     """Without Capsule the module's memory is state.json. When a change cannot be put in place,
     CreateAccount must say so rather than send an order it will not remember (each click would
     then be a new order), and a callback must be answered 500, not acknowledged as handled."""
-    (whmcs.state_dir / "state.json").mkdir()  # the new file cannot be renamed over it, not even by root
+    whmcs = full_disk_whmcs
+    state = whmcs.state_dir / "state.json"
+    # Readable, but no state holding it can be written again (not even by root).
+    state.write_text(json.dumps({"service:7": {"value": {"padding": "x" * 100_000}, "expires_at": None}}))
+    before = state.read_bytes()
     async with live_bridge(sqlite_url, whmcs) as bridge:
         result = await whmcs.module("CreateAccount", service_params(bridge, whmcs))
         assert result.startswith("Provisioning Bridge: cannot write the state file"), result
@@ -752,4 +775,108 @@ async def test_a_state_file_that_cannot_be_written_is_reported_never_taken_for_s
     status, answer = await post_callback(whmcs, callback("job.succeeded"))
     assert status == 500, answer
     assert whmcs.effects() == []
+    assert state.read_bytes() == before
+    assert sorted(path.name for path in whmcs.state_dir.iterdir()) == ["state.json", "state.lock"]
+
+
+# What the module remembers of other services (and of this one) when state.json breaks.
+STATE = json.dumps(
+    {
+        f"service:{SERVICE_ID}": {"value": {"attempt_key": "k42", "job_id": "job_42"}, "expires_at": None},
+        "service:7": {"value": {"attempt_key": "k7", "db_passwords": {"wp": "pw-7"}}, "expires_at": None},
+        "seen:" + hashlib.sha256(b"cb_7").hexdigest(): {"value": {"state": "done"}, "expires_at": 2**31 - 1},
+    }
+)
+
+# Ways state.json is there but holds no state that can be read; each works against root too.
+BROKEN_STATES: dict[str, Callable[[Path], Any]] = {
+    "truncated": lambda path: path.write_text(STATE[: len(STATE) // 2]),
+    "empty": lambda path: path.write_text(""),
+    "a_json_string": lambda path: path.write_text(json.dumps(STATE)),
+    "a_json_list": lambda path: path.write_text(json.dumps([STATE])),
+    "a_directory": lambda path: path.mkdir(),  # opens, but every read fails (EISDIR)
+    "a_symlink_loop": lambda path: path.symlink_to(path.name),  # cannot even be opened
+}
+
+
+def _what_is_at(path: Path) -> tuple[str, Any]:
+    if path.is_symlink():
+        return "link", os.readlink(path)
+    if path.is_dir():
+        return "directory", sorted(child.name for child in path.iterdir())
+    return "file", path.read_bytes()
+
+
+def _run_store_read_check(state_dir: Path) -> dict[str, Any]:
+    env = {**os.environ, "PROVISIONINGBRIDGE_STATE_DIR": str(state_dir)}
+    run = subprocess.run(
+        [_php(), "-d", "display_errors=stderr", str(PHP_TESTS / "store_read_check.php")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr + run.stdout
+    return dict(json.loads(run.stdout))
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        ("truncated", "Syntax error"),
+        ("empty", "Syntax error"),
+        ("a_json_string", "not a JSON object"),
+        ("a_json_list", "not a JSON object"),
+        ("a_directory", "Is a directory"),
+        ("a_symlink_loop", "Failed to open stream"),
+    ],
+)
+def test_a_file_store_that_cannot_read_its_state_fails_every_operation_and_leaves_the_file_alone(
+    broken: str, reason: str, tmp_path: Path
+) -> None:
+    """Taken for empty, a state.json that cannot be read or parsed would be replaced on the next
+    write by that write's one entry: every other service's attempt key, job and passwords, and the
+    callback ids already handled, gone without a word. It must be an error that says why, and the
+    file must be left as it is."""
+    state = tmp_path / "state.json"
+    BROKEN_STATES[broken](state)
+    before = _what_is_at(state)
+    seen = _run_store_read_check(tmp_path)
+    errors = {
+        name: outcome.startswith(f"error: cannot read the state file {state}: ") and reason in outcome
+        for name, outcome in seen["outcomes"].items()
+    }
+    assert errors == dict.fromkeys(["get", "put", "update", "add_if_absent", "delete"], True), seen["outcomes"]
+    assert _what_is_at(state) == before
+    assert seen["files"] == ["state.json", "state.lock"]
+
+
+@pytest.mark.parametrize("state", [None, "[]"])
+def test_a_file_store_with_no_state_file_or_no_entries_starts_empty(state: str | None, tmp_path: Path) -> None:
+    """No state.json yet is an empty state, and so is the "[]" written once every entry is gone."""
+    if state is not None:
+        (tmp_path / "state.json").write_text(state)
+    seen = _run_store_read_check(tmp_path)
+    assert seen["outcomes"] == dict.fromkeys(["get", "put", "update", "add_if_absent", "delete"], "done")
+    assert json.loads((tmp_path / "state.json").read_text()).keys() == {"service:8", "seen:b"}
+
+
+@pytest.mark.parametrize("broken", ["truncated", "a_directory"])
+async def test_a_state_file_that_cannot_be_read_is_reported_never_taken_for_empty(
+    broken: str, sqlite_url: str, whmcs: Whmcs
+) -> None:
+    """Taken for empty, the state would give this service a new attempt key (a second order for it)
+    and be replaced by that one record. CreateAccount must say so and send nothing; a callback must
+    be answered 500 (the bridge delivers it again later), not handled without its state."""
+    state = whmcs.state_dir / "state.json"
+    BROKEN_STATES[broken](state)
+    before = _what_is_at(state)
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        result = await whmcs.module("CreateAccount", service_params(bridge, whmcs))
+        assert result.startswith(f"Provisioning Bridge: cannot read the state file {state}: "), result
+        assert await jobs_of(bridge) == []
+    status, answer = await post_callback(whmcs, callback("job.succeeded"))
+    assert status == 500, answer
+    assert whmcs.effects() == []
+    assert _what_is_at(state) == before
     assert sorted(path.name for path in whmcs.state_dir.iterdir()) == ["state.json", "state.lock"]

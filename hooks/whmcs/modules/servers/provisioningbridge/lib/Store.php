@@ -202,17 +202,40 @@ final class FileStore extends Store
         }
     }
 
+    /**
+     * The entries in state.json; none when there is no such file yet. A file that is there but
+     * cannot be read or parsed is an exception, never "empty": the next write would replace it
+     * with that write's one entry, and every other service's state would be gone.
+     */
     private function load(): array
     {
-        $text = @file_get_contents($this->dir . '/state.json');
-        $entries = $text ? json_decode($text, true) : [];
+        $path = $this->dir . '/state.json';
+        error_clear_last();  // a read that fails part-way returns what it got, with only a notice
+        $text = @file_get_contents($path);
+        if ($text === false || error_get_last() !== null) {
+            clearstatcache(true, $path);
+            // Only nothing at all is "no state yet"; a link to a file that is gone is not.
+            if ($text === false && !file_exists($path) && !is_link($path)) {
+                return [];
+            }
+            throw new \RuntimeException("cannot read the state file $path: " . self::lastError());
+        }
+        $entries = json_decode($text, true);
+        if (!is_array($entries)) {
+            $error = json_last_error() !== JSON_ERROR_NONE ? json_last_error_msg() : 'not a JSON object';
+            throw new \RuntimeException("cannot read the state file $path: $error");
+        }
+        // save() writes an object, or [] once there are no entries: a list is not our state.
+        if ($entries !== [] && ltrim($text)[0] !== '{') {
+            throw new \RuntimeException("cannot read the state file $path: not a JSON object");
+        }
         $now = time();
-        foreach (is_array($entries) ? $entries : [] as $key => $entry) {
+        foreach ($entries as $key => $entry) {
             if (isset($entry['expires_at']) && $entry['expires_at'] < $now) {
                 unset($entries[$key]);
             }
         }
-        return is_array($entries) ? $entries : [];
+        return $entries;
     }
 
     /**

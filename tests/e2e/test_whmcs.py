@@ -779,6 +779,16 @@ async def test_a_state_file_that_cannot_be_written_is_reported_never_taken_for_s
     assert sorted(path.name for path in whmcs.state_dir.iterdir()) == ["state.json", "state.lock"]
 
 
+async def test_the_client_area_does_not_show_the_customer_why_the_state_cannot_be_read(whmcs: Whmcs) -> None:
+    state = whmcs.state_dir / "state.json"
+    state.mkdir()
+    area = await whmcs.module("ClientArea", {"serviceid": SERVICE_ID, "username": "john", "configoption4": "wp"})
+    assert area["vars"] == {"pbDatabases": [], "pbUnavailable": True}
+    assert str(whmcs.state_dir) not in json.dumps(area)
+    logged = next(entry for entry in whmcs.module_log() if entry["action"] == "ClientArea")
+    assert "cannot read the state file" in json.dumps(logged)
+
+
 # What the module remembers of other services (and of this one) when state.json breaks.
 STATE = json.dumps(
     {

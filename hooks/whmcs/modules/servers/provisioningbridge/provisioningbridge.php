@@ -290,7 +290,18 @@ function provisioningbridge_jobFields(Settings $settings, array $job, callable $
 /** The client area shows the databases with the passwords the module generated. */
 function provisioningbridge_ClientArea(array $params)
 {
-    $record = Store::open()->get(ServiceState::key((string) $params['serviceid'])) ?? [];
+    try {
+        $record = Store::open()->get(ServiceState::key((string) $params['serviceid'])) ?? [];
+    } catch (\Throwable $e) {
+        // The customer sees that the details are missing, not why: the reason names server paths.
+        if (function_exists('logModuleCall')) {
+            logModuleCall('provisioningbridge', 'ClientArea', ['serviceid' => $params['serviceid']], $e->getMessage(), '', []);
+        }
+        return [
+            'templatefile' => 'templates/clientarea',
+            'vars' => ['pbDatabases' => [], 'pbUnavailable' => true],
+        ];
+    }
     $databases = [];
     $prefix = (string) ($params['username'] ?? '');
     foreach (Order::parseDatabases((string) ($params['configoption4'] ?? '')) as $database) {

@@ -1,3 +1,6 @@
+{if $pbUnavailable}
+<p>The database details cannot be shown right now. Please try again later or contact support.</p>
+{/if}
 {if $pbDatabases}
 <h4>Databases</h4>
 <table class="table table-striped">

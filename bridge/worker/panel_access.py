@@ -107,7 +107,9 @@ class PanelAccess:
                 self._check(clearance)
                 self.lease_until = renewed_until
             result = await self._record(call)
-            if isinstance(result.outcome, UnknownOutcome) and quiet_s > 0:
+            # With no answer at all the panel may still be working; any answer (an error page
+            # too) comes when it is done.
+            if isinstance(result.outcome, UnknownOutcome) and result.record.http_status is None and quiet_s > 0:
                 await self._stay_quiet(name, quiet_s)
             return result
 

@@ -153,6 +153,18 @@ async def test_no_mutating_call_goes_to_a_panel_still_working_on_one_given_up_on
     assert snapshot["counters"]["add_domain"] == 2
 
 
+async def test_a_panel_that_answered_even_with_an_error_page_is_not_kept_quiet(deployment: dict[str, str]) -> None:
+    # An error page comes once the panel is done with the call: unknown effect, but nothing in flight.
+    async with running_bridge(**deployment, panel_options={"quiet_after_unknown_s": 600_000}) as bridge:
+        bridge.sim.inject_fault("add_domain", "html500")
+        status, answer = await bridge.send(order(bridge, ssl=False, databases=[], cron_jobs=[]))
+        job = await bridge.wait_for(answer["job_id"], "succeeded", "failed", timeout=30)
+        assert job["status"] == "succeeded", job["error"]
+        assert next(a["outcome"] for a in job["attempts"] if a["step"] == "add_domain") == "unknown"
+        quiet = {"panel": "default", "reason": "no_answer"}
+        assert bridge.runtime.metrics.registry.get_sample_value("bridge_panel_quiet_periods_total", quiet) is None
+
+
 async def test_a_permanent_failure_fails_the_job_with_compensation_records(deployment: dict[str, str]) -> None:
     async with running_bridge(**deployment) as bridge:
         bridge.sim.inject_fault("db_make", "error:Access denied for user 'root'@'localhost'")

@@ -306,6 +306,7 @@ class JobRecords:
             {
                 "status": status,
                 "attempts": step.attempts,
+                "first_attempt_at": step.first_attempt_at,
                 "in_flight": in_flight,
                 "result": result,
                 "error": error,

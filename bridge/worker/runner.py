@@ -216,6 +216,9 @@ class JobRunner:
             # Nothing was sent: the step is exactly as unsure as it was before, and the attempt does
             # not count against its retry budget (jobs wait for the breaker, they do not fail on it).
             step.attempts -= 1
+            if step.attempts == 0:
+                # Nor does its time count against the step's total time: none was sent yet.
+                step.first_attempt_at = None
             outcome = StepOutcome("retry", f"Not sent: the panel's {exc}.", "breaker_open", in_flight=unsure)
             return True, await self._record(job, step, attempt_id, outcome, access, not_before=exc.until)
         log.info("step %s: %s", step.kind.value, outcome.label, extra=extra)

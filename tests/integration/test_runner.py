@@ -71,3 +71,10 @@ async def test_attempts_held_back_by_the_breaker_are_numbered_apart_but_cost_no_
     first = [(a["number"], a["outcome"]) for a in job["attempts"] if a["step"] == "check_account"]
     assert first == [(1, "breaker_open"), (2, "breaker_open"), (3, "succeeded")]
     assert job["steps"][0]["attempts"] == 1  # only the attempt sent counts against the retry budget
+    # ... and the step's total time counts from that attempt, not from the first held back.
+    async with runtime.engine.connect() as conn:
+        first_attempt_at = (
+            await conn.execute(select(t.steps.c.first_attempt_at).where(t.steps.c.kind == "check_account"))
+        ).scalar_one()
+    sent = next(a for a in job["attempts"] if a["step"] == "check_account" and a["outcome"] == "succeeded")
+    assert first_attempt_at.isoformat() == sent["started_at"]

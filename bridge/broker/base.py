@@ -12,7 +12,8 @@ from typing import Protocol
 
 # Called with the job id of each delivered message. Returning acknowledges the
 # message; raising hands it back to the broker (which dead-letters it after too
-# many deliveries).
+# many deliveries). A lost broker connection does not cut a running handler off:
+# it finishes, only its acknowledgement is lost, and the message comes again.
 WakeUpHandler = Callable[[str], Awaitable[None]]
 
 

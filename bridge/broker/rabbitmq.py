@@ -34,6 +34,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aiormq.exceptions import ChannelClosed, ChannelInvalidStateError
 from pamqp.commands import Basic
 from pamqp.common import FieldTable
 
@@ -244,6 +245,7 @@ class RabbitQueue:
             channel,
             queue,
             handler,
+            prefetch,
             on_stopped=self._consumers.discard,
             redelivery_delay_s=self.redelivery_delay_s,
         )
@@ -280,13 +282,18 @@ class RabbitQueue:
 
 
 class RabbitConsumer:
-    """Runs a handler for each delivery; acks on return, nacks with requeue on error."""
+    """Runs a handler for each delivery; acks on return, nacks with requeue on error.
+
+    At most ``prefetch`` handlers run at once, each in a task of its own that a lost
+    connection does not cancel (see :meth:`_on_message`).
+    """
 
     def __init__(
         self,
         channel: AbstractChannel,
         queue: AbstractQueue,
         handler: WakeUpHandler,
+        prefetch: int,
         on_stopped: Callable[[RabbitConsumer], None] = lambda consumer: None,
         redelivery_delay_s: float = 0.0,
     ) -> None:
@@ -298,7 +305,10 @@ class RabbitConsumer:
         self._tag: str | None = None
         self._stopping = False
         self._stopped = asyncio.Event()  # cuts redelivery pauses short
-        self._running = 0
+        # The broker's prefetch is per channel: after a reconnection the new channel would
+        # deliver beside the handlers still running from the old one.
+        self._slots = asyncio.Semaphore(prefetch)
+        self._running: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -306,17 +316,25 @@ class RabbitConsumer:
         self._tag = await self._queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Waiting here is safe to cut off: the message is not handled yet, and comes again.
+        await self._slots.acquire()
         if self._stopping:
             # Arrived while cancelling: left unacked, so closing the channel returns it.
+            self._slots.release()
             return
-        self._running += 1
+        # The handler runs in a task of ours, not in aiormq's delivery task: a lost connection
+        # cancels every task of its channels, and a job's step commits to the database, not the
+        # broker. Only the ack is lost then; the broker redelivers the message.
+        task = asyncio.get_running_loop().create_task(self._handle(message))
+        self._running.add(task)
         self._idle.clear()
-        try:
-            await self._handle(message)
-        finally:
-            self._running -= 1
-            if self._running == 0:
-                self._idle.set()
+        task.add_done_callback(self._handled)
+
+    def _handled(self, task: asyncio.Task[None]) -> None:
+        self._slots.release()
+        self._running.discard(task)
+        if not self._running:
+            self._idle.set()
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         job_id = message.body.decode("utf-8", errors="replace")
@@ -333,15 +351,18 @@ class RabbitConsumer:
             settle = message.ack()
         try:
             await settle
+        except (ChannelInvalidStateError, ChannelClosed, ConnectionError):
+            # The channel went with its connection: the broker redelivers the message, and the
+            # redelivery finds the job done, or still leased.
+            log.info("channel gone; the message for job %s will be redelivered", job_id)
         except Exception:
-            # The channel went away (broker restart): the broker redelivers it.
             log.warning("could not settle the message for job %s", job_id, exc_info=True)
 
     async def stop(self) -> None:
         """Cancel the subscription, wait for the handlers in flight, then close the channel.
 
         The channel stays open until those handlers have acked, so their messages
-        are not redelivered.
+        are not redelivered (unless the connection was lost while they ran).
         """
         if self._stopping:
             await self._idle.wait()

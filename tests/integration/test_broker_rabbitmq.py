@@ -279,6 +279,43 @@ async def test_a_worker_stopped_while_subscribing_leaves_no_consumer_behind(
     assert runner.handled == []
 
 
+class StuckRunner:
+    """Stands in for the job runner: its step lasts until cancelled (or released)."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled: list[str] = []
+
+    async def handle(self, job_id: str) -> None:
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(job_id)
+            raise
+
+
+async def test_a_worker_stopped_cuts_off_a_step_outlasting_its_grace_and_leaves_the_message(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue()
+    runner = StuckRunner()
+    worker = WorkerService(q, cast(JobRunner, runner), prefetch=1, grace_s=0.3)
+    running = asyncio.create_task(worker.run())
+    await q.publish("stuck")
+    await asyncio.wait_for(runner.started.wait(), 5)
+    try:
+        await asyncio.wait_for(worker.stop(), 2)
+    finally:
+        runner.release.set()  # a step that was not cut off ends now: a failed check does not hang
+    await asyncio.wait_for(running, 5)
+    assert runner.cancelled == ["stuck"]
+    # Not acked: the next consumer gets it.
+    assert await first_delivery(q) == "stuck"
+
+
 async def test_publish_after_close_raises_promptly(make_rabbit_queue: MakeRabbitQueue) -> None:
     q = await make_rabbit_queue(confirm_timeout_s=5)
     await q.close()

@@ -397,9 +397,7 @@ async def test_a_webhook_id_that_is_not_utf8_is_401(client: TestClient, runtime:
     assert await count(runtime, t.events) == 0
 
 
-async def test_a_body_that_does_not_decode_as_its_content_encoding_is_400(
-    client: TestClient, runtime: Runtime
-) -> None:
+async def test_a_body_that_does_not_decode_as_its_content_encoding_is_400(client: TestClient, runtime: Runtime) -> None:
     body, headers = signed(WEBHOOK_SECRET, service_create())
     response = await client.post("/webhooks/orders", data=body, headers={**headers, "Content-Encoding": "gzip"})
     assert response.status == 400

@@ -37,7 +37,7 @@ class Metrics:
         self.panel_quiet_periods = Counter(
             "bridge_panel_quiet_periods_total",
             "Times a panel's gate stayed closed after a mutating call with an unknown outcome, by panel and "
-            "reason (no_answer: the call timed out or lost its connection; holder_lost: the holder of the gate "
+            "reason (no_answer: the panel never answered a call; holder_lost: the holder of the gate "
             "ended without letting go)",
             ["panel", "reason"],
             registry=self.registry,

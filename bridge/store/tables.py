@@ -192,4 +192,8 @@ panel_gates = Table(
     Column("panel", String(64), primary_key=True),
     Column("held_by", String(64)),
     Column("held_since", UTCDateTime()),
+    # Until when the holder's call may run (set before a certificate issuance, minutes long).
+    Column("busy_until", UTCDateTime()),
+    # No mutating call before this (after a call that got no answer, or a holder that never let go).
+    Column("quiet_until", UTCDateTime()),
 )

@@ -50,6 +50,8 @@ class PanelAccess:
     calls: list[PanelCallRecord] = field(default_factory=list)
     # Whether these credentials have been accepted by the panel during this attempt.
     proven: bool = False
+    # When the panel's quiet period after a call of this attempt that got no answer ends.
+    quiet_until: datetime | None = None
 
     @property
     def panel(self) -> str:
@@ -86,7 +88,8 @@ class PanelAccess:
         then, even if the panel works on after the call timed out. Every other
         worker waits while the gate is held, so the round trip saved is saved for all of them.
 
-        A call whose outcome is unknown keeps the gate closed for the panel's quiet period.
+        A call the panel never answered keeps the gate closed for its quiet period, for whoever
+        holds it next.
         """
         timeout = self.client.server.timeout_for(name)
         quiet_s = self.client.server.quiet_after_unknown_s
@@ -106,31 +109,28 @@ class PanelAccess:
                 )
                 self._check(clearance)
                 self.lease_until = renewed_until
+            if timeout > self.client.server.timeout_s:
+                # Longer than ordinary calls (certificate issuance), perhaps longer than the quiet
+                # period: were this worker lost during it, the next holder waits until its timeout.
+                await self.gate.before_long_call(self.panel, timeout, locked)
             result = await self._record(call)
-            # With no answer at all the panel may still be working; any answer (an error page
-            # too) comes when it is done.
-            if isinstance(result.outcome, UnknownOutcome) and result.record.http_status is None and quiet_s > 0:
-                await self._stay_quiet(name, quiet_s)
+            if isinstance(result.outcome, UnknownOutcome) and self._no_answer(result) and quiet_s > 0:
+                log.warning(
+                    "no answer from panel %s to %s: it may still be working on it, so no mutating call goes "
+                    "to it for its quiet period (quiet_after_unknown_s = %s)",
+                    self.panel,
+                    name,
+                    quiet_s,
+                )
+                quiet = await self.gate.keep_quiet(self.panel, quiet_s, locked)
+                self.quiet_until = utcnow() + timedelta(seconds=quiet)
             return result
 
-    async def _stay_quiet(self, name: str, quiet_s: float) -> None:
-        """Hold the gate closed while the panel may still be working on the call just given up on."""
-        log.warning(
-            "no answer from panel %s to %s: it may still be working on it, so no mutating call goes to it "
-            "for its quiet period (quiet_after_unknown_s = %s)",
-            self.panel,
-            name,
-            quiet_s,
-        )
-        until = utcnow() + timedelta(seconds=quiet_s + self.lease_s)
-        if until > self.lease_until:
-            try:
-                # Lost, the lease is not this worker's to keep; the gate stays closed all the same.
-                if await renew(self.engine, self.job_pk, self.owner, until):
-                    self.lease_until = until
-            except Exception as exc:
-                log.warning("could not renew the lease of a job keeping a panel quiet: %s", exc.__class__.__name__)
-        await self.gate.stay_quiet(self.panel, quiet_s)
+    @staticmethod
+    def _no_answer(result: CallResult) -> bool:
+        """Whether the panel itself never answered: any answer of its own (an error page too) comes
+        when it is done, but a proxy in front of it gives up on a slow call that goes on behind it."""
+        return result.record.http_status in (None, 502, 503, 504)
 
     @contextlib.asynccontextmanager
     async def _turn(

@@ -9,11 +9,12 @@ so only one database connection per process waits on the advisory lock, and a
 process whose workers queue for the same panel hands the lock from one to the next.
 
 A call the bridge stopped waiting for (it timed out, its connection dropped, the
-worker sending it died) is still worked through by the panel. So the gate stays
-closed for a quiet period after one: the worker that saw it keeps the gate that
-long, and, with PostgreSQL, a holder that ended without letting go is noticed by
-the next one (a row in ``panel_gates`` outlives the lock), which waits as long
-before its first call.
+worker sending it died) is still worked through by the panel. So after one the
+gate stays closed for a quiet period: whoever holds it next waits before its
+first call. The worker that saw no answer records that; with PostgreSQL a row in
+``panel_gates`` also outlives the advisory lock, so a holder that ended without
+letting go is noticed by the next one, which waits the quiet period, or until
+the holder's certificate issuance (minutes) would have timed out.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class _Turn:
     streak: int = 0
     # What this process wrote in ``panel_gates`` as the holder (mutations only).
     holder: str | None = None
+    # No mutating call goes to the panel from this process before this time (the loop's clock).
+    quiet_until: float = 0.0
 
 
 class PanelGate:
@@ -107,11 +110,36 @@ class PanelGate:
         ended without letting go, the gate stays closed ``quiet_s`` (scaled) first."""
         return self._turn(MUTATIONS, panel, quiet_s)
 
-    async def stay_quiet(self, panel: str, quiet_s: float) -> None:
-        """Keep ``panel``'s gate, held by the caller, closed ``quiet_s`` (scaled) more: called inside
-        it after a call whose outcome is unknown, which the panel may still be working on."""
+    async def keep_quiet(self, panel: str, quiet_s: float, locked: asyncpg.Connection | None) -> float:
+        """Called inside ``panel``'s gate after a call that got no answer, which the panel may
+        still be working on: whoever holds the gate next waits ``quiet_s`` (scaled) first.
+        ``locked`` is the connection the gate yielded. Returns the quiet period, scaled."""
         self._metrics.panel_quiet_periods.labels(panel, "no_answer").inc()
-        await asyncio.sleep(quiet_s * self._quiet_scale)
+        turn = self._turns[(MUTATIONS, panel)]
+        quiet = quiet_s * self._quiet_scale
+        self._quiet_for(turn, quiet)
+        if locked is not None:
+            try:
+                await locked.execute(_QUIET, panel, quiet)
+            except Exception as exc:
+                # The row keeps this holder, so the next one waits the quiet period all the same.
+                log.warning("could not record panel %s's quiet period: %s", panel, exc.__class__.__name__)
+                turn.holder = None
+        return quiet
+
+    async def before_long_call(self, panel: str, timeout_s: float, locked: asyncpg.Connection | None) -> None:
+        """Called inside ``panel``'s gate before a call that may take longer than the quiet period
+        (a certificate issuance): a holder lost during it leaves the panel busy until its timeout."""
+        if locked is not None:
+            await locked.execute(_BUSY, panel, timeout_s)
+
+    def _quiet_for(self, turn: _Turn, seconds: float) -> None:
+        turn.quiet_until = max(turn.quiet_until, asyncio.get_running_loop().time() + seconds)
+
+    async def _wait_quiet(self, turn: _Turn) -> None:
+        wait = turn.quiet_until - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     def unproven(self, panel: str) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]:
         """Hold the panel's gate for calls with credentials not yet proven, so that however many
@@ -141,16 +169,20 @@ class PanelGate:
             turn.waiting -= 1
         try:
             if self._engine is None:
+                await self._wait_quiet(turn)
                 yield None
                 return
-            ok = cancelled = False
+            ok = calling = cancelled = False
             try:
-                yield await self._hold(turn, namespace, panel, quiet_s)
+                driver = await self._hold(turn, namespace, panel, quiet_s)
+                await self._wait_quiet(turn)
+                calling = True
+                yield driver
                 ok = True
             except asyncio.CancelledError:
-                # Stopped in the middle of a call (or of a quiet period), perhaps: the panel works
-                # the call through, so the gate is not let go cleanly and the next holder waits.
-                cancelled = True
+                # Stopped in the middle of a call, perhaps: the panel works it through, so the
+                # gate is not let go cleanly and the next holder waits the quiet period.
+                cancelled = calling
                 raise
             finally:
                 turn.streak += 1
@@ -185,13 +217,17 @@ class PanelGate:
         return driver
 
     async def _claim(self, turn: _Turn, driver: asyncpg.Connection, panel: str, quiet_s: float) -> None:
-        """Write this process in ``panel_gates`` as the holder; if the holder before never let
-        go, first keep the gate closed for the quiet period."""
+        """Write this process in ``panel_gates`` as the holder, and learn how long the panel must
+        stay quiet first: what is left of a quiet period, or, if the holder before never let go,
+        the quiet period (or until its certificate issuance would have timed out) from now."""
         holder = f"{socket.gethostname()}:{os.getpid()}:{driver.get_server_pid()}"[-64:]
-        if await driver.fetchval(_CLAIM, panel, holder) is None:
+        claimed = await driver.fetchrow(_CLAIM, panel, holder)
+        if claimed is not None:
+            self._quiet_for(turn, claimed["quiet_s"] or 0.0)
+        else:
             before = await driver.fetchrow(_HOLDER, panel)
             assert before is not None
-            quiet = quiet_s * self._quiet_scale
+            quiet = max(quiet_s * self._quiet_scale, before["busy_s"] or 0.0, before["quiet_s"] or 0.0)
             log.warning(
                 "the holder of panel %s's gate (%s, since %s) ended without letting go, perhaps in the "
                 "middle of a call the panel is still working on: no mutating call goes to it for %.1f s",
@@ -201,8 +237,10 @@ class PanelGate:
                 quiet,
             )
             self._metrics.panel_quiet_periods.labels(panel, "holder_lost").inc()
-            await asyncio.sleep(quiet)
-            await driver.execute(_TAKE_OVER, panel, holder)
+            # Taken over at once, the quiet period with it: kept for whoever comes next, were this
+            # holder to end before it is over.
+            await driver.execute(_TAKE_OVER, panel, holder, quiet)
+            self._quiet_for(turn, quiet)
         turn.holder = holder
 
     async def _lock(self, driver: asyncpg.Connection, namespace: int, key: int) -> None:
@@ -255,17 +293,28 @@ class PanelGate:
         if stack is None or driver is None:
             return
         async with stack:
-            # A broken connection has lost its session, and the lock with it (the row stays: the
-            # next holder cannot tell whether a call was in flight).
-            if not driver.is_closed():
-                try:
-                    if holder is None or not cleanly:
-                        await driver.execute(_UNLOCK, namespace, panel_lock_key(panel))
-                    else:
-                        await driver.execute(_RELEASE, namespace, panel_lock_key(panel), panel, holder)
-                except BaseException:
-                    driver.terminate()  # as above: never pooled while it may hold the lock
-                    raise
+            if driver.is_closed():
+                # Its session is gone, and the lock with it. The row says so only if no call may
+                # be in flight; otherwise it stays, and the next holder waits the quiet period.
+                if cleanly and holder is not None:
+                    await self._clear(panel, holder)
+                return
+            try:
+                if holder is None or not cleanly:
+                    await driver.execute(_UNLOCK, namespace, panel_lock_key(panel))
+                else:
+                    await driver.execute(_RELEASE, namespace, panel_lock_key(panel), panel, holder)
+            except BaseException:
+                driver.terminate()  # never pooled while it may hold the lock
+                raise
+
+    async def _clear(self, panel: str, holder: str) -> None:
+        """Say in the row that ``holder`` let go, over a connection of its own (best effort: left
+        as it is, the next holder waits a quiet period for nothing)."""
+        assert self._engine is not None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._wait_check_s), driver_connection(self._engine) as conn:
+                await conn.execute(_CLEAR, panel, holder)
 
 
 _UNLOCK = "SELECT pg_advisory_unlock($1, $2)"
@@ -273,15 +322,31 @@ _UNLOCK = "SELECT pg_advisory_unlock($1, $2)"
 # nothing reads would run after the unlock), so the next holder's claim, coming after the
 # unlock, waits for the row until this statement commits.
 _RELEASE = """
-    WITH let_go AS (UPDATE panel_gates SET held_by = NULL WHERE panel = $3 AND held_by = $4 RETURNING 1)
+    WITH let_go AS (
+        UPDATE panel_gates SET held_by = NULL, busy_until = NULL WHERE panel = $3 AND held_by = $4 RETURNING 1
+    )
     SELECT pg_advisory_unlock($1, $2) FROM (SELECT count(*) FROM let_go) AS updated_first
 """
-# A row back: the gate was let go cleanly (or never held). None: its holder never let go.
+_CLEAR = "UPDATE panel_gates SET held_by = NULL, busy_until = NULL WHERE panel = $1 AND held_by = $2"
+# A row back: the gate was let go cleanly (or never held), with what is left of a quiet
+# period in seconds (NULL or negative: none). No row: its holder never let go.
 _CLAIM = """
     INSERT INTO panel_gates AS g (panel, held_by, held_since) VALUES ($1, $2, now())
     ON CONFLICT (panel) DO UPDATE SET held_by = excluded.held_by, held_since = excluded.held_since
         WHERE g.held_by IS NULL
-    RETURNING true
+    RETURNING extract(epoch FROM g.quiet_until - now())::float8 AS quiet_s
 """
-_HOLDER = "SELECT held_by, held_since FROM panel_gates WHERE panel = $1"
-_TAKE_OVER = "UPDATE panel_gates SET held_by = $2, held_since = now() WHERE panel = $1"
+_HOLDER = """
+    SELECT held_by, held_since, extract(epoch FROM busy_until - now())::float8 AS busy_s,
+           extract(epoch FROM quiet_until - now())::float8 AS quiet_s
+    FROM panel_gates WHERE panel = $1
+"""
+_TAKE_OVER = """
+    UPDATE panel_gates SET held_by = $2, held_since = now(), busy_until = NULL,
+        quiet_until = greatest(quiet_until, now() + make_interval(secs => $3))
+    WHERE panel = $1
+"""
+_QUIET = """
+    UPDATE panel_gates SET quiet_until = greatest(quiet_until, now() + make_interval(secs => $2)) WHERE panel = $1
+"""
+_BUSY = "UPDATE panel_gates SET busy_until = now() + make_interval(secs => $2) WHERE panel = $1"

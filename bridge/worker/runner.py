@@ -259,6 +259,9 @@ class JobRunner:
                 message = f"gave up after {step.attempts} attempt(s): {message}"
             else:
                 status = StepStatus.WAITING_RETRY
+                if access.quiet_until is not None:
+                    # The read-back waits for the panel to have finished the call it never answered.
+                    next_at = max(next_at, access.quiet_until)
         return self._records.record_outcome(
             job,
             step,

@@ -157,7 +157,8 @@ async def test_a_lock_whose_session_the_server_ended_is_taken_again_before_the_n
 
     async def second() -> None:
         await first_in.wait()
-        async with here.mutation("panel-1", quiet_s=0) as held:
+        # The call before ended cleanly: the lock was lost, not a call, so no quiet period.
+        async with asyncio.timeout(10), here.mutation("panel-1", quiet_s=60) as held:
             assert held is not None and not held.is_closed()
             # Really held again: another session cannot take it now.
             async with other.connect() as conn:
@@ -170,22 +171,37 @@ async def test_a_lock_whose_session_the_server_ended_is_taken_again_before_the_n
     assert second_held == [True] and here.acquisitions == 2
 
 
+async def lose_mid_call(gate: PanelGate, *, long_call_s: float | None = None) -> None:
+    """A holder killed while the panel works on its call: its session ends (as the kernel closes a
+    killed process's socket) and it never runs again."""
+    inside = asyncio.Event()
+
+    async def holder() -> None:
+        async with gate.mutation("panel-1", quiet_s=0) as held:
+            assert held is not None
+            if long_call_s is not None:
+                await gate.before_long_call("panel-1", long_call_s, held)
+            inside.set()
+            held.terminate()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(holder())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_after_a_holder_that_never_let_go_the_gate_stays_closed_for_the_quiet_period(
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
-    # A worker killed mid-call: its session, and the lock, end at once, but the panel works the
-    # call through. The next holder, in another process, sends nothing before the quiet period.
+    # The lock went with the holder's session at once, but the panel works the call through. The
+    # next holder, in another process, sends nothing before the quiet period is over.
     metrics = Metrics()
     dying, survivor = PanelGate(engines[0]), PanelGate(engines[1], metrics=metrics)
     panel_done = asyncio.Event()
-
-    async def killed_mid_call() -> None:
-        async with dying.mutation("panel-1", quiet_s=0) as held:
-            assert held is not None
-            asyncio.get_running_loop().call_later(0.5, panel_done.set)  # the panel's work on the call
-            held.terminate()  # as the kernel closes a killed process's socket
-
-    await killed_mid_call()
+    await lose_mid_call(dying)
+    asyncio.get_running_loop().call_later(0.5, panel_done.set)  # what is left of the panel's work
     async with asyncio.timeout(10), survivor.mutation("panel-1", quiet_s=1.0):
         assert panel_done.is_set()
     quiet = {"panel": "panel-1", "reason": "holder_lost"}
@@ -193,6 +209,45 @@ async def test_after_a_holder_that_never_let_go_the_gate_stays_closed_for_the_qu
     # That holder let go cleanly: the next one goes at once, however long the quiet period.
     async with asyncio.timeout(5), dying.mutation("panel-1", quiet_s=60):
         pass
+
+
+async def test_a_holder_lost_during_a_certificate_issuance_leaves_the_panel_busy_until_its_timeout(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    dying, survivor = PanelGate(engines[0]), PanelGate(engines[1])
+    issuance_timed_out = asyncio.Event()
+    await lose_mid_call(dying, long_call_s=1.5)
+    asyncio.get_running_loop().call_later(1.2, issuance_timed_out.set)
+    # The quiet period alone (0.1 s) would be over long before.
+    async with asyncio.timeout(10), survivor.mutation("panel-1", quiet_s=0.1):
+        assert issuance_timed_out.is_set()
+
+
+@pytest.mark.parametrize("next_holder", ["in this process", "in another process"])
+async def test_after_a_call_with_no_answer_whoever_holds_the_gate_next_waits(
+    engines: tuple[AsyncEngine, AsyncEngine], next_holder: str
+) -> None:
+    metrics = Metrics()
+    here = PanelGate(engines[0], metrics=metrics)
+    # Handed the lock by the worker before it, or claiming it, and the quiet period, from the row.
+    following = here if next_holder == "in this process" else PanelGate(engines[1])
+    over = asyncio.Event()
+
+    async def no_answer() -> None:
+        async with here.mutation("panel-1", quiet_s=0) as held:
+            await here.keep_quiet("panel-1", 1.0, held)
+            asyncio.get_running_loop().call_later(0.8, over.set)
+        # The worker that saw no answer is free at once: it records the outcome and goes on.
+        assert not over.is_set()
+
+    async def next_call() -> None:
+        await asyncio.sleep(0.05)  # queued behind the call with no answer
+        async with asyncio.timeout(10), following.mutation("panel-1", quiet_s=0):
+            assert over.is_set()
+
+    await asyncio.gather(no_answer(), next_call())
+    quiet = {"panel": "panel-1", "reason": "no_answer"}
+    assert metrics.registry.get_sample_value("bridge_panel_quiet_periods_total", quiet) == 1
 
 
 async def test_the_gate_is_let_go_only_once_its_row_says_so(
@@ -258,10 +313,7 @@ async def test_the_quiet_period_is_scaled_and_a_gate_let_go_cleanly_has_none(
     for gate in (PanelGate(engines[0]), scaled):
         async with asyncio.timeout(5), gate.mutation("panel-1", quiet_s=60):
             pass
-    held = PanelGate(engines[0])
-    async with held.mutation("panel-1", quiet_s=0) as connection:
-        assert connection is not None
-        connection.terminate()
+    await lose_mid_call(PanelGate(engines[0]))
     # 60 s, scaled to 0.06 s.
     async with asyncio.timeout(5), scaled.mutation("panel-1", quiet_s=60):
         pass

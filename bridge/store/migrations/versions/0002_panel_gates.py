@@ -20,6 +20,8 @@ def upgrade() -> None:
         sa.Column("panel", sa.String(length=64), nullable=False),
         sa.Column("held_by", sa.String(length=64), nullable=True),
         sa.Column("held_since", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("busy_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("quiet_until", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("panel", name=op.f("pk_panel_gates")),
     )
 

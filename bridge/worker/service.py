@@ -60,9 +60,11 @@ class WorkerService:
 
     async def stop(self) -> None:
         self._stopping = self._runner.stopping = True
-        if self._consumer is not None:
-            await self._let_go(self._consumer)
-        self._stopped.set()
+        try:
+            if self._consumer is not None:
+                await self._let_go(self._consumer)
+        finally:
+            self._stopped.set()  # run() returns, whatever happened
 
     async def _let_go(self, consumer: Consumer) -> None:
         """Stop ``consumer``, its running steps given the grace period."""
@@ -74,4 +76,8 @@ class WorkerService:
             # flight under its lease, which outlasts the panel call.
             for task in list(self._handling):
                 task.cancel()
+        try:
             await stopping
+        except Exception as exc:
+            # Logged, not raised: the rest of the shutdown goes on, and closing the connection ends it.
+            log.warning("the consumer could not be stopped cleanly: %s: %s", exc.__class__.__name__, exc)

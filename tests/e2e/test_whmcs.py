@@ -789,6 +789,20 @@ async def test_the_client_area_does_not_show_the_customer_why_the_state_cannot_b
     assert "cannot read the state file" in json.dumps(logged)
 
 
+async def test_the_services_tab_shows_the_job_even_when_the_state_cannot_be_read(sqlite_url: str, whmcs: Whmcs) -> None:
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        params = service_params(bridge, whmcs)
+        assert await whmcs.module("CreateAccount", params) == "success"
+        [job_id] = await jobs_of(bridge)
+        await bridge.wait_for(job_id, "succeeded")
+        state = whmcs.state_dir / "state.json"
+        state.unlink()
+        state.mkdir()
+        tab = await whmcs.module("AdminServicesTabFields", params)
+    assert job_id in tab["Provisioning job"] and "succeeded" in tab["Provisioning job"]
+    assert tab["Database passwords"].startswith("Could not be read: cannot read the state file")
+
+
 # What the module remembers of other services (and of this one) when state.json breaks.
 STATE = json.dumps(
     {

@@ -241,7 +241,13 @@ function provisioningbridge_AdminServicesTabFields(array $params)
             $job = $detail->ok() && is_array($detail->json) ? $detail->json : $job;
         }
         $fields = $job ? provisioningbridge_jobFields($settings, $job, $h) : ['Provisioning' => 'No job in the bridge for this service yet.'];
-        $record = Store::open()->get(ServiceState::key((string) $params['serviceid'])) ?? [];
+        try {
+            $record = Store::open()->get(ServiceState::key((string) $params['serviceid'])) ?? [];
+        } catch (\Throwable $e) {
+            // The bridge's view of the job is shown all the same.
+            $fields['Database passwords'] = 'Could not be read: ' . $h($e->getMessage());
+            return $fields;
+        }
         $databases = [];
         foreach (ServiceState::passwords($record) as $name => $password) {
             $databases[] = $h($name) . ': <code>' . $h($password) . '</code>';

@@ -114,6 +114,8 @@ class PanelAccess:
                 # period: were this worker lost during it, the next holder waits until its timeout.
                 await self.gate.before_long_call(self.panel, timeout, locked)
             result = await self._record(call)
+            if timeout > self.client.server.timeout_s and not self._no_answer(result):
+                await self.gate.after_long_call(self.panel, locked)
             if isinstance(result.outcome, UnknownOutcome) and self._no_answer(result) and quiet_s > 0:
                 log.warning(
                     "no answer from panel %s to %s: it may still be working on it, so no mutating call goes "
@@ -168,10 +170,10 @@ class PanelAccess:
                 try:
                     if not await renew(self.engine, self.job_pk, self.owner, until):
                         return
-                except Exception as exc:  # the check in the gate goes to the database anyway
+                    self.lease_until = max(self.lease_until, until)
+                except Exception as exc:
+                    # Tried again a third of a lease later (the check in the gate goes to the database anyway).
                     log.warning("could not renew the lease of a job waiting for the panel: %s", exc.__class__.__name__)
-                    return
-                self.lease_until = max(self.lease_until, until)
             await wait_for_event(turn_came, self.lease_s / 3)
 
     def _may_go_unchecked(self, timeout: float, now: datetime) -> bool:

@@ -118,20 +118,36 @@ class PanelGate:
         turn = self._turns[(MUTATIONS, panel)]
         quiet = quiet_s * self._quiet_scale
         self._quiet_for(turn, quiet)
-        if locked is not None:
+        if locked is not None and self._engine is not None:
             try:
-                await locked.execute(_QUIET, panel, quiet)
+                if locked.is_closed():
+                    # The lock went with it: another process may hold the gate already. The row
+                    # still tells whoever comes after.
+                    async with asyncio.timeout(self._wait_check_s), driver_connection(self._engine) as other:
+                        await other.execute(_QUIET, panel, quiet)
+                else:
+                    await locked.execute(_QUIET, panel, quiet)
             except Exception as exc:
-                # The row keeps this holder, so the next one waits the quiet period all the same.
+                # The row keeps this holder, so the next one waits a quiet period all the same.
                 log.warning("could not record panel %s's quiet period: %s", panel, exc.__class__.__name__)
                 turn.holder = None
         return quiet
 
     async def before_long_call(self, panel: str, timeout_s: float, locked: asyncpg.Connection | None) -> None:
         """Called inside ``panel``'s gate before a call that may take longer than the quiet period
-        (a certificate issuance): a holder lost during it leaves the panel busy until its timeout."""
+        (a certificate issuance): a holder lost during it leaves the panel busy until its timeout,
+        and a quiet period after that."""
         if locked is not None:
             await locked.execute(_BUSY, panel, timeout_s)
+
+    async def after_long_call(self, panel: str, locked: asyncpg.Connection | None) -> None:
+        """Called inside ``panel``'s gate once such a call is answered: a holder lost during a later,
+        ordinary call leaves only the quiet period (best effort: left, it only makes a wait longer)."""
+        if locked is not None and not locked.is_closed():
+            try:
+                await locked.execute(_NOT_BUSY, panel)
+            except Exception as exc:
+                log.warning("could not clear panel %s's busy time: %s", panel, exc.__class__.__name__)
 
     def _quiet_for(self, turn: _Turn, seconds: float) -> None:
         turn.quiet_until = max(turn.quiet_until, asyncio.get_running_loop().time() + seconds)
@@ -170,7 +186,12 @@ class PanelGate:
         try:
             if self._engine is None:
                 await self._wait_quiet(turn)
-                yield None
+                try:
+                    yield None
+                except asyncio.CancelledError:
+                    # Cut off mid-call, perhaps (the shutdown grace ran out): quiet, as after no answer.
+                    self._quiet_for(turn, quiet_s * self._quiet_scale)
+                    raise
                 return
             ok = calling = cancelled = False
             try:
@@ -187,7 +208,12 @@ class PanelGate:
             finally:
                 turn.streak += 1
                 if not ok or turn.waiting == 0 or turn.streak >= self.MAX_STREAK:
-                    await self._let_go(turn, namespace, panel, cleanly=not cancelled)
+                    try:
+                        await self._let_go(turn, namespace, panel, cleanly=not cancelled)
+                    except Exception as exc:
+                        # The connection is closed, and the lock with it; the call's answer, or
+                        # the body's own error, must not be lost to this one.
+                        log.warning("could not let panel %s's gate go: %s", panel, exc.__class__.__name__)
         finally:
             turn.lock.release()
 
@@ -227,7 +253,9 @@ class PanelGate:
         else:
             before = await driver.fetchrow(_HOLDER, panel)
             assert before is not None
-            quiet = max(quiet_s * self._quiet_scale, before["busy_s"] or 0.0, before["quiet_s"] or 0.0)
+            # The panel works a call through past its timeout too: the quiet period comes after it.
+            busy = max(before["busy_s"] or 0.0, 0.0)
+            quiet = max(busy + quiet_s * self._quiet_scale, before["quiet_s"] or 0.0)
             log.warning(
                 "the holder of panel %s's gate (%s, since %s) ended without letting go, perhaps in the "
                 "middle of a call the panel is still working on: no mutating call goes to it for %.1f s",
@@ -350,3 +378,4 @@ _QUIET = """
     UPDATE panel_gates SET quiet_until = greatest(quiet_until, now() + make_interval(secs => $2)) WHERE panel = $1
 """
 _BUSY = "UPDATE panel_gates SET busy_until = now() + make_interval(secs => $2) WHERE panel = $1"
+_NOT_BUSY = "UPDATE panel_gates SET busy_until = NULL WHERE panel = $1"

@@ -3,6 +3,7 @@ database) and when credentials the panel just accepted may go without it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ from bridge.store import tables as t
 from bridge.store.database import create_engine
 from bridge.store.job_change import LeaseLost
 from bridge.store.types import utcnow
+from bridge.worker import panel_access
 from bridge.worker.breaker import ACCEPTED_KEPT, PanelBreaker
 from bridge.worker.panel_access import BreakerOpen, PanelAccess
 from bridge.worker.panel_gate import PanelGate
@@ -124,3 +126,41 @@ def test_a_process_remembers_only_the_most_recently_accepted_credentials() -> No
     breaker.accepted("p", accounts[10])  # seen again: the newest now
     breaker.accepted("p", PanelCredentials("one-more", "Pass-x-yz"))
     assert breaker.vouched("p", accounts[10]) and not breaker.vouched("p", accounts[11])
+
+
+async def test_a_job_queued_for_the_gate_keeps_renewing_its_lease_after_a_renewal_fails(
+    panel: PanelClient, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One failed renewal (the database away a moment) must not end the renewals: behind a
+    # certificate issuance the job would lose its lease, and its attempt with it.
+    tries: list[bool] = []
+
+    async def renew_failing_once(*args: object) -> bool:
+        tries.append(bool(tries))
+        if len(tries) == 1:
+            raise ConnectionError("the database is away a moment")
+        return True
+
+    monkeypatch.setattr(panel_access, "renew", renew_failing_once)
+    queued = PanelAccess(
+        client=panel,
+        creds=ALICE,
+        gate=PanelGate(engine),
+        breaker=PanelBreaker(engine),
+        metrics=Metrics(),
+        engine=engine,
+        job_pk=NO_SUCH_JOB,
+        owner="worker-a",
+        lease_s=0.3,
+        lease_until=utcnow(),
+    )
+    other_process = create_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        async with PanelGate(other_process).mutation(panel.server.name, quiet_s=0):
+            waiting = asyncio.create_task(queued.mutate("add_domain", add_domain("a.example.com")))
+            await asyncio.sleep(0.6)  # queued behind the call in another process
+        with pytest.raises(LeaseLost):  # its turn: the check in the gate does not know the job
+            await waiting
+    finally:
+        await other_process.dispose()
+    assert len(tries) >= 3 and tries[0] is False

@@ -215,12 +215,78 @@ async def test_a_holder_lost_during_a_certificate_issuance_leaves_the_panel_busy
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
     dying, survivor = PanelGate(engines[0]), PanelGate(engines[1])
-    issuance_timed_out = asyncio.Event()
-    await lose_mid_call(dying, long_call_s=1.5)
-    asyncio.get_running_loop().call_later(1.2, issuance_timed_out.set)
-    # The quiet period alone (0.1 s) would be over long before.
-    async with asyncio.timeout(10), survivor.mutation("panel-1", quiet_s=0.1):
-        assert issuance_timed_out.is_set()
+    quiet_after_timeout = asyncio.Event()
+    await lose_mid_call(dying, long_call_s=1.0)
+    # The issuance's timeout (1.0 s) and then, as after any call with no answer, the quiet period.
+    asyncio.get_running_loop().call_later(1.4, quiet_after_timeout.set)
+    async with asyncio.timeout(10), survivor.mutation("panel-1", quiet_s=0.6):
+        assert quiet_after_timeout.is_set()
+
+
+async def test_an_answered_certificate_issuance_leaves_no_busy_time_behind(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    here, survivor = PanelGate(engines[0]), PanelGate(engines[1])
+    async with here.mutation("panel-1", quiet_s=0) as held:
+        await here.before_long_call("panel-1", 60, held)
+        await here.after_long_call("panel-1", held)
+    await lose_mid_call(here)  # during a later, ordinary call: only the quiet period is due
+    async with asyncio.timeout(5), survivor.mutation("panel-1", quiet_s=0.1):
+        pass
+
+
+async def test_no_answer_on_a_lost_connection_is_still_kept_quiet_for_those_after(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    here, elsewhere = PanelGate(engines[0]), PanelGate(engines[1])
+    over = asyncio.Event()
+    async with here.mutation("panel-1", quiet_s=0) as held:
+        assert held is not None
+        held.terminate()  # the lock goes with the session, while the call goes unanswered
+        await here.keep_quiet("panel-1", 1.0, held)
+        asyncio.get_running_loop().call_later(0.8, over.set)
+    # The next holder's own quiet period is none: only the one recorded for the panel holds it back.
+    async with asyncio.timeout(10), elsewhere.mutation("panel-1", quiet_s=0):
+        assert over.is_set()
+
+
+async def test_a_release_that_fails_does_not_lose_the_calls_answer(pg_url: str) -> None:
+    # The release waits for the row past the connection's command timeout: it fails, the
+    # connection is closed (and the lock with it), and what the body returned still counts.
+    impatient = create_async_engine(pg_url, connect_args={"timeout": 5, "command_timeout": 0.3})
+    blocker = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        gate = PanelGate(impatient)
+        answered = False
+        async with gate.mutation("panel-1", quiet_s=0):
+            holding_the_row = blocker.transaction()
+            await holding_the_row.start()
+            await blocker.execute("SELECT 1 FROM panel_gates WHERE panel = 'panel-1' FOR UPDATE")
+            answered = True
+        assert answered
+        await holding_the_row.rollback()
+    finally:
+        await blocker.close()
+        await impatient.dispose()
+
+
+async def test_in_the_embedded_mode_a_call_cut_off_keeps_the_gate_quiet() -> None:
+    gate = PanelGate(None)
+    inside, over = asyncio.Event(), asyncio.Event()
+
+    async def cut_off() -> None:
+        async with gate.mutation("panel-1", quiet_s=1.0):
+            inside.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(cut_off())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    asyncio.get_running_loop().call_later(0.8, over.set)
+    async with asyncio.timeout(5), gate.mutation("panel-1", quiet_s=1.0):
+        assert over.is_set()
 
 
 @pytest.mark.parametrize("next_holder", ["in this process", "in another process"])

@@ -28,6 +28,10 @@ from bridge.worker.panel_gate import PanelGate
 log = logging.getLogger("bridge.worker")
 
 
+class WorkerStopping(Exception):
+    """The worker began to stop while this call waited for its turn: it is not sent."""
+
+
 class BreakerOpen(Exception):
     def __init__(self, until: datetime) -> None:
         super().__init__(f"circuit breaker open until {until.isoformat()}")
@@ -52,6 +56,8 @@ class PanelAccess:
     proven: bool = False
     # When the panel's quiet period after a call of this attempt that got no answer ends.
     quiet_until: datetime | None = None
+    # Whether the worker is stopping (its shutdown grace may cut off a call sent now).
+    stopping: Callable[[], bool] = lambda: False
 
     @property
     def panel(self) -> str:
@@ -94,6 +100,10 @@ class PanelAccess:
         timeout = self.client.server.timeout_for(name)
         quiet_s = self.client.server.quiet_after_unknown_s
         async with self._turn(self.gate.mutation(self.panel, quiet_s=quiet_s)) as locked:
+            if self.stopping():
+                # The turn came after the worker began to stop (behind a slow call, say): a call sent
+                # now could be cut off by the shutdown grace, and its outcome left unknown.
+                raise WorkerStopping()
             now = utcnow()
             if self._may_go_unchecked(timeout, now):
                 if (until := self.breaker.seen_open_until(self.panel, now)) is not None:

@@ -31,7 +31,7 @@ from bridge.store.job_change import JobChange, LeaseLost
 from bridge.store.job_records import JobRecord, JobRecords, StepRecord
 from bridge.store.types import utcnow
 from bridge.worker.breaker import PanelBreaker
-from bridge.worker.panel_access import BreakerOpen, PanelAccess
+from bridge.worker.panel_access import BreakerOpen, PanelAccess, WorkerStopping
 from bridge.worker.panel_gate import PanelGate
 from bridge.worker.steps import EXECUTORS, Step, StepOutcome
 
@@ -204,6 +204,7 @@ class JobRunner:
             owner=job.owner,
             lease_s=self._config.lease_s,
             lease_until=lease_until,
+            stopping=lambda: self.stopping,
         )
         extra = {"job_id": job.public_id, "event_id": job.webhook_id, "step": step.kind.value}
         try:
@@ -213,16 +214,31 @@ class JobRunner:
             await self._records.abandon_attempt(attempt_id, "lease lost before sending; nothing was sent")
             return False, None
         except BreakerOpen as exc:
-            # Nothing was sent: the step is exactly as unsure as it was before, and the attempt does
-            # not count against its retry budget (jobs wait for the breaker, they do not fail on it).
-            step.attempts -= 1
-            if step.attempts == 0:
-                # Nor does its time count against the step's total time: none was sent yet.
-                step.first_attempt_at = None
+            # Jobs wait for the breaker, they do not fail on it.
             outcome = StepOutcome("retry", f"Not sent: the panel's {exc}.", "breaker_open", in_flight=unsure)
-            return True, await self._record(job, step, attempt_id, outcome, access, not_before=exc.until)
+            return True, await self._not_sent(job, step, attempt_id, outcome, access, exc.until)
+        except WorkerStopping:
+            outcome = StepOutcome("retry", "Not sent: the worker is stopping.", "abandoned", in_flight=unsure)
+            # Due at once: the job is released for another worker as the runner stops.
+            return True, await self._not_sent(job, step, attempt_id, outcome, access, utcnow())
         log.info("step %s: %s", step.kind.value, outcome.label, extra=extra)
         return True, await self._record(job, step, attempt_id, outcome, access)
+
+    async def _not_sent(
+        self,
+        job: JobRecord,
+        step: StepRecord,
+        attempt_id: int,
+        outcome: StepOutcome,
+        access: PanelAccess,
+        not_before: datetime,
+    ) -> JobChange:
+        """An attempt whose mutating call was never sent: the step is exactly as unsure as it was
+        before, and the attempt counts against neither its retry budget nor its total time."""
+        step.attempts -= 1
+        if step.attempts == 0:
+            step.first_attempt_at = None
+        return await self._record(job, step, attempt_id, outcome, access, not_before=not_before)
 
     def _sending_room_s(self, job: JobRecord, step: StepRecord) -> float:
         """How much longer the lease committed at the start of a mutating step is, so that its call

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -9,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from conftest import FERNET_KEY, WEBHOOK_SECRET
 from orders import ACCOUNT_PASSWORD, service_create
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from bridge.bootstrap import Runtime, open_runtime
 from bridge.domain.events import OrderEvent
@@ -17,8 +18,10 @@ from bridge.panel.simulator import PanelSimulator
 from bridge.settings import Settings
 from bridge.store import admin_ops
 from bridge.store import tables as t
+from bridge.store.database import create_engine
 from bridge.store.intake import store_event
 from bridge.store.types import utcnow
+from bridge.worker.panel_gate import PanelGate
 
 
 @pytest.fixture
@@ -78,3 +81,40 @@ async def test_attempts_held_back_by_the_breaker_are_numbered_apart_but_cost_no_
         ).scalar_one()
     sent = next(a for a in job["attempts"] if a["step"] == "check_account" and a["outcome"] == "succeeded")
     assert first_attempt_at.isoformat() == sent["started_at"]
+
+
+@pytest.mark.parametrize("db_url", ["pg"], indirect=True)
+async def test_a_call_whose_turn_comes_after_the_worker_began_to_stop_is_not_sent(runtime: Runtime) -> None:
+    # Queued behind another process's call, the job's add_domain gets its turn only after the
+    # worker began to stop: sent then, the shutdown grace could cut it off with its outcome unknown.
+    event = OrderEvent.model_validate(service_create(ssl=False))
+    job_id = (await store_event(runtime.engine, runtime.box, "msg_stopping", event)).job_id
+    runner = runtime.runner()
+    other_process = create_engine(runtime.settings.database_url)
+    steps, attempts = t.steps.c, t.attempts.c
+    add_domain_started = (
+        select(func.count())
+        .select_from(t.attempts.join(t.steps, steps.id == attempts.step_id))
+        .where(steps.kind == "add_domain")
+    )
+    try:
+        async with PanelGate(other_process).mutation("default", quiet_s=0):
+            running = asyncio.create_task(runner.handle(job_id))
+            for _ in range(200):  # until add_domain's attempt has started, and waits for the gate
+                async with runtime.engine.connect() as conn:
+                    if (await conn.execute(add_domain_started)).scalar_one():
+                        break
+                await asyncio.sleep(0.02)
+            runner.stopping = True
+        await asyncio.wait_for(running, 10)
+    finally:
+        await other_process.dispose()
+
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    add = next(s for s in job["steps"] if s["kind"] == "add_domain")
+    assert [a["outcome"] for a in job["attempts"] if a["step"] == "add_domain"] == ["abandoned"]
+    assert add["attempts"] == 0 and add["status"] == "waiting_retry" and not add["in_flight"]
+    assert job["lease_owner"] is None  # given back, for another worker at once
+    async with runtime.engine.connect() as conn:
+        panel_calls = (await conn.execute(select(t.panel_calls.c.call))).scalars().all()
+    assert "add_domain" not in panel_calls

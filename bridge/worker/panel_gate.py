@@ -33,6 +33,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.metrics import Metrics
+from bridge.store import panel_gates
 from bridge.store.driver import driver_connection
 
 log = logging.getLogger("bridge.worker")
@@ -124,9 +125,9 @@ class PanelGate:
                     # The lock went with it: another process may hold the gate already. The row
                     # still tells whoever comes after.
                     async with asyncio.timeout(self._wait_check_s), driver_connection(self._engine) as other:
-                        await other.execute(_QUIET, panel, quiet)
+                        await panel_gates.keep_quiet(other, panel, quiet)
                 else:
-                    await locked.execute(_QUIET, panel, quiet)
+                    await panel_gates.keep_quiet(locked, panel, quiet)
             except Exception as exc:
                 # The row keeps this holder, so the next one waits a quiet period all the same.
                 log.warning("could not record panel %s's quiet period: %s", panel, exc.__class__.__name__)
@@ -138,14 +139,14 @@ class PanelGate:
         (a certificate issuance): a holder lost during it leaves the panel busy until its timeout,
         and a quiet period after that."""
         if locked is not None:
-            await locked.execute(_BUSY, panel, timeout_s)
+            await panel_gates.busy_for(locked, panel, timeout_s)
 
     async def after_long_call(self, panel: str, locked: asyncpg.Connection | None) -> None:
         """Called inside ``panel``'s gate once such a call is answered: a holder lost during a later,
         ordinary call leaves only the quiet period (best effort: left, it only makes a wait longer)."""
         if locked is not None and not locked.is_closed():
             try:
-                await locked.execute(_NOT_BUSY, panel)
+                await panel_gates.not_busy(locked, panel)
             except Exception as exc:
                 log.warning("could not clear panel %s's busy time: %s", panel, exc.__class__.__name__)
 
@@ -247,27 +248,24 @@ class PanelGate:
         stay quiet first: what is left of a quiet period, or, if the holder before never let go,
         the quiet period (or until its certificate issuance would have timed out) from now."""
         holder = f"{socket.gethostname()}:{os.getpid()}:{driver.get_server_pid()}"[-64:]
-        claimed = await driver.fetchrow(_CLAIM, panel, holder)
-        if claimed is not None:
-            self._quiet_for(turn, claimed["quiet_s"] or 0.0)
+        quiet_left = await panel_gates.claim(driver, panel, holder)
+        if quiet_left is not None:
+            self._quiet_for(turn, quiet_left)
         else:
-            before = await driver.fetchrow(_HOLDER, panel)
-            assert before is not None
+            before = await panel_gates.lost_holder(driver, panel)
             # The panel works a call through past its timeout too: the quiet period comes after it.
-            busy = max(before["busy_s"] or 0.0, 0.0)
-            quiet = max(busy + quiet_s * self._quiet_scale, before["quiet_s"] or 0.0)
+            busy = max(before.busy_s or 0.0, 0.0)
+            quiet = max(busy + quiet_s * self._quiet_scale, before.quiet_s or 0.0)
             log.warning(
                 "the holder of panel %s's gate (%s, since %s) ended without letting go, perhaps in the "
                 "middle of a call the panel is still working on: no mutating call goes to it for %.1f s",
                 panel,
-                before["held_by"],
-                before["held_since"],
+                before.held_by,
+                before.held_since,
                 quiet,
             )
             self._metrics.panel_quiet_periods.labels(panel, "holder_lost").inc()
-            # Taken over at once, the quiet period with it: kept for whoever comes next, were this
-            # holder to end before it is over.
-            await driver.execute(_TAKE_OVER, panel, holder, quiet)
+            await panel_gates.take_over(driver, panel, holder, quiet)
             self._quiet_for(turn, quiet)
         turn.holder = holder
 
@@ -331,7 +329,7 @@ class PanelGate:
                 if holder is None or not cleanly:
                     await driver.execute(_UNLOCK, namespace, panel_lock_key(panel))
                 else:
-                    await driver.execute(_RELEASE, namespace, panel_lock_key(panel), panel, holder)
+                    await panel_gates.release_and_unlock(driver, namespace, panel_lock_key(panel), panel, holder)
             except BaseException:
                 driver.terminate()  # never pooled while it may hold the lock
                 raise
@@ -342,40 +340,7 @@ class PanelGate:
         assert self._engine is not None
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self._wait_check_s), driver_connection(self._engine) as conn:
-                await conn.execute(_CLEAR, panel, holder)
+                await panel_gates.clear(conn, panel, holder)
 
 
 _UNLOCK = "SELECT pg_advisory_unlock($1, $2)"
-# One round trip, as a bare unlock. The row is updated first (a data-modifying WITH that
-# nothing reads would run after the unlock), so the next holder's claim, coming after the
-# unlock, waits for the row until this statement commits.
-_RELEASE = """
-    WITH let_go AS (
-        UPDATE panel_gates SET held_by = NULL, busy_until = NULL WHERE panel = $3 AND held_by = $4 RETURNING 1
-    )
-    SELECT pg_advisory_unlock($1, $2) FROM (SELECT count(*) FROM let_go) AS updated_first
-"""
-_CLEAR = "UPDATE panel_gates SET held_by = NULL, busy_until = NULL WHERE panel = $1 AND held_by = $2"
-# A row back: the gate was let go cleanly (or never held), with what is left of a quiet
-# period in seconds (NULL or negative: none). No row: its holder never let go.
-_CLAIM = """
-    INSERT INTO panel_gates AS g (panel, held_by, held_since) VALUES ($1, $2, now())
-    ON CONFLICT (panel) DO UPDATE SET held_by = excluded.held_by, held_since = excluded.held_since
-        WHERE g.held_by IS NULL
-    RETURNING extract(epoch FROM g.quiet_until - now())::float8 AS quiet_s
-"""
-_HOLDER = """
-    SELECT held_by, held_since, extract(epoch FROM busy_until - now())::float8 AS busy_s,
-           extract(epoch FROM quiet_until - now())::float8 AS quiet_s
-    FROM panel_gates WHERE panel = $1
-"""
-_TAKE_OVER = """
-    UPDATE panel_gates SET held_by = $2, held_since = now(), busy_until = NULL,
-        quiet_until = greatest(quiet_until, now() + make_interval(secs => $3))
-    WHERE panel = $1
-"""
-_QUIET = """
-    UPDATE panel_gates SET quiet_until = greatest(quiet_until, now() + make_interval(secs => $2)) WHERE panel = $1
-"""
-_BUSY = "UPDATE panel_gates SET busy_until = now() + make_interval(secs => $2) WHERE panel = $1"
-_NOT_BUSY = "UPDATE panel_gates SET busy_until = NULL WHERE panel = $1"

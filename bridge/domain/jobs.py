@@ -63,6 +63,12 @@ class StepKind(StrEnum):
         return self is not StepKind.CHECK_ACCOUNT
 
 
+def redone_with(undone: frozenset[StepKind]) -> frozenset[StepKind]:
+    """The step kinds a retry runs again when an admin undid steps of ``undone``'s kinds: those
+    and the steps whose effect went with theirs (a domain's certificate goes with the domain)."""
+    return undone | ({StepKind.ISSUE_SSL} if StepKind.ADD_DOMAIN in undone else set())
+
+
 # Steps whose failure to take effect yet does not hold the order back (see CONTRACT.md §3).
 DEFERRABLE_KINDS: frozenset[StepKind] = frozenset({StepKind.ISSUE_SSL})
 

@@ -13,10 +13,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bridge.domain.jobs import CANCELLED_BY_ADMIN, OPEN_STEP_STATUSES, REOPENED_BY_RETRY, JobStatus, StepStatus
+from bridge.domain.jobs import (
+    CANCELLED_BY_ADMIN,
+    OPEN_STEP_STATUSES,
+    REOPENED_BY_RETRY,
+    JobStatus,
+    StepKind,
+    StepStatus,
+    redone_with,
+)
 from bridge.store import tables as t
 from bridge.store.admin_errors import AdminError, Conflict, InvalidInput, NotFound
 from bridge.store.admin_queries import job_pk_of, list_jobs
@@ -86,9 +94,11 @@ async def retry_job(
 
     Failed and cancelled steps become pending again with a fresh attempt budget.
     Their ``in_flight`` flag is kept: a step that may have taken effect is read back
-    on the panel before anything is sent again. Succeeded steps and compensation
-    records are left alone. Optional ``account`` replaces the password of the job's
-    panel account (the username is fixed by the order).
+    on the panel before anything is sent again. Succeeded steps are left alone, except
+    those an admin undid (their latest compensation record marked ``done``) and the
+    steps whose effect went with theirs: those run again, as if never run. Compensation
+    records are kept as they are. Optional ``account`` replaces the password of the
+    job's panel account (the username is fixed by the order).
     """
     now = utcnow()
     async with engine.begin() as conn:
@@ -108,18 +118,20 @@ async def retry_job(
         if busy is not None:
             # One action at a time per service: the retried job would not wait for a later one.
             raise Conflict(f"job {busy} of service {job.service_id} is running; retry this one after it has finished")
+        fresh = {"attempts": 0, "first_attempt_at": None, "next_attempt_at": None, "error": None, "updated_at": now}
         await conn.execute(
             update(t.steps)
             .where(t.steps.c.job_id == job.id, t.steps.c.status.in_(REOPENED_BY_RETRY))
-            .values(
-                status=StepStatus.PENDING,
-                attempts=0,
-                first_attempt_at=None,
-                next_attempt_at=None,
-                error=None,
-                updated_at=now,
-            )
+            .values(status=StepStatus.PENDING, **fresh)
         )
+        redo = redone_with(await _undone_kinds(conn, job.id))
+        if redo:
+            # Undone on the panel: known to be absent, so nothing to read back first.
+            await conn.execute(
+                update(t.steps)
+                .where(t.steps.c.job_id == job.id, t.steps.c.kind.in_(sorted(redo)))
+                .values(status=StepStatus.PENDING, result=None, in_flight=False, **fresh)
+            )
         values: dict[str, Any] = {
             "status": JobStatus.ACCEPTED,
             "error": None,
@@ -136,6 +148,18 @@ async def retry_job(
         await conn.execute(update(t.jobs).where(t.jobs.c.id == job.id).values(**values))
         await conn.execute(insert(t.outbox).values(job_public_id=job.public_id, delay_s=0.0, created_at=now))
         return await job_document(conn, job.id, detail=True)
+
+
+async def _undone_kinds(conn: AsyncConnection, job_pk: int) -> frozenset[StepKind]:
+    """The kinds of the job's succeeded steps whose latest compensation record an admin marked done."""
+    comps, steps = t.compensations.c, t.steps.c
+    latest = select(func.max(comps.id)).where(comps.job_id == job_pk).group_by(comps.step_id).scalar_subquery()
+    rows = await conn.execute(
+        select(steps.kind)
+        .join(t.compensations, comps.step_id == steps.id)
+        .where(comps.id.in_(latest), comps.status == "done", steps.status == StepStatus.SUCCEEDED)
+    )
+    return frozenset(StepKind(kind) for kind in rows.scalars())
 
 
 async def cancel_job(engine: AsyncEngine, job_public_id: str, *, policy: CallbackPolicy) -> dict[str, Any]:

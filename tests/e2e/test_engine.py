@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 
 from bridge.domain.events import OrderEvent
 from bridge.panel.simulator import PanelSimulator
+from bridge.store import admin_ops
 from bridge.store import tables as t
 from bridge.store.intake import store_event
 from bridge.store.job_view import callback_body
@@ -242,6 +243,28 @@ async def test_ssl_is_deferred_then_issued_and_reported_with_job_updated(deploym
         updated = next(c for c in bridge.receiver.received if c["type"] == "job.updated")
         assert updated["data"]["deferred"] == []
         assert updated["data"] == callback_body(await bridge.job(answer["job_id"], detail=False), "job.updated")["data"]
+
+
+async def test_a_retry_after_an_admin_undid_the_domain_adds_it_and_its_certificate_again(
+    deployment: dict[str, str],
+) -> None:
+    async with running_bridge(**deployment) as bridge:
+        bridge.sim.inject_fault("db_make", "error:Access denied for user 'root'@'localhost'")
+        status, answer = await bridge.send(order(bridge, cron_jobs=[]))
+        job_id = answer["job_id"]
+        failed = await bridge.wait_for(job_id, "failed")
+        # The admin follows the compensation record: removes the domain on the panel, marks it done.
+        bridge.sim.state.accounts["john"].domains.clear()
+        undo = next(c for c in failed["compensations"] if c["step"] == "add_domain")
+        await admin_ops.resolve_compensation(bridge.runtime.engine, undo["id"], "done")
+        await admin_ops.retry_job(bridge.runtime.engine, bridge.runtime.box, job_id)
+        job = await bridge.wait_for(job_id, "succeeded", settled=True)
+    snapshot = bridge.sim.snapshot()
+    assert [d["domain"] for d in snapshot["accounts"]["john"]["domains"]] == ["example.com"]
+    assert snapshot["certificates"]["example.com"] == "issued"
+    assert snapshot["counters"]["add_domain"] == 2 and snapshot["counters"]["domain_issue_ssl"] == 2
+    domain_records = [c["status"] for c in job["compensations"] if c["step"] == "add_domain"]
+    assert domain_records == ["done", "not_needed"]  # the undo kept; the domain added again not to undo
 
 
 async def test_mutating_calls_to_one_panel_never_overlap(deployment: dict[str, str]) -> None:

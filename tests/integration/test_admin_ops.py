@@ -166,6 +166,31 @@ async def test_retry_reopens_only_what_did_not_take_effect(engine: AsyncEngine) 
         await admin_ops.retry_job(engine, BOX, "no-such-job")
 
 
+async def test_retry_runs_again_what_an_admin_undid(engine: AsyncEngine) -> None:
+    job_id = await new_job(engine)
+    await make_failed(engine, job_id)
+    domain_undo = (await admin_ops.get_job(engine, job_id))["compensations"][0]["id"]
+    await admin_ops.resolve_compensation(engine, domain_undo, "done")  # the admin removed the domain
+    await admin_ops.retry_job(engine, BOX, job_id)
+    steps = await step_rows(engine, job_id)
+    # The domain is added again, and its certificate, which went with it, issued again.
+    assert [(s.kind, s.status) for s in steps] == [
+        ("check_account", "succeeded"),
+        ("add_domain", "pending"),
+        ("issue_ssl", "pending"),
+        ("create_database", "pending"),
+        ("add_cron_job", "pending"),
+    ]
+    assert (steps[1].attempts, steps[1].result, steps[1].in_flight) == (0, None, False)
+    assert steps[3].in_flight is True  # unknown before: still read back first
+
+    # Added again, and the job failed once more: the domain's latest record is pending again, so
+    # the next retry leaves the domain alone.
+    await make_failed(engine, job_id)
+    await admin_ops.retry_job(engine, BOX, job_id)
+    assert [s.status for s in await step_rows(engine, job_id)][:3] == ["succeeded"] * 3
+
+
 async def test_retry_with_fresh_password_for_the_same_account_only(engine: AsyncEngine) -> None:
     job_id = await new_job(engine, username="john", password=ACCOUNT_PASSWORD)
     await make_failed(engine, job_id)

@@ -94,7 +94,8 @@ async def test_csrf_guards_every_form_post(sqlite_url: str) -> None:
             (f"/admin/jobs/{job_id}/retry", {}),
             (f"/admin/jobs/{job_id}/cancel", {}),
             (f"/admin/jobs/{job_id}/callbacks/resend", {}),
-            (f"/admin/compensations/{comp_id}/resolve", {"job_id": job_id, "status": "done"}),
+            # not_needed: the domain stays, and the retry below goes on after it.
+            (f"/admin/compensations/{comp_id}/resolve", {"job_id": job_id, "status": "not_needed"}),
             ("/admin/logout", {}),
         ]
         callbacks_before = len((await bridge.job(job_id))["callbacks"])
@@ -111,7 +112,7 @@ async def test_csrf_guards_every_form_post(sqlite_url: str) -> None:
         path, fields = posts[3]
         response = await bridge.client.post(path, data={**fields, "csrf": csrf}, allow_redirects=False)
         assert response.status == 303 and response.headers["Location"] == f"/admin/jobs/{job_id}?notice=resolved"
-        assert (await bridge.job(job_id))["compensations"][0]["status"] == "done"
+        assert (await bridge.job(job_id))["compensations"][0]["status"] == "not_needed"
         response = await bridge.client.post(f"/admin/jobs/{job_id}/retry", data={"csrf": csrf}, allow_redirects=False)
         assert response.status == 303
         await bridge.wait_for(job_id, "succeeded")

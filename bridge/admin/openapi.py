@@ -273,7 +273,8 @@ def _admin_paths() -> dict[str, Any]:
         },
         "/admin/api/compensations/{id}/resolve": {
             "post": _admin(
-                "Mark a compensation record done or not needed",
+                "Mark a compensation record done (undone on the panel: a retry of the job does that step "
+                "again) or not needed (left as it is)",
                 {
                     "200": _json(_ref("Compensation"), "resolved"),
                     "404": _error("no such compensation record"),

@@ -192,6 +192,7 @@ async def test_job_page_shows_the_timeline_masked_and_escaped(sqlite_url: str) -
         for section in ('id="steps"', 'id="attempts"', 'id="panel-calls"', 'id="compensations"', 'id="callbacks"'):
             assert section in html
         assert "account_info" in html and "db_make" in html and "remove domain example.com" in html
+        assert "a retry does that step again" in html  # what resolving a record done means
         assert 'id="retry"' in html and 'id="cancel"' not in html
         assert 'http-equiv="refresh"' not in html  # finished: nothing to watch
         for secret in (DB_PASSWORD, "John-Panel-Pass-1", ADMIN_TOKEN):

@@ -68,6 +68,7 @@ class Runtime:
     callbacks: CallbackSender
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
     _clients: dict[str, PanelClient] = field(default_factory=dict)
+    _gate: PanelGate | None = None
 
     @property
     def panel_names(self) -> list[str]:
@@ -98,11 +99,7 @@ class Runtime:
             records=self.records,
             queue=self.queue,
             clients=self.panel_client,
-            gate=PanelGate(
-                None if sqlite_mode(settings) else self.engine,
-                quiet_scale=settings.retry_delay_scale,
-                metrics=self.metrics,
-            ),
+            gate=self.panel_gate(),
             breaker=PanelBreaker(self.engine, cooldown=timedelta(minutes=10) * max(settings.retry_delay_scale, 0.001)),
             metrics=self.metrics,
             owner=self.worker_id,
@@ -110,6 +107,27 @@ class Runtime:
             wake_relay=self.relay.wake,
             wake_callbacks=self.callbacks.wake,
         )
+
+    def panel_gate(self) -> PanelGate:
+        """The process's one gate per panel: every runner of the process queues at it."""
+        if self._gate is None:
+            embedded = sqlite_mode(self.settings)
+            self._gate = PanelGate(
+                None if embedded else self.engine,
+                quiet_scale=self.settings.retry_delay_scale,
+                metrics=self.metrics,
+                local=self.engine if embedded else None,
+            )
+        return self._gate
+
+    async def close_gate(self) -> None:
+        """Once every worker has stopped (no call runs any more): let the gates go."""
+        if self._gate is not None:
+            try:
+                await self._gate.close()
+            except Exception as exc:
+                # Left held, the next start keeps the panels quiet a while for nothing.
+                log.warning("could not let the panel gates go: %s", exc.__class__.__name__)
 
     async def close_clients(self) -> None:
         for client in self._clients.values():
@@ -160,6 +178,7 @@ async def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> 
         await _start_queue(queue)
         yield runtime
     finally:
+        await runtime.close_gate()
         await runtime.close_clients()
         await queue.close()
         await runtime.intake.close()

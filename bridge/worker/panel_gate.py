@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bridge.metrics import Metrics
 from bridge.store import panel_gates
 from bridge.store.driver import driver_connection
+from bridge.store.local_gates import LocalGates
 
 log = logging.getLogger("bridge.worker")
 
@@ -92,10 +93,14 @@ class PanelGate:
         wait_check_s: float = WAIT_CHECK_S,
         quiet_scale: float = 1.0,
         metrics: Metrics | None = None,
+        local: AsyncEngine | None = None,
     ) -> None:
         """``engine`` is the PostgreSQL engine, or None in the embedded mode. Quiet periods are
-        multiplied by ``quiet_scale`` (BRIDGE_RETRY_DELAY_SCALE, like every other wait)."""
+        multiplied by ``quiet_scale`` (BRIDGE_RETRY_DELAY_SCALE, like every other wait).
+        ``local``, in the embedded mode, is its database, where the gate's row outlives the
+        process: the next one learns whether it ended holding a gate (see :class:`LocalGates`)."""
         self._engine = engine
+        self._local = LocalGates(local) if local is not None and engine is None else None
         self._wait_check_s = wait_check_s
         self._quiet_scale = quiet_scale
         self._metrics = metrics or Metrics()
@@ -119,6 +124,11 @@ class PanelGate:
         turn = self._turns[(MUTATIONS, panel)]
         quiet = quiet_s * self._quiet_scale
         self._quiet_for(turn, quiet)
+        if self._local is not None:
+            try:
+                await self._local.keep_quiet(panel, quiet)  # for the process after this one, too
+            except Exception as exc:
+                log.warning("could not record panel %s's quiet period: %s", panel, exc.__class__.__name__)
         if locked is not None and self._engine is not None:
             try:
                 if locked.is_closed():
@@ -186,12 +196,18 @@ class PanelGate:
             turn.waiting -= 1
         try:
             if self._engine is None:
+                if self._local is not None and namespace == MUTATIONS and turn.holder is None:
+                    await self._claim_local(turn, panel, quiet_s)
                 await self._wait_quiet(turn)
                 try:
                     yield None
                 except asyncio.CancelledError:
                     # Cut off mid-call, perhaps (the shutdown grace ran out): quiet, as after no answer.
-                    self._quiet_for(turn, quiet_s * self._quiet_scale)
+                    quiet = quiet_s * self._quiet_scale
+                    self._quiet_for(turn, quiet)
+                    if self._local is not None:
+                        with contextlib.suppress(Exception):
+                            await self._local.keep_quiet(panel, quiet)  # for the process after this one
                     raise
                 return
             ok = calling = cancelled = False
@@ -268,6 +284,34 @@ class PanelGate:
             await panel_gates.take_over(driver, panel, holder, quiet)
             self._quiet_for(turn, quiet)
         turn.holder = holder
+
+    async def _claim_local(self, turn: _Turn, panel: str, quiet_s: float) -> None:
+        """The embedded mode's first turn at ``panel`` in this process: what is left of a quiet
+        period, or a whole one if the process before ended while holding the gate."""
+        assert self._local is not None
+        holder = f"{socket.gethostname()}:{os.getpid()}"[-64:]
+        quiet_left, lost = await self._local.claim(panel, holder)
+        if lost is not None:
+            quiet_left = max(quiet_left, quiet_s * self._quiet_scale)
+            log.warning(
+                "the process before (%s) ended while holding panel %s's gate, perhaps in the middle of a "
+                "call the panel is still working on: no mutating call goes to it for %.1f s",
+                lost,
+                panel,
+                quiet_left,
+            )
+            self._metrics.panel_quiet_periods.labels(panel, "holder_lost").inc()
+        self._quiet_for(turn, quiet_left)
+        turn.holder = holder
+
+    async def close(self) -> None:
+        """On a clean stop of the embedded mode, once no call runs: let the process's gates go."""
+        if self._local is None:
+            return
+        for (namespace, panel), turn in self._turns.items():
+            if namespace == MUTATIONS and turn.holder is not None:
+                await self._local.let_go(panel, turn.holder)
+                turn.holder = None
 
     async def _lock(self, driver: asyncpg.Connection, namespace: int, key: int) -> None:
         """Wait for the advisory lock as long as the server says this session waits for it."""

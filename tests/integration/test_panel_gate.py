@@ -270,6 +270,41 @@ async def test_a_release_that_fails_does_not_lose_the_calls_answer(pg_url: str) 
         await impatient.dispose()
 
 
+@pytest.fixture
+async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(sqlite_url)
+    yield engine
+    await engine.dispose()
+
+
+async def test_in_the_embedded_mode_a_process_that_ended_holding_a_gate_keeps_the_next_one_quiet(
+    sqlite_engine: AsyncEngine,
+) -> None:
+    crashed = PanelGate(None, local=sqlite_engine)
+    async with crashed.mutation("panel-1", quiet_s=0):
+        pass  # ... and the process ends without close(): killed, say
+    over = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.8, over.set)
+    after_a_crash = PanelGate(None, local=sqlite_engine)
+    async with asyncio.timeout(10), after_a_crash.mutation("panel-1", quiet_s=1.0):
+        assert over.is_set()
+    # Stopped cleanly, the next process goes at once.
+    await after_a_crash.close()
+    async with asyncio.timeout(5), PanelGate(None, local=sqlite_engine).mutation("panel-1", quiet_s=60):
+        pass
+
+
+async def test_in_the_embedded_mode_a_quiet_period_outlives_a_clean_restart(sqlite_engine: AsyncEngine) -> None:
+    stopping = PanelGate(None, local=sqlite_engine)
+    async with stopping.mutation("panel-1", quiet_s=0) as held:
+        await stopping.keep_quiet("panel-1", 1.0, held)
+    await stopping.close()
+    over = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.8, over.set)
+    async with asyncio.timeout(10), PanelGate(None, local=sqlite_engine).mutation("panel-1", quiet_s=0):
+        assert over.is_set()
+
+
 async def test_in_the_embedded_mode_a_call_cut_off_keeps_the_gate_quiet() -> None:
     gate = PanelGate(None)
     inside, over = asyncio.Event(), asyncio.Event()

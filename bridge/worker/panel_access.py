@@ -123,6 +123,7 @@ class PanelAccess:
                 # Longer than ordinary calls (certificate issuance), perhaps longer than the quiet
                 # period: were this worker lost during it, the next holder waits until its timeout.
                 await self.gate.before_long_call(self.panel, timeout, locked)
+            self.gate.sending(self.panel)
             result = await self._record(call)
             if timeout > self.client.server.timeout_s and not self._no_answer(result):
                 await self.gate.after_long_call(self.panel, locked)

@@ -80,6 +80,8 @@ class _Turn:
     holder: str | None = None
     # No mutating call goes to the panel from this process before this time (the loop's clock).
     quiet_until: float = 0.0
+    # Whether the holder's call has gone to the panel (see PanelGate.sending).
+    sending: bool = False
 
 
 class PanelGate:
@@ -160,6 +162,11 @@ class PanelGate:
             except Exception as exc:
                 log.warning("could not clear panel %s's busy time: %s", panel, exc.__class__.__name__)
 
+    def sending(self, panel: str) -> None:
+        """Called inside ``panel``'s mutation gate as the call goes: stopped from now on, the holder
+        may leave the panel working on it (before, stopping leaves nothing behind)."""
+        self._turns[(MUTATIONS, panel)].sending = True
+
     def _quiet_for(self, turn: _Turn, seconds: float) -> None:
         turn.quiet_until = max(turn.quiet_until, asyncio.get_running_loop().time() + seconds)
 
@@ -194,6 +201,7 @@ class PanelGate:
             raise
         finally:
             turn.waiting -= 1
+        turn.sending = False
         try:
             if self._engine is None:
                 if self._local is not None and namespace == MUTATIONS and turn.holder is None:
@@ -202,7 +210,9 @@ class PanelGate:
                 try:
                     yield None
                 except asyncio.CancelledError:
-                    # Cut off mid-call, perhaps (the shutdown grace ran out): quiet, as after no answer.
+                    if not turn.sending:
+                        raise
+                    # Cut off mid-call (the shutdown grace ran out, say): quiet, as after no answer.
                     quiet = quiet_s * self._quiet_scale
                     self._quiet_for(turn, quiet)
                     if self._local is not None:
@@ -210,17 +220,16 @@ class PanelGate:
                             await self._local.keep_quiet(panel, quiet)  # for the process after this one
                     raise
                 return
-            ok = calling = cancelled = False
+            ok = cancelled = False
             try:
                 driver = await self._hold(turn, namespace, panel, quiet_s)
                 await self._wait_quiet(turn)
-                calling = True
                 yield driver
                 ok = True
             except asyncio.CancelledError:
-                # Stopped in the middle of a call, perhaps: the panel works it through, so the
-                # gate is not let go cleanly and the next holder waits the quiet period.
-                cancelled = calling
+                # Stopped in the middle of a call: the panel works it through, so the gate is not
+                # let go cleanly and the next holder waits the quiet period.
+                cancelled = turn.sending
                 raise
             finally:
                 turn.streak += 1

@@ -181,6 +181,7 @@ async def lose_mid_call(gate: PanelGate, *, long_call_s: float | None = None) ->
             assert held is not None
             if long_call_s is not None:
                 await gate.before_long_call("panel-1", long_call_s, held)
+            gate.sending("panel-1")
             inside.set()
             held.terminate()
             await asyncio.Event().wait()
@@ -311,6 +312,7 @@ async def test_in_the_embedded_mode_a_call_cut_off_keeps_the_gate_quiet() -> Non
 
     async def cut_off() -> None:
         async with gate.mutation("panel-1", quiet_s=1.0):
+            gate.sending("panel-1")
             inside.set()
             await asyncio.Event().wait()
 
@@ -394,6 +396,7 @@ async def test_a_holder_stopped_mid_call_does_not_let_the_gate_go_cleanly(
 
     async def mid_call() -> None:
         async with stopping.mutation("panel-1", quiet_s=0):
+            stopping.sending("panel-1")
             inside.set()
             asyncio.get_running_loop().call_later(0.5, panel_done.set)
             await asyncio.sleep(60)
@@ -405,6 +408,28 @@ async def test_a_holder_stopped_mid_call_does_not_let_the_gate_go_cleanly(
         await task
     async with asyncio.timeout(10), other.mutation("panel-1", quiet_s=1.0):
         assert panel_done.is_set()
+
+
+@pytest.mark.parametrize("mode", ["PostgreSQL", "embedded"])
+async def test_a_holder_stopped_before_its_call_went_lets_the_gate_go_cleanly(
+    engines: tuple[AsyncEngine, AsyncEngine], mode: str
+) -> None:
+    # Stopped while checking its lease, say: nothing of it is on the panel, so no quiet period.
+    first, second = (PanelGate(engines[0]), PanelGate(engines[1])) if mode == "PostgreSQL" else (PanelGate(None),) * 2
+    inside = asyncio.Event()
+
+    async def before_the_call() -> None:
+        async with first.mutation("panel-1", quiet_s=60):
+            inside.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(before_the_call())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(5), second.mutation("panel-1", quiet_s=60):
+        pass
 
 
 async def test_the_quiet_period_is_scaled_and_a_gate_let_go_cleanly_has_none(

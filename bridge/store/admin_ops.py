@@ -124,12 +124,12 @@ async def retry_job(
             .where(t.steps.c.job_id == job.id, t.steps.c.status.in_(REOPENED_BY_RETRY))
             .values(status=StepStatus.PENDING, **fresh)
         )
-        redo = redone_with(await _undone_kinds(conn, job.id))
+        redo = await _steps_to_redo(conn, job.id)
         if redo:
             # Undone on the panel: known to be absent, so nothing to read back first.
             await conn.execute(
                 update(t.steps)
-                .where(t.steps.c.job_id == job.id, t.steps.c.kind.in_(sorted(redo)))
+                .where(t.steps.c.id.in_(redo))
                 .values(status=StepStatus.PENDING, result=None, in_flight=False, **fresh)
             )
         values: dict[str, Any] = {
@@ -150,16 +150,28 @@ async def retry_job(
         return await job_document(conn, job.id, detail=True)
 
 
-async def _undone_kinds(conn: AsyncConnection, job_pk: int) -> frozenset[StepKind]:
-    """The kinds of the job's succeeded steps whose latest compensation record an admin marked done."""
+async def _steps_to_redo(conn: AsyncConnection, job_pk: int) -> list[int]:
+    """The job's succeeded steps whose latest compensation record an admin marked done (each
+    step on its own: a job may have several of one kind), and the succeeded steps whose
+    effect went with theirs."""
     comps, steps = t.compensations.c, t.steps.c
     latest = select(func.max(comps.id)).where(comps.job_id == job_pk).group_by(comps.step_id).scalar_subquery()
-    rows = await conn.execute(
-        select(steps.kind)
-        .join(t.compensations, comps.step_id == steps.id)
-        .where(comps.id.in_(latest), comps.status == "done", steps.status == StepStatus.SUCCEEDED)
-    )
-    return frozenset(StepKind(kind) for kind in rows.scalars())
+    undone = (
+        await conn.execute(
+            select(steps.id, steps.kind)
+            .join(t.compensations, comps.step_id == steps.id)
+            .where(comps.id.in_(latest), comps.status == "done", steps.status == StepStatus.SUCCEEDED)
+        )
+    ).all()
+    kinds = frozenset(StepKind(row.kind) for row in undone)
+    followers = sorted(redone_with(kinds) - kinds)
+    gone_with: list[int] = []
+    if followers:
+        succeeded_followers = select(steps.id).where(
+            steps.job_id == job_pk, steps.kind.in_(followers), steps.status == StepStatus.SUCCEEDED
+        )
+        gone_with = list((await conn.execute(succeeded_followers)).scalars())
+    return [row.id for row in undone] + gone_with
 
 
 async def cancel_job(engine: AsyncEngine, job_public_id: str, *, policy: CallbackPolicy) -> dict[str, Any]:

@@ -191,6 +191,45 @@ async def test_retry_runs_again_what_an_admin_undid(engine: AsyncEngine) -> None
     assert [s.status for s in await step_rows(engine, job_id)][:3] == ["succeeded"] * 3
 
 
+async def test_retry_runs_again_only_the_step_undone_not_its_siblings(engine: AsyncEngine) -> None:
+    shop = {"name": "shop", "user": "shopuser", "password": "Shop-Db-Pass-99"}
+    wp = {"name": "wp", "user": "wpuser", "password": "Wp-Db-Pass-99"}
+    job_id = await new_job(engine, databases=[wp, shop])
+    row, now = await job_row(engine, job_id), utcnow()
+    steps = t.steps.c
+    async with engine.begin() as conn:
+        # Both databases made; the cron line failed after a call that may have added it.
+        for position in range(6):
+            failed = position == 5
+            await conn.execute(
+                update(t.steps)
+                .where(steps.job_id == row.id, steps.position == position)
+                .values(
+                    status="failed" if failed else "succeeded", attempts=1, in_flight=failed, result={"n": position}
+                )
+            )
+        wp_step = (await conn.execute(select(steps.id).where(steps.job_id == row.id, steps.position == 3))).scalar_one()
+        drop_wp = insert(t.compensations).values(
+            job_id=row.id, step_id=wp_step, step="create_database", action="drop wp", status="pending", created_at=now
+        )
+        undo = (await conn.execute(drop_wp.returning(t.compensations.c.id))).scalar_one()
+        await conn.execute(update(t.jobs).where(t.jobs.c.id == row.id).values(status="failed", finished_at=now))
+    await admin_ops.resolve_compensation(engine, undo, "done")  # the admin dropped wp, and only wp
+    await admin_ops.retry_job(engine, BOX, job_id)
+    after = await step_rows(engine, job_id)
+    assert [(s.kind, s.status) for s in after] == [
+        ("check_account", "succeeded"),
+        ("add_domain", "succeeded"),
+        ("issue_ssl", "succeeded"),
+        ("create_database", "pending"),  # wp: made again
+        ("create_database", "succeeded"),  # shop: still there
+        ("add_cron_job", "pending"),
+    ]
+    assert (after[3].result, after[3].in_flight) == (None, False)
+    assert after[4].result == {"n": 4}
+    assert after[5].in_flight is True  # the cron line may exist: read back first
+
+
 async def test_retry_with_fresh_password_for_the_same_account_only(engine: AsyncEngine) -> None:
     job_id = await new_job(engine, username="john", password=ACCOUNT_PASSWORD)
     await make_failed(engine, job_id)

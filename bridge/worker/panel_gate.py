@@ -298,7 +298,8 @@ class PanelGate:
         """The embedded mode's first turn at ``panel`` in this process: what is left of a quiet
         period, or a whole one if the process before ended while holding the gate."""
         assert self._local is not None
-        holder = f"{socket.gethostname()}:{os.getpid()}"[-64:]
+        # Of this gate alone: one that stops cleanly lets go of its own marks, never another's.
+        holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[-64:]
         quiet_left, lost = await self._local.claim(panel, holder)
         if lost is not None:
             quiet_left = max(quiet_left, quiet_s * self._quiet_scale)

@@ -373,7 +373,8 @@ function pbcb_failure_text(array $config, string $serviceId, array $data): strin
         }
     }
     $lines[] = '';
-    $lines[] = 'Fix the cause, then press "Retry provisioning" on the service; finished steps are not repeated.';
+    $lines[] = 'Fix the cause, then press "Retry provisioning" on the service; finished steps are not repeated,'
+        . ' except those whose undo above was resolved "done" in the bridge.';
     if ($config['bridge_url'] !== '' && isset($data['job_id'])) {
         $lines[] = 'Job in the bridge: ' . rtrim($config['bridge_url'], '/') . '/admin/jobs/' . rawurlencode($data['job_id']);
     }

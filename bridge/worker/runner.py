@@ -216,29 +216,20 @@ class JobRunner:
         except BreakerOpen as exc:
             # Jobs wait for the breaker, they do not fail on it.
             outcome = StepOutcome("retry", f"Not sent: the panel's {exc}.", "breaker_open", in_flight=unsure)
-            return True, await self._not_sent(job, step, attempt_id, outcome, access, exc.until)
+            not_before = exc.until
         except WorkerStopping:
             outcome = StepOutcome("retry", "Not sent: the worker is stopping.", "abandoned", in_flight=unsure)
             # Due at once: the job is released for another worker as the runner stops.
-            return True, await self._not_sent(job, step, attempt_id, outcome, access, utcnow())
-        log.info("step %s: %s", step.kind.value, outcome.label, extra=extra)
-        return True, await self._record(job, step, attempt_id, outcome, access)
-
-    async def _not_sent(
-        self,
-        job: JobRecord,
-        step: StepRecord,
-        attempt_id: int,
-        outcome: StepOutcome,
-        access: PanelAccess,
-        not_before: datetime,
-    ) -> JobChange:
-        """An attempt whose mutating call was never sent: the step is exactly as unsure as it was
-        before, and the attempt counts against neither its retry budget nor its total time."""
+            not_before = utcnow()
+        else:
+            log.info("step %s: %s", step.kind.value, outcome.label, extra=extra)
+            return True, await self._record(job, step, attempt_id, outcome, access)
+        # Never sent: the step is exactly as unsure as it was before, and the attempt counts
+        # against neither its retry budget nor its total time.
         step.attempts -= 1
         if step.attempts == 0:
             step.first_attempt_at = None
-        return await self._record(job, step, attempt_id, outcome, access, not_before=not_before)
+        return True, await self._record(job, step, attempt_id, outcome, access, not_before=not_before)
 
     def _sending_room_s(self, job: JobRecord, step: StepRecord) -> float:
         """How much longer the lease committed at the start of a mutating step is, so that its call

@@ -53,6 +53,17 @@ def settings_for(pg_url: str, amqp_url: str, prefix: str) -> Settings:
     )
 
 
+async def accepted_while_down(client: TestClient, runtime: Runtime) -> str:
+    """Send an order while the broker is down: accepted all the same, its wake-up kept in the outbox."""
+    body, headers = signed(WEBHOOK_SECRET, service_create())
+    response = await client.post("/webhooks/orders", data=body, headers=headers)
+    assert response.status == 202
+    job_id: str = (await response.json())["job_id"]
+    await runtime.relay.drain_quietly()
+    assert await unsent(runtime) == 1
+    return job_id
+
+
 async def published_once_back(runtime: Runtime) -> None:
     """The broker is back: the relay publishes what the outbox kept."""
     for _ in range(100):
@@ -88,12 +99,7 @@ async def test_broker_down_at_intake_still_accepts_and_publishes_when_back(pg_ur
         assert (await client.get("/readyz")).status == 200
         await proxy.cut()
 
-        body, headers = signed(WEBHOOK_SECRET, service_create())
-        response = await client.post("/webhooks/orders", data=body, headers=headers)
-        assert response.status == 202
-        job_id = (await response.json())["job_id"]
-        await runtime.relay.drain_quietly()
-        assert await unsent(runtime) == 1
+        job_id = await accepted_while_down(client, runtime)
         ready = await client.get("/readyz")
         assert ready.status == 503 and (await ready.json())["checks"] == {"database": True, "broker": False}
 
@@ -109,12 +115,7 @@ async def test_broker_down_at_start_is_connected_to_once_it_is_back(pg_url: str,
     settings = settings_for(pg_url, proxied, "outage-start")
     async with open_runtime(settings) as runtime, TestClient(TestServer(build_app(runtime))) as client:
         runtime.queue.confirm_timeout_s = 1.0  # type: ignore[attr-defined]
-        body, headers = signed(WEBHOOK_SECRET, service_create())
-        response = await client.post("/webhooks/orders", data=body, headers=headers)
-        assert response.status == 202
-        job_id = (await response.json())["job_id"]
-        await runtime.relay.drain_quietly()
-        assert await unsent(runtime) == 1
+        job_id = await accepted_while_down(client, runtime)
         assert (await client.get("/readyz")).status == 503
 
         await proxy.start()  # the broker is back: the relay publishes, a consumer can subscribe

@@ -739,21 +739,26 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
 
-def test_a_file_store_write_that_fails_part_way_is_an_error_and_the_file_keeps_what_it_held(tmp_path: Path) -> None:
-    """The disk fills up while the state is written: the change must not be reported as stored,
-    and the truncated write must not replace the state file (attempt keys, passwords, seen ids)."""
-    env = {**os.environ, "PROVISIONINGBRIDGE_STATE_DIR": str(tmp_path)}
+def _run_store_check(script: str, state_dir: Path, **popen: Any) -> dict[str, Any]:
+    """Run one of the file store's PHP checks on ``state_dir``; what it printed, as JSON."""
+    env = {**os.environ, "PROVISIONINGBRIDGE_STATE_DIR": str(state_dir)}
     run = subprocess.run(
-        [_php(), "-d", "display_errors=stderr", str(PHP_TESTS / "store_write_check.php")],
+        [_php(), "-d", "display_errors=stderr", str(PHP_TESTS / script)],
         capture_output=True,
         text=True,
         env=env,
         timeout=30,
-        preexec_fn=_limit_file_size,
+        **popen,
     )
     assert run.returncode == 0, run.stderr + run.stdout
-    seen = json.loads(run.stdout)
-    assert seen.pop("large").startswith("error: cannot write the state file"), run.stdout
+    return dict(json.loads(run.stdout))
+
+
+def test_a_file_store_write_that_fails_part_way_is_an_error_and_the_file_keeps_what_it_held(tmp_path: Path) -> None:
+    """The disk fills up while the state is written: the change must not be reported as stored,
+    and the truncated write must not replace the state file (attempt keys, passwords, seen ids)."""
+    seen = _run_store_check("store_write_check.php", tmp_path, preexec_fn=_limit_file_size)
+    assert seen.pop("large").startswith("error: cannot write the state file"), seen
     assert seen == {"kept": {"attempt_key": "k1"}, "large_visible": False, "files": ["state.json", "state.lock"]}
 
 
@@ -831,19 +836,6 @@ def _what_is_at(path: Path) -> tuple[str, Any]:
     return "file", path.read_bytes()
 
 
-def _run_store_read_check(state_dir: Path) -> dict[str, Any]:
-    env = {**os.environ, "PROVISIONINGBRIDGE_STATE_DIR": str(state_dir)}
-    run = subprocess.run(
-        [_php(), "-d", "display_errors=stderr", str(PHP_TESTS / "store_read_check.php")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
-    assert run.returncode == 0, run.stderr + run.stdout
-    return dict(json.loads(run.stdout))
-
-
 @pytest.mark.parametrize(
     ("broken", "reason"),
     [
@@ -865,7 +857,7 @@ def test_a_file_store_that_cannot_read_its_state_fails_every_operation_and_leave
     state = tmp_path / "state.json"
     BROKEN_STATES[broken](state)
     before = _what_is_at(state)
-    seen = _run_store_read_check(tmp_path)
+    seen = _run_store_check("store_read_check.php", tmp_path)
     errors = {
         name: outcome.startswith(f"error: cannot read the state file {state}: ") and reason in outcome
         for name, outcome in seen["outcomes"].items()
@@ -880,7 +872,7 @@ def test_a_file_store_with_no_state_file_or_no_entries_starts_empty(state: str |
     """No state.json yet is an empty state, and so is the "[]" written once every entry is gone."""
     if state is not None:
         (tmp_path / "state.json").write_text(state)
-    seen = _run_store_read_check(tmp_path)
+    seen = _run_store_check("store_read_check.php", tmp_path)
     assert seen["outcomes"] == dict.fromkeys(["get", "put", "update", "add_if_absent", "delete"], "done")
     assert json.loads((tmp_path / "state.json").read_text()).keys() == {"service:8", "seen:b"}
 

@@ -171,6 +171,13 @@ async def test_a_lock_whose_session_the_server_ended_is_taken_again_before_the_n
     assert second_held == [True] and here.acquisitions == 2
 
 
+def set_after(seconds: float) -> asyncio.Event:
+    """An event set ``seconds`` from now: entering the gate with it set shows the gate waited."""
+    event = asyncio.Event()
+    asyncio.get_running_loop().call_later(seconds, event.set)
+    return event
+
+
 async def lose_mid_call(gate: PanelGate, *, long_call_s: float | None = None) -> None:
     """A holder killed while the panel works on its call: its session ends (as the kernel closes a
     killed process's socket) and it never runs again."""
@@ -200,9 +207,8 @@ async def test_after_a_holder_that_never_let_go_the_gate_stays_closed_for_the_qu
     # next holder, in another process, sends nothing before the quiet period is over.
     metrics = Metrics()
     dying, survivor = PanelGate(engines[0]), PanelGate(engines[1], metrics=metrics)
-    panel_done = asyncio.Event()
     await lose_mid_call(dying)
-    asyncio.get_running_loop().call_later(0.5, panel_done.set)  # what is left of the panel's work
+    panel_done = set_after(0.5)  # what is left of the panel's work
     async with asyncio.timeout(10), survivor.mutation("panel-1", quiet_s=1.0):
         assert panel_done.is_set()
     quiet = {"panel": "panel-1", "reason": "holder_lost"}
@@ -216,10 +222,9 @@ async def test_a_holder_lost_during_a_certificate_issuance_leaves_the_panel_busy
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
     dying, survivor = PanelGate(engines[0]), PanelGate(engines[1])
-    quiet_after_timeout = asyncio.Event()
     await lose_mid_call(dying, long_call_s=1.0)
     # The issuance's timeout (1.0 s) and then, as after any call with no answer, the quiet period.
-    asyncio.get_running_loop().call_later(1.4, quiet_after_timeout.set)
+    quiet_after_timeout = set_after(1.4)
     async with asyncio.timeout(10), survivor.mutation("panel-1", quiet_s=0.6):
         assert quiet_after_timeout.is_set()
 
@@ -240,12 +245,11 @@ async def test_no_answer_on_a_lost_connection_is_still_kept_quiet_for_those_afte
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
     here, elsewhere = PanelGate(engines[0]), PanelGate(engines[1])
-    over = asyncio.Event()
     async with here.mutation("panel-1", quiet_s=0) as held:
         assert held is not None
         held.terminate()  # the lock goes with the session, while the call goes unanswered
         await here.keep_quiet("panel-1", 1.0, held)
-        asyncio.get_running_loop().call_later(0.8, over.set)
+        over = set_after(0.8)
     # The next holder's own quiet period is none: only the one recorded for the panel holds it back.
     async with asyncio.timeout(10), elsewhere.mutation("panel-1", quiet_s=0):
         assert over.is_set()
@@ -284,8 +288,7 @@ async def test_in_the_embedded_mode_a_process_that_ended_holding_a_gate_keeps_th
     crashed = PanelGate(None, local=sqlite_engine)
     async with crashed.mutation("panel-1", quiet_s=0):
         pass  # ... and the process ends without close(): killed, say
-    over = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.8, over.set)
+    over = set_after(0.8)
     after_a_crash = PanelGate(None, local=sqlite_engine)
     async with asyncio.timeout(10), after_a_crash.mutation("panel-1", quiet_s=1.0):
         assert over.is_set()
@@ -300,15 +303,14 @@ async def test_in_the_embedded_mode_a_quiet_period_outlives_a_clean_restart(sqli
     async with stopping.mutation("panel-1", quiet_s=0) as held:
         await stopping.keep_quiet("panel-1", 1.0, held)
     await stopping.close()
-    over = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.8, over.set)
+    over = set_after(0.8)
     async with asyncio.timeout(10), PanelGate(None, local=sqlite_engine).mutation("panel-1", quiet_s=0):
         assert over.is_set()
 
 
 async def test_in_the_embedded_mode_a_call_cut_off_keeps_the_gate_quiet() -> None:
     gate = PanelGate(None)
-    inside, over = asyncio.Event(), asyncio.Event()
+    inside = asyncio.Event()
 
     async def cut_off() -> None:
         async with gate.mutation("panel-1", quiet_s=1.0):
@@ -321,7 +323,7 @@ async def test_in_the_embedded_mode_a_call_cut_off_keeps_the_gate_quiet() -> Non
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    asyncio.get_running_loop().call_later(0.8, over.set)
+    over = set_after(0.8)
     async with asyncio.timeout(5), gate.mutation("panel-1", quiet_s=1.0):
         assert over.is_set()
 

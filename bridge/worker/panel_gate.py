@@ -281,15 +281,7 @@ class PanelGate:
             # The panel works a call through past its timeout too: the quiet period comes after it.
             busy = max(before.busy_s or 0.0, 0.0)
             quiet = max(busy + quiet_s * self._quiet_scale, before.quiet_s or 0.0)
-            log.warning(
-                "the holder of panel %s's gate (%s, since %s) ended without letting go, perhaps in the "
-                "middle of a call the panel is still working on: no mutating call goes to it for %.1f s",
-                panel,
-                before.held_by,
-                before.held_since,
-                quiet,
-            )
-            self._metrics.panel_quiet_periods.labels(panel, "holder_lost").inc()
+            self._holder_lost(panel, f"{before.held_by}, since {before.held_since}", quiet)
             await panel_gates.take_over(driver, panel, holder, quiet)
             self._quiet_for(turn, quiet)
         turn.holder = holder
@@ -303,16 +295,19 @@ class PanelGate:
         quiet_left, lost = await self._local.claim(panel, holder)
         if lost is not None:
             quiet_left = max(quiet_left, quiet_s * self._quiet_scale)
-            log.warning(
-                "the process before (%s) ended while holding panel %s's gate, perhaps in the middle of a "
-                "call the panel is still working on: no mutating call goes to it for %.1f s",
-                lost,
-                panel,
-                quiet_left,
-            )
-            self._metrics.panel_quiet_periods.labels(panel, "holder_lost").inc()
+            self._holder_lost(panel, lost, quiet_left)
         self._quiet_for(turn, quiet_left)
         turn.holder = holder
+
+    def _holder_lost(self, panel: str, holder: str, quiet: float) -> None:
+        log.warning(
+            "the holder of panel %s's gate (%s) ended without letting go, perhaps in the middle of a call "
+            "the panel is still working on: no mutating call goes to it for %.1f s",
+            panel,
+            holder,
+            quiet,
+        )
+        self._metrics.panel_quiet_periods.labels(panel, "holder_lost").inc()
 
     async def close(self) -> None:
         """On a clean stop of the embedded mode, once no call runs: let the process's gates go."""

@@ -44,6 +44,17 @@ class StepOutcome:
     reason: FailureReason | None = None
 
 
+def _reconciled(what: str, result: dict[str, Any], undo: str) -> StepOutcome:
+    """An earlier attempt with no clear answer took effect: the read-back found ``what``."""
+    return StepOutcome(
+        "succeeded",
+        f"{what} found on the panel after an earlier attempt with no clear answer",
+        "reconciled",
+        result=result,
+        compensation=undo,
+    )
+
+
 def _from_failure(outcome: PanelOutcome, *, in_flight: bool) -> StepOutcome:
     if isinstance(outcome, RetryableFailure):
         return StepOutcome("retry", outcome.message, "retryable", in_flight=in_flight)
@@ -117,12 +128,10 @@ async def _domain_read_back(domain: str, panel: PanelAccess) -> StepOutcome | No
     found = _find_domain(listed.outcome, domain)
     if found is None:
         return None
-    return StepOutcome(
-        "succeeded",
-        f"{domain} found on the panel after an earlier attempt with no clear answer",
-        "reconciled",
-        result={"domain_id": found.get("id")},
-        compensation=_DOMAIN_UNDO.format(domain=domain, id=found.get("id"), account=panel.account),
+    return _reconciled(
+        domain,
+        {"domain_id": found.get("id")},
+        _DOMAIN_UNDO.format(domain=domain, id=found.get("id"), account=panel.account),
     )
 
 
@@ -183,12 +192,10 @@ async def _database_read_back(db_full: str, user_full: str, undo: str, panel: Pa
     has_db = db_full in dbs.outcome.data.get("databases", [])
     has_user = user_full in users.outcome.data.get("users", [])
     if has_db and has_user:
-        return StepOutcome(
-            "succeeded",
-            f"{db_full} and {user_full} found on the panel after an earlier attempt with no clear answer",
-            "reconciled",
-            result={"database": db_full, "user": user_full},
-            compensation=undo,
+        return _reconciled(
+            f"{db_full} and {user_full}",
+            {"database": db_full, "user": user_full},
+            undo,
         )
     if has_db or has_user:
         return _conflict(
@@ -229,12 +236,10 @@ async def _cron_read_back(line: str, undo: str, panel: PanelAccess) -> StepOutco
     """Reconciled if the panel has the exact line, a failure if it cannot say, None if it has not."""
     found = await panel.read(lambda c, creds: c.cronjob_list(creds, line))
     if isinstance(found.outcome, Succeeded):
-        return StepOutcome(
-            "succeeded",
-            "cron job found on the panel after an earlier attempt with no clear answer",
-            "reconciled",
-            result={"line_number": found.outcome.data.get("line_number")},
-            compensation=undo,
+        return _reconciled(
+            "cron job",
+            {"line_number": found.outcome.data.get("line_number")},
+            undo,
         )
     if isinstance(found.outcome, PermanentFailure) and found.outcome.reason is FailureReason.NOT_FOUND:
         return None

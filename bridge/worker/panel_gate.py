@@ -136,7 +136,7 @@ class PanelGate:
                 if locked.is_closed():
                     # The lock went with it: another process may hold the gate already. The row
                     # still tells whoever comes after.
-                    async with asyncio.timeout(self._wait_check_s), driver_connection(self._engine) as other:
+                    async with self._beside() as other:
                         await panel_gates.keep_quiet(other, panel, quiet)
                 else:
                     await panel_gates.keep_quiet(locked, panel, quiet)
@@ -340,11 +340,17 @@ class PanelGate:
             # Not awaited: the caller closes the connection, which ends the statement for good.
             waiting.cancel()
 
+    @contextlib.asynccontextmanager
+    async def _beside(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of its own, beside the gate's, for a short statement (bounded like a wait check)."""
+        assert self._engine is not None
+        async with asyncio.timeout(self._wait_check_s), driver_connection(self._engine) as other:
+            yield other
+
     async def _still_waiting(self, pid: int) -> bool:
         """Whether the server says session ``pid`` is waiting for a lock (False if it cannot say)."""
-        assert self._engine is not None
         try:
-            async with asyncio.timeout(self._wait_check_s), driver_connection(self._engine) as check:
+            async with self._beside() as check:
                 return bool(
                     await check.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid)
                 )
@@ -352,9 +358,8 @@ class PanelGate:
             return False
 
     async def _end_session(self, pid: int) -> None:
-        assert self._engine is not None
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(self._wait_check_s), driver_connection(self._engine) as other:
+            async with self._beside() as other:
                 await other.execute("SELECT pg_terminate_backend($1)", pid)
 
     async def _let_go_if_idle(self, turn: _Turn, namespace: int, panel: str) -> None:
@@ -386,9 +391,8 @@ class PanelGate:
     async def _clear(self, panel: str, holder: str) -> None:
         """Say in the row that ``holder`` let go, over a connection of its own (best effort: left
         as it is, the next holder waits a quiet period for nothing)."""
-        assert self._engine is not None
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(self._wait_check_s), driver_connection(self._engine) as conn:
+            async with self._beside() as conn:
                 await panel_gates.clear(conn, panel, holder)
 
 

@@ -31,6 +31,7 @@ from bridge.settings import (
     scale_out_problems,
     unknown_environment_variables,
 )
+from bridge.store.database import is_sqlite
 from bridge.webhooks.signature import check_secret
 
 TEST_ACCOUNTS_VAR = "BRIDGE_PANEL_TEST_ACCOUNTS"
@@ -87,7 +88,7 @@ def settings_findings(settings: Settings) -> list[Found]:
     found += _callback_findings(settings)
     found += _admin_findings(settings.admin_tokens)
     found += _panel_findings(settings)
-    if not (settings.embedded and settings.database_url.startswith("sqlite")):
+    if not (settings.embedded and is_sqlite(settings.database_url)):
         # Half a scale-out deployment: only `bridge run` starts with it.
         found += [Found("warning", setting, problem) for setting, problem in scale_out_problems(settings)]
     if settings.retry_delay_scale != 1.0:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,23 @@ async def queue_depth(prefix: str) -> tuple[int, int]:
         return int(result.message_count or 0), int(result.consumer_count or 0)
     finally:
         await connection.close()
+
+
+async def take_wake_ups(prefix: str) -> tuple[int, Counter[str]]:
+    """Empty the bridge's work queue: (messages taken, how often each job id was in them)."""
+    from bridge.broker.rabbitmq import wake_up_ids
+
+    messages, ids = 0, Counter[str]()
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{prefix}.jobs", passive=True)
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            messages += 1
+            ids.update(wake_up_ids(message.body))
+    finally:
+        await connection.close()
+    return messages, ids
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from common import (
     running,
     sqlalchemy_url,
     start,
+    take_wake_ups,
     wait_for_port,
 )
 from loadgen import Result, bare_requests, bridge_requests, run_load
@@ -97,7 +98,8 @@ def verdict(name: str, value: float) -> str:
 
 
 async def check_bridge_store(dsn: str, prefix: str, accepted: int) -> list[str]:
-    """Every accepted event has exactly one job; the outbox drains; the queue holds one wake-up per job."""
+    """Every accepted event has exactly one job; the outbox drains; the queue holds one wake-up per job
+    (taken from it: this is the end of the run)."""
     lines = []
     conn = await asyncpg.connect(dsn)
     try:
@@ -121,9 +123,14 @@ async def check_bridge_store(dsn: str, prefix: str, accepted: int) -> list[str]:
         )
     finally:
         await conn.close()
-    ready, consumers = await queue_depth(prefix)
-    lines.append(f"work queue {prefix}.jobs: {ready} wake-ups waiting (no worker runs here), {consumers} consumers")
-    ok = accepted == events == jobs and not_one == 0 and unsent == 0 and ready == jobs
+    _, consumers = await queue_depth(prefix)
+    messages, wake_ups = await take_wake_ups(prefix)
+    lines.append(
+        f"work queue {prefix}.jobs: {messages} messages waiting (no worker runs here), {consumers} consumers, "
+        f"carrying {sum(wake_ups.values())} wake-ups for {len(wake_ups)} jobs"
+    )
+    ok = accepted == events == jobs and not_one == 0 and unsent == 0 and set(wake_ups.values()) == {1}
+    ok = ok and len(wake_ups) == jobs
     lines.append("store check: " + ("OK" if ok else "MISMATCH"))
     return lines
 

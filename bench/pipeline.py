@@ -546,7 +546,7 @@ async def memory(args: argparse.Namespace) -> None:
                 published, seconds = await publish_outbox(url, prefix)
                 print(f"  outbox relay published {published} wake-ups: {seconds:.1f} s ({published / seconds:.0f}/s)")
                 ready, _ = await queue_depth(prefix)
-                print(f"  work queue holds {ready} wake-ups")
+                print(f"  work queue holds {ready} messages (wake-ups due now travel up to 16 to a message)")
                 await wait_for_port(sim_port, sim, timeout=120)
                 worker = start(bridge_cmd("worker"), config.env())
                 samples = await sample_worker(worker, dsn, args)

@@ -74,9 +74,11 @@ class OutboxRelay:
             # A delay counts from the commit that wrote the row: a row that waited in the
             # outbox (the broker was down) is published for what is left of it.
             delays = [max(0.0, row.delay_s - (now - row.created_at).total_seconds()) for row in rows]
+            now_due = [row.job_public_id for row, delay in zip(rows, delays, strict=True) if delay <= 0]
+            later = [(row.job_public_id, delay) for row, delay in zip(rows, delays, strict=True) if delay > 0]
             # Raises on the first failure, which rolls the claim back.
             await asyncio.gather(
-                *(self._queue.publish(row.job_public_id, delay) for row, delay in zip(rows, delays, strict=True))
+                self._queue.publish_many(now_due), *(self._queue.publish(job_id, delay) for job_id, delay in later)
             )
         self._metrics.relay_published.inc(len(rows))
         return len(rows)

@@ -1,13 +1,13 @@
 """The job queue's interface: wake-ups that say "look at job X now (or after a delay)".
 
-Messages carry a job id and nothing else; the database holds the truth. Losing a
+Messages carry job ids and nothing else; the database holds the truth. Losing a
 message only delays work (the scheduler re-enqueues due jobs), and a message
 delivered twice is harmless (the job's lease decides who works on it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 # Called with the job id of each delivered message. Returning acknowledges the
@@ -46,6 +46,10 @@ class JobQueue(Protocol):
 
     async def publish(self, job_id: str, delay_s: float = 0.0) -> None:
         """Return only once the broker has the message safely; raise PublishError otherwise."""
+
+    async def publish_many(self, job_ids: Sequence[str]) -> None:
+        """Wake several jobs now, as :meth:`publish` would each (the broker may carry them in
+        fewer messages); raise PublishError unless the broker has them all."""
 
     async def consume(self, handler: WakeUpHandler, prefetch: int) -> Consumer:
         """Deliver messages to ``handler``, at most ``prefetch`` unacknowledged at a time."""

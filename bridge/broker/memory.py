@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bridge.broker.base import PublishError, WakeUpHandler, redelivery_pause_s
@@ -72,6 +73,11 @@ class InProcessQueue:
             self._later(delay_s, message)
         else:
             self._enqueue(message)
+
+    async def publish_many(self, job_ids: Sequence[str]) -> None:
+        """Queue each of ``job_ids`` now (in-process, a message per job costs nothing)."""
+        for job_id in job_ids:
+            await self.publish(job_id)
 
     async def consume(self, handler: WakeUpHandler, prefetch: int) -> InProcessConsumer:
         """Start handing queued job ids to ``handler``, at most ``prefetch`` at a time.

@@ -11,9 +11,12 @@ Topology (declared on start, idempotently; ``{p}`` is the prefix):
   there for the queue's TTL, then expires back into ``{p}.jobs``.
 
 Every queue is reached through the default exchange by its name. Messages carry
-only the job id (the body) and, for people looking at a queue, when the job is
-due: the ``x-not-before`` header, unix time in integer milliseconds (AMQP tables
-would carry a float as 32 bits, far too coarse for a timestamp).
+only job ids (the body: one, or for wake-ups due now up to ``ids_per_message``,
+one per line) and, for people looking at a queue, when the jobs are due: the
+``x-not-before`` header, unix time in integer milliseconds (AMQP tables would
+carry a float as 32 bits, far too coarse for a timestamp). Several ids in one
+message spare the broker and both ends most of a message's cost (a persistent
+write, a confirm, a delivery, an ack) when the relay publishes a burst.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -73,7 +76,9 @@ class RabbitQueue:
     for the broker's confirm, including while a lost connection is restored.
     ``redelivery_delay_s``: the pause before a message whose handler raised goes
     back to the queue, doubled for each earlier failed delivery (at most
-    30 s; see :func:`bridge.broker.base.redelivery_pause_s`).
+    30 s; see :func:`bridge.broker.base.redelivery_pause_s`). ``ids_per_message``:
+    how many wake-ups due now :meth:`publish_many` puts in one message; small, so
+    that a consumer holding a message holds few jobs the other consumers could run.
     """
 
     def __init__(
@@ -84,12 +89,16 @@ class RabbitQueue:
         delay_buckets_s: tuple[float, ...] = (1, 5, 30, 120, 600, 3600),
         confirm_timeout_s: float = 10,
         redelivery_delay_s: float = 0.5,
+        ids_per_message: int = 16,
     ) -> None:
         if delivery_limit < 0:
             raise ValueError("delivery_limit must not be negative")
         if any(b <= 0 for b in delay_buckets_s):
             raise ValueError("delay buckets must be positive")
+        if ids_per_message < 1:
+            raise ValueError("ids_per_message must be at least 1")
         self.url = url
+        self.ids_per_message = ids_per_message
         self.delivery_limit = delivery_limit
         self.delay_buckets_s = tuple(sorted(set(delay_buckets_s)))
         self.confirm_timeout_s = confirm_timeout_s
@@ -192,16 +201,25 @@ class RabbitQueue:
 
     async def publish(self, job_id: str, delay_s: float = 0.0) -> None:
         """Return once the broker confirmed the message; raise PublishError otherwise."""
+        await self._send(job_id, delay_s, f"job {job_id}")
+
+    async def publish_many(self, job_ids: Sequence[str]) -> None:
+        """Wake ``job_ids`` now, ``ids_per_message`` to a message; return once all are confirmed."""
+        size = self.ids_per_message
+        chunks = [job_ids[i : i + size] for i in range(0, len(job_ids), size)]
+        await asyncio.gather(*(self._send("\n".join(chunk), 0.0, f"jobs {', '.join(chunk)}") for chunk in chunks))
+
+    async def _send(self, body: str, delay_s: float, what: str) -> None:
         if self._publish_channel is None and self._wanted:
             # start() could not reach the broker: try again, within the confirm's time.
             try:
                 async with asyncio.timeout(self.confirm_timeout_s):
                     await self._connect()
             except Exception as exc:  # TimeoutError included
-                raise PublishError(f"cannot connect to RabbitMQ ({exc!r}); job {job_id} not published") from exc
+                raise PublishError(f"cannot connect to RabbitMQ ({exc!r}); {what} not published") from exc
         channel = self._publish_channel
         if channel is None or channel.is_closed:
-            raise PublishError(f"not connected to RabbitMQ; job {job_id} not published")
+            raise PublishError(f"not connected to RabbitMQ; {what} not published")
         routing_key = self.route(delay_s)
         properties = Basic.Properties(
             delivery_mode=PERSISTENT,
@@ -217,16 +235,16 @@ class RabbitQueue:
                 # relay's path this halves the client's CPU per message.
                 underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
                 await underlay.basic_publish(
-                    job_id.encode(),
+                    body.encode(),
                     routing_key=routing_key,
                     properties=properties,
                     mandatory=True,
                     wait=False,
                 )
         except TimeoutError as exc:
-            raise PublishError(f"RabbitMQ did not confirm job {job_id} within {self.confirm_timeout_s} s") from exc
+            raise PublishError(f"RabbitMQ did not confirm {what} within {self.confirm_timeout_s} s") from exc
         except Exception as exc:
-            raise PublishError(f"RabbitMQ refused job {job_id} to {routing_key}: {exc!r}") from exc
+            raise PublishError(f"RabbitMQ refused {what} to {routing_key}: {exc!r}") from exc
 
     # Consuming.
 
@@ -281,8 +299,14 @@ class RabbitQueue:
                 await queue.purge()
 
 
+def wake_up_ids(body: bytes) -> list[str]:
+    """The job ids a message carries: one per line, blank lines ignored."""
+    return [line.strip() for line in body.decode("utf-8", errors="replace").split("\n") if line.strip()]
+
+
 class RabbitConsumer:
-    """Runs a handler for each delivery; acks on return, nacks with requeue on error.
+    """Runs a handler for each job id delivered; acks a message once the handlers of all its
+    ids returned, nacks it with requeue if one of them raised.
 
     At most ``prefetch`` handlers run at once, each in a task of its own that a lost
     connection does not cancel (see :meth:`_on_message`).
@@ -305,8 +329,9 @@ class RabbitConsumer:
         self._tag: str | None = None
         self._stopping = False
         self._stopped = asyncio.Event()  # cuts redelivery pauses short
-        # The broker's prefetch is per channel: after a reconnection the new channel would
-        # deliver beside the handlers still running from the old one.
+        # Counted in handlers, not messages (a message may carry several ids); and the broker's
+        # prefetch is per channel: after a reconnection the new channel would deliver beside the
+        # handlers still running from the old one.
         self._slots = asyncio.Semaphore(prefetch)
         self._running: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
@@ -331,17 +356,54 @@ class RabbitConsumer:
         task.add_done_callback(self._handled)
 
     def _handled(self, task: asyncio.Task[None]) -> None:
-        self._slots.release()
         self._running.discard(task)
         if not self._running:
             self._idle.set()
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
-        job_id = message.body.decode("utf-8", errors="replace")
+    async def _run(self, job_id: str, *, has_slot: bool) -> bool:
+        """Run the handler for one job in a slot of its own; False if the consumer began to stop
+        before a slot came free (the job was not handled)."""
+        if not has_slot:
+            await self._slots.acquire()
+            if self._stopping:
+                self._slots.release()
+                return False
         try:
             await self._handler(job_id)
-        except Exception:
-            log.warning("handler failed for job %s; returning it to the queue", job_id, exc_info=True)
+        finally:
+            self._slots.release()
+        return True
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        job_ids = wake_up_ids(message.body)
+        failed: list[tuple[str, BaseException]] = []
+        if len(job_ids) <= 1:
+            # One job (nearly every message but the relay's bursts): run in the message's task.
+            try:
+                if job_ids:
+                    await self._run(job_ids[0], has_slot=True)
+                else:
+                    self._slots.release()
+            except Exception as exc:
+                failed.append((job_ids[0], exc))
+        else:
+            # The first job runs in the slot taken for the message; each other one waits for one.
+            loop = asyncio.get_running_loop()
+            runs = [loop.create_task(self._run(job_id, has_slot=n == 0)) for n, job_id in enumerate(job_ids)]
+            outcomes = await asyncio.gather(*runs, return_exceptions=True)
+            if any(outcome is False or isinstance(outcome, asyncio.CancelledError) for outcome in outcomes):
+                # Cut off by the grace period, or not started as the consumer stopped: left
+                # unacked, so closing the channel returns it (the jobs handled find nothing to do).
+                return
+            failed = [(job_id, o) for job_id, o in zip(job_ids, outcomes, strict=True) if isinstance(o, BaseException)]
+        await self._settle(message, ", ".join(job_ids), failed)
+
+    async def _settle(
+        self, message: AbstractIncomingMessage, jobs: str, failed: list[tuple[str, BaseException]]
+    ) -> None:
+        if failed:
+            for job_id, exc in failed:
+                log.warning("handler failed for job %s; returning its message to the queue", job_id, exc_info=exc)
             # A quorum queue counts the earlier failed deliveries in x-delivery-count.
             failed_before = message.headers.get("x-delivery-count", 0)
             failed_before = failed_before if isinstance(failed_before, int) else 0
@@ -354,9 +416,9 @@ class RabbitConsumer:
         except (ChannelInvalidStateError, ChannelClosed, ConnectionError):
             # The channel went with its connection: the broker redelivers the message, and the
             # redelivery finds the job done, or still leased.
-            log.info("channel gone; the message for job %s will be redelivered", job_id)
+            log.info("channel gone; the message for job %s will be redelivered", jobs)
         except Exception:
-            log.warning("could not settle the message for job %s", job_id, exc_info=True)
+            log.warning("could not settle the message for job %s", jobs, exc_info=True)
 
     async def stop(self) -> None:
         """Cancel the subscription, wait for the handlers in flight, then close the channel.

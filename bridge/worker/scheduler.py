@@ -79,7 +79,7 @@ class Scheduler:
             ).all()
             if not rows:
                 return 0
-            await asyncio.gather(*(self._queue.publish(row.public_id) for row in rows))
+            await self._queue.publish_many([row.public_id for row in rows])
             await conn.execute(
                 update(t.jobs)
                 .where(t.jobs.c.id.in_([row.id for row in rows]))

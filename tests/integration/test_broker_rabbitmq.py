@@ -24,7 +24,7 @@ from rabbit_fixtures import (  # noqa: F401 (fixtures are found by name)
 )
 
 from bridge.broker.base import JobQueue, PublishError
-from bridge.broker.rabbitmq import RabbitConsumer, RabbitQueue
+from bridge.broker.rabbitmq import RabbitConsumer, RabbitQueue, wake_up_ids
 from bridge.worker.runner import JobRunner
 from bridge.worker.service import WorkerService
 
@@ -286,9 +286,11 @@ class StuckRunner:
         self.stopping = False
         self.started = asyncio.Event()
         self.release = asyncio.Event()
+        self.handling: list[str] = []
         self.cancelled: list[str] = []
 
     async def handle(self, job_id: str) -> None:
+        self.handling.append(job_id)
         self.started.set()
         try:
             await self.release.wait()
@@ -314,6 +316,29 @@ async def test_a_worker_stopped_cuts_off_a_step_outlasting_its_grace_and_leaves_
     assert runner.cancelled == ["stuck"]
     # Not acked: the next consumer gets it.
     assert await first_delivery(q) == "stuck"
+
+
+async def test_a_worker_stopped_cuts_off_the_steps_of_a_shared_message_and_leaves_it(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue(ids_per_message=16)
+    runner = StuckRunner()
+    worker = WorkerService(q, cast(JobRunner, runner), prefetch=2, grace_s=0.3)
+    running = asyncio.create_task(worker.run())
+    await q.publish_many(["stuck-1", "stuck-2"])
+    try:
+        await eventually(lambda: _started(runner, 2))
+        await asyncio.wait_for(worker.stop(), 2)
+    finally:
+        runner.release.set()  # a failed check does not leave steps running past the test
+        await asyncio.wait_for(worker.stop(), 5)
+    await asyncio.wait_for(running, 5)
+    assert sorted(runner.cancelled) == ["stuck-1", "stuck-2"]
+    assert await first_delivery(q) == "stuck-1"
+
+
+async def _started(runner: StuckRunner, count: int) -> bool:
+    return len(runner.handling) == count
 
 
 async def test_publish_after_close_raises_promptly(make_rabbit_queue: MakeRabbitQueue) -> None:
@@ -372,6 +397,108 @@ async def test_concurrent_publishes_are_all_confirmed_and_consumed_once(
     assert set(seen) == set(ids)
     assert set(seen.values()) == {1}
     assert await ready_count(q, q.names.work) == 0
+
+
+async def test_wake_ups_due_now_share_messages_and_each_job_is_handled_once(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue(ids_per_message=16)
+    ids = [f"job-{i}" for i in range(40)]
+    await q.publish_many(ids)
+    assert await ready_count(q, q.names.work) == 3  # 16 + 16 + 8
+
+    seen: Counter[str] = Counter()
+    running = peak = 0
+    all_seen = asyncio.Event()
+
+    async def handler(job_id: str) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        seen[job_id] += 1
+        if len(seen) == len(ids):
+            all_seen.set()
+
+    consumer = await q.consume(handler, prefetch=5)
+    await asyncio.wait_for(all_seen.wait(), 10)
+    await asyncio.sleep(0.2)  # time for a duplicate to show up
+    await consumer.stop()
+    assert seen == Counter(ids)
+    assert peak == 5  # the prefetch counts jobs, not messages
+    assert await ready_count(q, q.names.work) == 0
+
+
+async def test_a_message_is_returned_whole_when_one_of_its_jobs_fails(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue(ids_per_message=16)
+    handled: list[str] = []
+    failed_once = False
+    again = asyncio.Event()
+
+    async def handler(job_id: str) -> None:
+        nonlocal failed_once
+        handled.append(job_id)
+        if job_id == "bad" and not failed_once:
+            failed_once = True
+            raise ConnectionRefusedError("database restarting")
+        if handled.count("bad") == 2:
+            again.set()
+
+    await q.publish_many(["good", "bad"])
+    consumer = await q.consume(handler, prefetch=2)
+    await asyncio.wait_for(again.wait(), 10)
+    await asyncio.sleep(0.2)
+    await consumer.stop()
+    # Both again: the job that was handled finds nothing to do the second time.
+    assert Counter(handled) == Counter({"good": 2, "bad": 2})
+    assert await ready_count(q, q.names.work) == 0
+    assert await ready_count(q, q.names.dead) == 0
+
+
+async def test_a_consumer_stopped_mid_message_returns_it_with_the_jobs_it_did_not_start(
+    make_rabbit_queue: MakeRabbitQueue,
+) -> None:
+    q = await make_rabbit_queue(ids_per_message=16)
+    started = asyncio.Event()
+    release = asyncio.Event()
+    handled: list[str] = []
+
+    async def handler(job_id: str) -> None:
+        handled.append(job_id)
+        started.set()
+        await release.wait()
+
+    await q.publish_many(["first", "second", "third"])
+    consumer = await q.consume(handler, prefetch=1)
+    await asyncio.wait_for(started.wait(), 5)
+    stopping = asyncio.create_task(consumer.stop())
+    await asyncio.sleep(0.1)
+    release.set()
+    await asyncio.wait_for(stopping, 5)
+    assert handled == ["first"]
+
+    # Not acked: the next consumer gets every job of it.
+    redelivered: list[str] = []
+    whole = asyncio.Event()
+
+    async def record(job_id: str) -> None:
+        redelivered.append(job_id)
+        if len(redelivered) == 3:
+            whole.set()
+
+    other = await q.consume(record, prefetch=3)
+    await asyncio.wait_for(whole.wait(), 5)
+    await other.stop()
+    assert sorted(redelivered) == ["first", "second", "third"]
+
+
+def test_a_message_carries_its_job_ids_one_per_line() -> None:
+    assert wake_up_ids(b"job-1") == ["job-1"]
+    assert wake_up_ids(b"job-1\njob-2\n\n job-3 \n") == ["job-1", "job-2", "job-3"]
+    assert wake_up_ids(b"") == []
 
 
 async def test_the_topology_is_idempotent_and_has_the_intended_arguments(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import pytest
@@ -27,6 +27,7 @@ class RecordingQueue(InProcessQueue):
         super().__init__()
         self.published: Counter[str] = Counter()
         self.delays: dict[str, float] = {}
+        self.shared: list[list[str]] = []  # the wake-ups handed over together, as publish_many had them
         self.refusing = False
 
     async def publish(self, job_id: str, delay_s: float = 0.0) -> None:
@@ -35,6 +36,10 @@ class RecordingQueue(InProcessQueue):
             raise PublishError(f"refused {job_id}")
         self.published[job_id] += 1
         self.delays[job_id] = delay_s
+
+    async def publish_many(self, job_ids: Sequence[str]) -> None:
+        self.shared.append(list(job_ids))
+        await super().publish_many(job_ids)
 
 
 @pytest.fixture
@@ -103,3 +108,15 @@ async def test_a_wake_up_that_waited_in_the_outbox_is_published_for_what_is_left
     assert await OutboxRelay(engine, queue, Metrics()).drain() == 2
     assert 9.0 <= queue.delays["waiting"] <= 10.0
     assert queue.delays["overdue"] == 0.0
+
+
+async def test_wake_ups_due_now_are_handed_to_the_queue_together(engine: AsyncEngine) -> None:
+    # Together, so that the broker can carry them in a few messages instead of one each.
+    ids = await add_rows(engine, 5)
+    async with engine.begin() as conn:
+        await conn.execute(insert(t.outbox), [{"job_public_id": "retry", "delay_s": 30.0, "created_at": utcnow()}])
+    queue = RecordingQueue()
+    assert await OutboxRelay(engine, queue, Metrics()).drain() == 6
+    assert [sorted(batch) for batch in queue.shared] == [sorted(ids)]
+    assert 29.0 <= queue.delays["retry"] <= 30.0
+    assert queue.published == Counter([*ids, "retry"])

@@ -42,6 +42,19 @@ async def test_published_messages_reach_the_handler(queue: InProcessQueue) -> No
     assert queue.dead_letters == []
 
 
+async def test_wake_ups_published_together_each_reach_the_handler_once(queue: InProcessQueue) -> None:
+    seen: list[str] = []
+
+    async def handler(job_id: str) -> None:
+        seen.append(job_id)
+
+    consumer = await queue.consume(handler, prefetch=2)
+    await queue.publish_many(["a", "b", "c"])
+    await asyncio.wait_for(queue.join(), 2)
+    await consumer.stop()
+    assert sorted(seen) == ["a", "b", "c"]
+
+
 async def test_messages_published_before_a_consumer_wait_for_it(queue: InProcessQueue) -> None:
     await queue.publish("early")
     seen: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -60,7 +61,8 @@ def _require_scale_out(settings: Settings) -> None:
 
 def cmd_roles(args: argparse.Namespace) -> int:
     from bridge.bootstrap import CannotListen, Role, run_roles
-    from bridge.store.database import migrate
+    from bridge.store.database import is_sqlite, migrate
+    from bridge.store.embedded_lock import DatabaseInUse, sole_process
 
     settings = _settings_or_exit()
     if args.command != "run":
@@ -81,8 +83,12 @@ def cmd_roles(args: argparse.Namespace) -> int:
         await run_roles(settings, roles)
 
     try:
-        asyncio.run(main())
-    except CannotListen as exc:
+        with contextlib.ExitStack() as embedded:
+            if args.command == "run" and is_sqlite(settings.database_url):
+                # The embedded mode's gate and queue are the process's own: one process per database.
+                embedded.enter_context(sole_process(settings.database_url))
+            asyncio.run(main())
+    except (CannotListen, DatabaseInUse) as exc:
         print(f"bridge: cannot start: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -82,10 +82,31 @@ async def test_bridge_run_provisions_reports_metrics_and_logs_without_secrets(tm
                         assert r.status == 200
                     async with http.get(f"{base}/metrics") as r:
                         metrics = await r.text()
+                # A second `bridge run` on the same database would call the panel beside this one.
+                second = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bridge.cli",
+                    "run",
+                    env={**env, "BRIDGE_HTTP_PORT": str(free_port())},
+                    stderr=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.DEVNULL,
+                )
+                try:
+                    _, second_err = await asyncio.wait_for(second.communicate(), 30)
+                finally:
+                    if second.returncode is None:  # it started after all: the check below fails
+                        second.kill()
+                        await second.wait()
             finally:
                 proc.send_signal(signal.SIGTERM)
                 code = await asyncio.wait_for(proc.wait(), 20)
     assert code == 0
+    assert second.returncode == 2
+    assert second_err.decode().strip() == (
+        f"bridge: cannot start: BRIDGE_DATABASE_URL: {tmp_path / 'bridge.db'} is in use by another "
+        f"`bridge run` (process {proc.pid}); one process runs the embedded mode on a database"
+    )
     assert 'bridge_webhooks_total{outcome="accepted"} 1.0' in metrics
     assert 'bridge_jobs{status="succeeded"} 1.0' in metrics
     assert 'bridge_step_attempts_total{kind="add_domain",outcome="succeeded"} 1.0' in metrics

@@ -152,15 +152,19 @@ class PanelGate:
         and a quiet period after that."""
         if locked is not None:
             await panel_gates.busy_for(locked, panel, timeout_s)
+        elif self._local is not None:
+            await self._local.busy_for(panel, timeout_s)
 
     async def after_long_call(self, panel: str, locked: asyncpg.Connection | None) -> None:
         """Called inside ``panel``'s gate once such a call is answered: a holder lost during a later,
         ordinary call leaves only the quiet period (best effort: left, it only makes a wait longer)."""
-        if locked is not None and not locked.is_closed():
-            try:
+        try:
+            if locked is not None and not locked.is_closed():
                 await panel_gates.not_busy(locked, panel)
-            except Exception as exc:
-                log.warning("could not clear panel %s's busy time: %s", panel, exc.__class__.__name__)
+            elif locked is None and self._local is not None:
+                await self._local.not_busy(panel)
+        except Exception as exc:
+            log.warning("could not clear panel %s's busy time: %s", panel, exc.__class__.__name__)
 
     def sending(self, panel: str) -> None:
         """Called inside ``panel``'s mutation gate as the call goes: stopped from now on, the holder
@@ -288,14 +292,17 @@ class PanelGate:
 
     async def _claim_local(self, turn: _Turn, panel: str, quiet_s: float) -> None:
         """The embedded mode's first turn at ``panel`` in this process: what is left of a quiet
-        period, or a whole one if the process before ended while holding the gate."""
+        period, or a whole one if the process before ended while holding the gate (after what
+        was left of its certificate issuance, if it was issuing one)."""
         assert self._local is not None
         # Of this gate alone: one that stops cleanly lets go of its own marks, never another's.
         holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[-64:]
-        quiet_left, lost = await self._local.claim(panel, holder)
-        if lost is not None:
-            quiet_left = max(quiet_left, quiet_s * self._quiet_scale)
-            self._holder_lost(panel, lost, quiet_left)
+        before = await self._local.claim(panel, holder)
+        quiet_left = before.quiet_s
+        if before.lost_holder is not None:
+            # As with PostgreSQL: a certificate issuance may run to its timeout, the quiet period after it.
+            quiet_left = max(quiet_left, before.busy_s + quiet_s * self._quiet_scale)
+            self._holder_lost(panel, before.lost_holder, quiet_left)
         self._quiet_for(turn, quiet_left)
         turn.holder = holder
 

@@ -298,6 +298,32 @@ async def test_in_the_embedded_mode_a_process_that_ended_holding_a_gate_keeps_th
         pass
 
 
+async def test_in_the_embedded_mode_a_process_that_ended_issuing_a_certificate_leaves_the_panel_busy(
+    sqlite_engine: AsyncEngine,
+) -> None:
+    crashed = PanelGate(None, local=sqlite_engine)
+    async with crashed.mutation("panel-1", quiet_s=0) as held:
+        await crashed.before_long_call("panel-1", 1.0, held)
+        # ... and the process ends during the issuance, without close()
+    # The issuance's timeout (1.0 s), then the quiet period (0.6 s).
+    quiet_after_timeout = set_after(1.4)
+    after_a_crash = PanelGate(None, local=sqlite_engine)
+    async with asyncio.timeout(10), after_a_crash.mutation("panel-1", quiet_s=0.6):
+        assert quiet_after_timeout.is_set()
+
+
+async def test_in_the_embedded_mode_an_answered_certificate_issuance_leaves_no_busy_time_behind(
+    sqlite_engine: AsyncEngine,
+) -> None:
+    crashed = PanelGate(None, local=sqlite_engine)
+    async with crashed.mutation("panel-1", quiet_s=0) as held:
+        await crashed.before_long_call("panel-1", 60, held)
+        await crashed.after_long_call("panel-1", held)
+        # ... and the process ends later, without close(): only the quiet period is due
+    async with asyncio.timeout(5), PanelGate(None, local=sqlite_engine).mutation("panel-1", quiet_s=0.1):
+        pass
+
+
 async def test_in_the_embedded_mode_a_quiet_period_outlives_a_clean_restart(sqlite_engine: AsyncEngine) -> None:
     stopping = PanelGate(None, local=sqlite_engine)
     async with stopping.mutation("panel-1", quiet_s=0) as held:

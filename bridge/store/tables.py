@@ -94,13 +94,15 @@ attempts = Table(
     "attempts",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("step_id", Integer, ForeignKey("steps.id"), nullable=False, index=True),
+    Column("step_id", Integer, ForeignKey("steps.id"), nullable=False),
     Column("number", Integer, nullable=False),
     Column("worker", String(64)),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime()),
     Column("outcome", String(32)),  # succeeded, retryable, permanent, unknown, reconciled, ...
     Column("message", Text),
+    # Also serves the lookups by step.
+    Index("uq_attempts_step_id_number", "step_id", "number", unique=True),
 )
 
 panel_calls = Table(

@@ -23,7 +23,7 @@ from bridge.store.leases import Clearance, clear_to_send, renew
 from bridge.store.types import utcnow
 from bridge.waiting import wait_for_event
 from bridge.worker.breaker import PanelBreaker
-from bridge.worker.panel_gate import PanelGate
+from bridge.worker.panel_gate import GateStopped, PanelGate
 
 log = logging.getLogger("bridge.worker")
 
@@ -166,6 +166,8 @@ class PanelAccess:
                 turn_came.set()
                 timer.cancel()
                 yield locked
+        except GateStopped:
+            raise WorkerStopping() from None
         finally:
             turn_came.set()
             timer.cancel()

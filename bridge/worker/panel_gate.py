@@ -26,7 +26,7 @@ import os
 import socket
 import zlib
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -58,6 +58,10 @@ WAIT_CHECK_S = 30.0
 
 class GateWaitLost(Exception):
     """The session waiting for the panel's gate stopped waiting on the server: nothing was sent."""
+
+
+class GateStopped(Exception):
+    """The gate stopped taking turns (the worker began to stop) while this one waited: nothing was sent."""
 
 
 def panel_lock_key(panel: str) -> int:
@@ -110,6 +114,39 @@ class PanelGate:
         # Advisory-lock acquisitions (fewer than calls when turns are handed on); tests read it.
         self.acquisitions = 0
         self._cleanup: set[asyncio.Future[None]] = set()
+        # Tasks waiting for a turn, and those stop_waiting() cut short (see _waiting).
+        self._stopping = False
+        self._waiters: set[asyncio.Task[object]] = set()
+        self._stopped: set[asyncio.Task[object]] = set()
+
+    def stop_waiting(self) -> None:
+        """No more turns: whoever waits for one (behind a certificate issuance, a quiet period, or
+        another process) gives up now with GateStopped, instead of being cut off by the shutdown
+        grace and leaving its step in flight for nothing; whoever comes later gives up at once.
+        The holder's call, if any, goes on."""
+        self._stopping = True
+        for task in self._waiters:
+            self._stopped.add(task)
+            task.cancel("the panel gate stopped taking turns")
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """Around each wait for a turn: one that stop_waiting() cuts short raises GateStopped."""
+        if self._stopping:
+            raise GateStopped()
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiters.add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task not in self._stopped:
+                raise
+            task.uncancel()  # the cancellation was ours, not the task owner's
+            raise GateStopped() from None
+        finally:
+            self._waiters.discard(task)
+            self._stopped.discard(task)
 
     def mutation(
         self, panel: str, *, quiet_s: float
@@ -196,7 +233,8 @@ class PanelGate:
         turn = self._turns[(namespace, panel)]
         turn.waiting += 1
         try:
-            await turn.lock.acquire()
+            with self._waiting():
+                await turn.lock.acquire()
         except BaseException:
             # Cancelled while queued: a holder may have kept the lock for this worker.
             cleanup = asyncio.ensure_future(self._let_go_if_idle(turn, namespace, panel))
@@ -210,7 +248,8 @@ class PanelGate:
             if self._engine is None:
                 if self._local is not None and namespace == MUTATIONS and turn.holder is None:
                     await self._claim_local(turn, panel, quiet_s)
-                await self._wait_quiet(turn)
+                with self._waiting():
+                    await self._wait_quiet(turn)
                 try:
                     yield None
                 except asyncio.CancelledError:
@@ -226,8 +265,9 @@ class PanelGate:
                 return
             ok = cancelled = False
             try:
-                driver = await self._hold(turn, namespace, panel, quiet_s)
-                await self._wait_quiet(turn)
+                with self._waiting():
+                    driver = await self._hold(turn, namespace, panel, quiet_s)
+                    await self._wait_quiet(turn)
                 yield driver
                 ok = True
             except asyncio.CancelledError:

@@ -77,6 +77,13 @@ class JobRunner:
         self._wake_callbacks = wake_callbacks
         self.stopping = False
 
+    def stop(self) -> None:
+        """Begin to stop: no call goes to a panel from now on, and steps waiting for a panel's
+        gate give up their turn at once (their attempts recorded as abandoned, the jobs handed
+        back); a call already sent is let finish."""
+        self.stopping = True
+        self._gate.stop_waiting()
+
     async def handle(self, job_id: str) -> None:
         # Every lease is taken under an owner of its own, the fence of everything written and sent
         # under it: a lease that ran out and was taken again by another delivery in this same

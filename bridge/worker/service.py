@@ -59,7 +59,8 @@ class WorkerService:
             self._handling.discard(task)
 
     async def stop(self) -> None:
-        self._stopping = self._runner.stopping = True
+        self._stopping = True
+        self._runner.stop()
         try:
             if self._consumer is not None:
                 await self._let_go(self._consumer)

@@ -250,6 +250,9 @@ class RecordingRunner:
         self.stopping = False
         self.handled: list[str] = []
 
+    def stop(self) -> None:
+        self.stopping = True
+
     async def handle(self, job_id: str) -> None:
         self.handled.append(job_id)
 
@@ -288,6 +291,9 @@ class StuckRunner:
         self.release = asyncio.Event()
         self.handling: list[str] = []
         self.cancelled: list[str] = []
+
+    def stop(self) -> None:
+        self.stopping = True
 
     async def handle(self, job_id: str) -> None:
         self.handling.append(job_id)

@@ -18,7 +18,7 @@ from tcp_proxy import TcpProxy
 
 from bridge.metrics import Metrics
 from bridge.store.database import create_engine
-from bridge.worker.panel_gate import MUTATIONS, GateWaitLost, PanelGate, panel_lock_key
+from bridge.worker.panel_gate import MUTATIONS, GateStopped, GateWaitLost, PanelGate, panel_lock_key
 
 
 @pytest.fixture
@@ -542,3 +542,54 @@ async def test_a_wait_on_a_connection_lost_without_a_word_ends(pg_url: str) -> N
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await engine.dispose()
+
+
+async def test_a_gate_that_stops_taking_turns_lets_its_waiters_go_and_its_holder_finish() -> None:
+    gate = PanelGate(None)
+    holder_inside, holder_may_end = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> str:
+        async with gate.mutation("panel-1", quiet_s=0):
+            holder_inside.set()
+            await holder_may_end.wait()
+            # No answer: whoever comes next waits a quiet period, here for good.
+            await gate.keep_quiet("panel-1", 3600, None)
+        return "answered"
+
+    async def waiter() -> None:
+        async with gate.mutation("panel-1", quiet_s=0):
+            pytest.fail("a turn after the gate stopped")
+
+    holding = asyncio.create_task(holder())
+    await holder_inside.wait()
+    queued = asyncio.create_task(waiter())  # behind the holder
+    await asyncio.sleep(0.05)
+    holder_may_end.set()
+    await asyncio.sleep(0.05)  # the waiter has the lock now, and sleeps out the quiet period
+    gate.stop_waiting()
+    with pytest.raises(GateStopped):
+        await asyncio.wait_for(queued, 2)
+    assert await holding == "answered"
+    with pytest.raises(GateStopped):  # later ones give up at once
+        async with asyncio.timeout(2), gate.mutation("panel-2", quiet_s=0):
+            pass
+
+
+async def test_a_wait_for_another_process_ends_when_the_gate_stops_taking_turns(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    here, elsewhere = PanelGate(engines[0]), PanelGate(engines[1])
+
+    async def waiter() -> None:
+        async with here.mutation("panel-1", quiet_s=0):
+            pytest.fail("a turn after the gate stopped")
+
+    async with elsewhere.mutation("panel-1", quiet_s=0):
+        queued = asyncio.create_task(waiter())  # waits for the advisory lock on the server
+        await asyncio.sleep(0.2)
+        here.stop_waiting()
+        with pytest.raises(GateStopped):
+            await asyncio.wait_for(queued, 2)
+    # Nothing of it was left holding the lock: another process takes it at once.
+    async with asyncio.timeout(2), PanelGate(engines[1]).mutation("panel-1", quiet_s=0):
+        pass

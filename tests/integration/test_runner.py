@@ -83,6 +83,45 @@ async def test_attempts_held_back_by_the_breaker_are_numbered_apart_but_cost_no_
     assert first_attempt_at.isoformat() == sent["started_at"]
 
 
+async def test_a_step_waiting_for_its_turn_gives_it_up_as_soon_as_the_worker_begins_to_stop(
+    runtime: Runtime, db_url: str
+) -> None:
+    # Queued behind a call that goes on for minutes (a certificate issuance): the worker's shutdown
+    # grace would cut the waiting step off, leaving it in flight until its lease ran out.
+    event = OrderEvent.model_validate(service_create(ssl=False))
+    job_id = (await store_event(runtime.engine, runtime.box, "msg_give_up", event)).job_id
+    runner = runtime.runner()
+    # Another process's holder (PostgreSQL), or another job's in this process (the embedded mode).
+    other_process = create_engine(runtime.settings.database_url) if "postgresql" in db_url else None
+    holder = PanelGate(other_process) if other_process is not None else runtime.panel_gate()
+    steps, attempts = t.steps.c, t.attempts.c
+    add_domain_started = (
+        select(func.count())
+        .select_from(t.attempts.join(t.steps, steps.id == attempts.step_id))
+        .where(steps.kind == "add_domain")
+    )
+    try:
+        async with holder.mutation("default", quiet_s=0):
+            running = asyncio.create_task(runner.handle(job_id))
+            for _ in range(200):  # until add_domain's attempt has started, and waits for the gate
+                async with runtime.engine.connect() as conn:
+                    if (await conn.execute(add_domain_started)).scalar_one():
+                        break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            runner.stop()
+            await asyncio.wait_for(running, 5)  # the gate is still held: the step did not wait for it
+    finally:
+        if other_process is not None:
+            await other_process.dispose()
+
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    add = next(s for s in job["steps"] if s["kind"] == "add_domain")
+    assert [a["outcome"] for a in job["attempts"] if a["step"] == "add_domain"] == ["abandoned"]
+    assert add["attempts"] == 0 and add["status"] == "waiting_retry" and not add["in_flight"]
+    assert job["lease_owner"] is None  # given back, for another worker at once
+
+
 @pytest.mark.parametrize("db_url", ["pg"], indirect=True)
 async def test_a_call_whose_turn_comes_after_the_worker_began_to_stop_is_not_sent(runtime: Runtime) -> None:
     # Queued behind another process's call, the job's add_domain gets its turn only after the

@@ -25,6 +25,9 @@ class QueueWithABrokenConsumer:
 class IdleRunner:
     stopping = False
 
+    def stop(self) -> None:
+        self.stopping = True
+
 
 async def test_a_consumer_that_fails_to_stop_is_logged_and_the_worker_still_ends(
     caplog: pytest.LogCaptureFixture,

@@ -25,9 +25,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import aio_pika
 import aiormq
@@ -79,6 +79,10 @@ class RabbitQueue:
     30 s; see :func:`bridge.broker.base.redelivery_pause_s`). ``ids_per_message``:
     how many wake-ups due now :meth:`publish_many` puts in one message; small, so
     that a consumer holding a message holds few jobs the other consumers could run.
+    ``hand_back_after_s``: how long a job of such a message may wait for a place in
+    the consumer before it is published again, for any consumer (so that no message
+    stays unacknowledged much longer than its jobs run, well within RabbitMQ's
+    ``consumer_timeout``).
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class RabbitQueue:
         confirm_timeout_s: float = 10,
         redelivery_delay_s: float = 0.5,
         ids_per_message: int = 16,
+        hand_back_after_s: float = 60.0,
     ) -> None:
         if delivery_limit < 0:
             raise ValueError("delivery_limit must not be negative")
@@ -99,6 +104,7 @@ class RabbitQueue:
             raise ValueError("ids_per_message must be at least 1")
         self.url = url
         self.ids_per_message = ids_per_message
+        self.hand_back_after_s = hand_back_after_s
         self.delivery_limit = delivery_limit
         self.delay_buckets_s = tuple(sorted(set(delay_buckets_s)))
         self.confirm_timeout_s = confirm_timeout_s
@@ -266,6 +272,8 @@ class RabbitQueue:
             prefetch,
             on_stopped=self._consumers.discard,
             redelivery_delay_s=self.redelivery_delay_s,
+            hand_back=self.publish_many,
+            hand_back_after_s=self.hand_back_after_s,
         )
         await consumer.begin()
         self._consumers.add(consumer)
@@ -299,6 +307,15 @@ class RabbitQueue:
                 await queue.purge()
 
 
+# What became of one job of a message: run, not started as the consumer stopped, or not started
+# for want of a place in time (see RabbitConsumer._run).
+_Run = Literal["ran", "stopping", "waited"]
+
+
+def _ended(run: asyncio.Task[_Run], outcome: _Run) -> bool:
+    return run.done() and not run.cancelled() and run.exception() is None and run.result() == outcome
+
+
 def wake_up_ids(body: bytes) -> list[str]:
     """The job ids a message carries: one per line, blank lines ignored."""
     return [line.strip() for line in body.decode("utf-8", errors="replace").split("\n") if line.strip()]
@@ -320,8 +337,12 @@ class RabbitConsumer:
         prefetch: int,
         on_stopped: Callable[[RabbitConsumer], None] = lambda consumer: None,
         redelivery_delay_s: float = 0.0,
+        hand_back: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        hand_back_after_s: float = 60.0,
     ) -> None:
         self._channel = channel
+        self._hand_back = hand_back
+        self._hand_back_after_s = hand_back_after_s
         self._redelivery_delay_s = redelivery_delay_s
         self._queue = queue
         self._handler = handler
@@ -360,19 +381,27 @@ class RabbitConsumer:
         if not self._running:
             self._idle.set()
 
-    async def _run(self, job_id: str, *, has_slot: bool) -> bool:
-        """Run the handler for one job in a slot of its own; False if the consumer began to stop
-        before a slot came free (the job was not handled)."""
+    async def _run(self, job_id: str, *, has_slot: bool, placed: Callable[[], None] = lambda: None) -> _Run:
+        """Run the handler for one job in a slot of its own, unless the consumer began to stop
+        before a slot came free, or none came within ``hand_back_after_s``; ``placed`` is called
+        once that is decided, before the handler runs."""
         if not has_slot:
-            await self._slots.acquire()
+            try:
+                async with asyncio.timeout(self._hand_back_after_s if self._hand_back is not None else None):
+                    await self._slots.acquire()
+            except TimeoutError:
+                placed()
+                return "stopping" if self._stopping else "waited"
             if self._stopping:
                 self._slots.release()
-                return False
+                placed()
+                return "stopping"
+        placed()
         try:
             await self._handler(job_id)
         finally:
             self._slots.release()
-        return True
+        return "ran"
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         job_ids = wake_up_ids(message.body)
@@ -388,15 +417,46 @@ class RabbitConsumer:
                 failed.append((job_ids[0], exc))
         else:
             # The first job runs in the slot taken for the message; each other one waits for one.
+            all_placed, unplaced = asyncio.Event(), len(job_ids)
+
+            def placed() -> None:
+                nonlocal unplaced
+                unplaced -= 1
+                if unplaced == 0:
+                    all_placed.set()
+
             loop = asyncio.get_running_loop()
-            runs = [loop.create_task(self._run(job_id, has_slot=n == 0)) for n, job_id in enumerate(job_ids)]
+            runs = [
+                loop.create_task(self._run(job_id, has_slot=n == 0, placed=placed)) for n, job_id in enumerate(job_ids)
+            ]
+            await all_placed.wait()
+            # Those that found no place are done by now: another worker may take them at once.
+            waited = [job_id for job_id, run in zip(job_ids, runs, strict=True) if _ended(run, "waited")]
+            left = bool(waited) and self._stopping  # as if not started
+            if waited and not left:
+                failed = await self._hand_back_jobs(waited)
             outcomes = await asyncio.gather(*runs, return_exceptions=True)
-            if any(outcome is False or isinstance(outcome, asyncio.CancelledError) for outcome in outcomes):
+            if left or any(o == "stopping" or isinstance(o, asyncio.CancelledError) for o in outcomes):
                 # Cut off by the grace period, or not started as the consumer stopped: left
                 # unacked, so closing the channel returns it (the jobs handled find nothing to do).
                 return
-            failed = [(job_id, o) for job_id, o in zip(job_ids, outcomes, strict=True) if isinstance(o, BaseException)]
+            failed += [(job_id, o) for job_id, o in zip(job_ids, outcomes, strict=True) if isinstance(o, BaseException)]
         await self._settle(message, ", ".join(job_ids), failed)
+
+    async def _hand_back_jobs(self, job_ids: list[str]) -> list[tuple[str, BaseException]]:
+        """Publish again the jobs of a message that found no place in time: acked, the message
+        then does not wait for them. If the broker does not take them, the whole message goes back."""
+        assert self._hand_back is not None
+        try:
+            await self._hand_back(job_ids)
+        except Exception as exc:
+            return [(job_id, exc) for job_id in job_ids]
+        log.info(
+            "%d job(s) waited %.0f s for a place in this worker: published again for any worker",
+            len(job_ids),
+            self._hand_back_after_s,
+        )
+        return []
 
     async def _settle(
         self, message: AbstractIncomingMessage, jobs: str, failed: list[tuple[str, BaseException]]

@@ -501,6 +501,40 @@ async def test_a_consumer_stopped_mid_message_returns_it_with_the_jobs_it_did_no
     assert sorted(redelivered) == ["first", "second", "third"]
 
 
+async def test_jobs_of_a_message_that_wait_too_long_for_a_place_are_handed_back_and_the_message_acked(
+    make_rabbit_queue: MakeRabbitQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Acked only once all its jobs are handled, a message whose jobs queue behind others for a
+    # place would stay unacknowledged for as long as all of them take (past RabbitMQ's consumer
+    # timeout, on a slow panel): those still waiting go back to the queue, for any worker.
+    q = await make_rabbit_queue(ids_per_message=16, hand_back_after_s=0.3)
+    first_may_end = asyncio.Event()
+    handled: list[str] = []
+    all_handled = asyncio.Event()
+
+    async def handler(job_id: str) -> None:
+        if job_id == "slow":
+            await first_may_end.wait()
+        handled.append(job_id)
+        if len(handled) == 3:
+            all_handled.set()
+
+    await q.publish_many(["slow", "second", "third"])
+    with caplog.at_level(logging.INFO, logger="bridge.broker.rabbitmq"):
+        consumer = await q.consume(handler, prefetch=1)
+        try:
+            await asyncio.sleep(0.6)  # the two behind "slow" waited past hand_back_after_s
+            assert await ready_count(q, q.names.work) == 1  # ... and are in a message of their own
+        finally:
+            first_may_end.set()  # a failed check does not leave the handler running past the test
+        await asyncio.wait_for(all_handled.wait(), 5)
+        await asyncio.sleep(0.2)
+        await consumer.stop()
+    assert sorted(handled) == ["second", "slow", "third"]  # each once
+    assert await ready_count(q, q.names.work) == 0
+    assert "2 job(s) waited 0 s for a place in this worker: published again" in caplog.text
+
+
 def test_a_message_carries_its_job_ids_one_per_line() -> None:
     assert wake_up_ids(b"job-1") == ["job-1"]
     assert wake_up_ids(b"job-1\njob-2\n\n job-3 \n") == ["job-1", "job-2", "job-3"]

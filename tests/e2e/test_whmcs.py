@@ -187,6 +187,8 @@ def serve_whmcs(tmp_path: Path, preexec_fn: Callable[[], None] | None = None) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         preexec_fn=preexec_fn,
+        # A group of its own: the workers php forks are ended with it, not left behind.
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 10
@@ -200,7 +202,7 @@ def serve_whmcs(tmp_path: Path, preexec_fn: Callable[[], None] | None = None) ->
                 time.sleep(0.05)
         yield Whmcs(php, standins, state, f"http://127.0.0.1:{port}", preexec_fn)
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(5)
 
 

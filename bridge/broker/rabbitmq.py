@@ -463,7 +463,8 @@ class RabbitConsumer:
     ) -> None:
         if failed:
             for job_id, exc in failed:
-                log.warning("handler failed for job %s; returning its message to the queue", job_id, exc_info=exc)
+                # A handler that raised, or a job that could not be published again (see _hand_back_jobs).
+                log.warning("job %s not handled; returning its message to the queue", job_id, exc_info=exc)
             # A quorum queue counts the earlier failed deliveries in x-delivery-count.
             failed_before = message.headers.get("x-delivery-count", 0)
             failed_before = failed_before if isinstance(failed_before, int) else 0

@@ -265,8 +265,10 @@ class PanelGate:
                 return
             ok = cancelled = False
             try:
+                # The wait for the lock (in _hold) and the quiet period may be cut short, but not the
+                # claim in between: cut off, it would leave the row claimed with no holder to clear it.
+                driver = await self._hold(turn, namespace, panel, quiet_s)
                 with self._waiting():
-                    driver = await self._hold(turn, namespace, panel, quiet_s)
                     await self._wait_quiet(turn)
                 yield driver
                 ok = True
@@ -298,7 +300,8 @@ class PanelGate:
         stack = contextlib.AsyncExitStack()
         driver = await stack.enter_async_context(driver_connection(self._engine))
         try:
-            await self._lock(driver, namespace, panel_lock_key(panel))
+            with self._waiting():
+                await self._lock(driver, namespace, panel_lock_key(panel))
         except BaseException:
             # Interrupted, the lock may have been granted all the same: a connection that might
             # hold it must not go back to the pool, so it is closed (its session ends, and the lock).

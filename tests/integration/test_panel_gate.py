@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tcp_proxy import TcpProxy
 
 from bridge.metrics import Metrics
+from bridge.store import panel_gates
 from bridge.store.database import create_engine
 from bridge.worker.panel_gate import MUTATIONS, GateStopped, GateWaitLost, PanelGate, panel_lock_key
 
@@ -593,3 +594,37 @@ async def test_a_wait_for_another_process_ends_when_the_gate_stops_taking_turns(
     # Nothing of it was left holding the lock: another process takes it at once.
     async with asyncio.timeout(2), PanelGate(engines[1]).mutation("panel-1", quiet_s=0):
         pass
+
+
+async def test_a_gate_that_stops_taking_turns_during_a_claim_lets_the_row_go_too(
+    engines: tuple[AsyncEngine, AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The claim is committed on the server while its answer is on the way: cut off there, the
+    # row would stay claimed, and the next holder would wait a quiet period for a lost holder.
+    real_claim = panel_gates.claim
+    claimed = asyncio.Event()
+
+    async def slow_answer(conn: asyncpg.Connection, panel: str, holder: str) -> float | None:
+        quiet_left = await real_claim(conn, panel, holder)
+        claimed.set()
+        await asyncio.sleep(0.3)
+        return quiet_left
+
+    monkeypatch.setattr(panel_gates, "claim", slow_answer)
+    here = PanelGate(engines[0])
+
+    async def waiter() -> None:
+        async with here.mutation("panel-1", quiet_s=60):
+            pytest.fail("a turn after the gate stopped")
+
+    queued = asyncio.create_task(waiter())
+    await asyncio.wait_for(claimed.wait(), 5)
+    here.stop_waiting()
+    with pytest.raises(GateStopped):
+        await asyncio.wait_for(queued, 5)
+    monkeypatch.setattr(panel_gates, "claim", real_claim)
+    metrics = Metrics()
+    async with asyncio.timeout(5), PanelGate(engines[1], metrics=metrics).mutation("panel-1", quiet_s=60):
+        pass
+    lost = {"panel": "panel-1", "reason": "holder_lost"}
+    assert metrics.registry.get_sample_value("bridge_panel_quiet_periods_total", lost) is None

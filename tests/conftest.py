@@ -75,29 +75,31 @@ def _with_database(dsn: str, name: str) -> str:
 def pg_session_url() -> Iterator[str]:
     """A migrated PostgreSQL database of this test session's own (SQLAlchemy URL)."""
     name = f"bridge_test_{uuid.uuid4().hex[:10]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
     try:
-        run_async(create())
+        url = run_async(create_pg_database(name))
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         service_missing("PostgreSQL", f"{PG_ADMIN_DSN}: {exc}")
-    url = _with_database(PG_ADMIN_DSN, name).replace("postgresql://", "postgresql+asyncpg://", 1)
     run_async(migrate(url))
     yield url
-    run_async(drop())
+    run_async(drop_pg_database(name))
+
+
+async def create_pg_database(name: str) -> str:
+    """An empty PostgreSQL database; its SQLAlchemy URL."""
+    await _as_admin(f'CREATE DATABASE "{name}"')
+    return _with_database(PG_ADMIN_DSN, name).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+async def drop_pg_database(name: str) -> None:
+    await _as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _as_admin(statement: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 async def _truncate(url: str) -> None:

@@ -66,20 +66,20 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-async def migrate(url: str) -> None:
-    """Apply every migration up to head (idempotent)."""
+async def migrate(url: str, revision: str = "head") -> None:
+    """Apply every migration up to ``revision`` (idempotent)."""
     engine = create_engine(url)
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(_upgrade, url)
+            await connection.run_sync(_upgrade, url, revision)
     finally:
         await engine.dispose()
 
 
-def _upgrade(connection: Connection, url: str) -> None:
+def _upgrade(connection: Connection, url: str, revision: str) -> None:
     config = alembic_config(url)
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 async def ping(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:

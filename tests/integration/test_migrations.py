@@ -6,19 +6,16 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from alembic import command
-from conftest import FERNET_KEY, PG_ADMIN_DSN, _with_database
+from conftest import FERNET_KEY, create_pg_database, drop_pg_database
 from orders import service_create
 from sqlalchemy import insert, select
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from bridge.domain.events import OrderEvent
 from bridge.store import tables as t
 from bridge.store.crypto import SecretBox
-from bridge.store.database import alembic_config, create_engine
+from bridge.store.database import create_engine, migrate
 from bridge.store.intake import store_event
 from bridge.store.types import utcnow
 
@@ -30,35 +27,12 @@ async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         yield f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
         return
     name = f"bridge_migration_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield _with_database(PG_ADMIN_DSN, name).replace("postgresql://", "postgresql+asyncpg://", 1)
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-async def upgrade(url: str, revision: str) -> None:
-    def run(connection: Connection) -> None:
-        config = alembic_config(url)
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(run)
-    finally:
-        await engine.dispose()
+    yield await create_pg_database(name)
+    await drop_pg_database(name)
 
 
 async def test_attempts_that_shared_a_number_are_numbered_again_and_never_share_one_after(empty_url: str) -> None:
-    await upgrade(empty_url, "0002")
+    await migrate(empty_url, "0002")
     engine = create_engine(empty_url)
     try:
         event = OrderEvent.model_validate(service_create())
@@ -75,7 +49,7 @@ async def test_attempts_that_shared_a_number_are_numbered_again_and_never_share_
                 ]
                 + [{"step_id": second, "number": 1, "started_at": now, "outcome": "succeeded"}],
             )
-        await upgrade(empty_url, "head")
+        await migrate(empty_url)
         async with engine.connect() as conn:
             numbered = (
                 await conn.execute(

@@ -380,6 +380,30 @@ async def test_ping_is_false_when_the_work_queue_is_gone(
     assert await q.ping() is False
 
 
+async def handle_all(q: RabbitQueue, ids: list[str], prefetch: int, pause_s: float = 0.0) -> tuple[Counter[str], int]:
+    """Consume until every one of ``ids`` was handled, and a while longer for a duplicate to show
+    up; how often each was handled, and the most handlers that ran at once."""
+    seen: Counter[str] = Counter()
+    running = peak = 0
+    all_seen = asyncio.Event()
+
+    async def handler(job_id: str) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(pause_s)
+        running -= 1
+        seen[job_id] += 1
+        if len(seen) == len(ids):
+            all_seen.set()
+
+    consumer = await q.consume(handler, prefetch=prefetch)
+    await asyncio.wait_for(all_seen.wait(), 10)
+    await asyncio.sleep(0.2)
+    await consumer.stop()
+    return seen, peak
+
+
 async def test_concurrent_publishes_are_all_confirmed_and_consumed_once(
     make_rabbit_queue: MakeRabbitQueue,
 ) -> None:
@@ -388,18 +412,7 @@ async def test_concurrent_publishes_are_all_confirmed_and_consumed_once(
     await asyncio.gather(*(q.publish(job_id) for job_id in ids))
     assert await ready_count(q, q.names.work) == 200
 
-    seen: Counter[str] = Counter()
-    all_seen = asyncio.Event()
-
-    async def handler(job_id: str) -> None:
-        seen[job_id] += 1
-        if len(seen) == len(ids):
-            all_seen.set()
-
-    consumer = await q.consume(handler, prefetch=50)
-    await asyncio.wait_for(all_seen.wait(), 10)
-    await asyncio.sleep(0.2)  # time for a duplicate to show up
-    await consumer.stop()
+    seen, _ = await handle_all(q, ids, prefetch=50)
     assert set(seen) == set(ids)
     assert set(seen.values()) == {1}
     assert await ready_count(q, q.names.work) == 0
@@ -413,24 +426,7 @@ async def test_wake_ups_due_now_share_messages_and_each_job_is_handled_once(
     await q.publish_many(ids)
     assert await ready_count(q, q.names.work) == 3  # 16 + 16 + 8
 
-    seen: Counter[str] = Counter()
-    running = peak = 0
-    all_seen = asyncio.Event()
-
-    async def handler(job_id: str) -> None:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.02)
-        running -= 1
-        seen[job_id] += 1
-        if len(seen) == len(ids):
-            all_seen.set()
-
-    consumer = await q.consume(handler, prefetch=5)
-    await asyncio.wait_for(all_seen.wait(), 10)
-    await asyncio.sleep(0.2)  # time for a duplicate to show up
-    await consumer.stop()
+    seen, peak = await handle_all(q, ids, prefetch=5, pause_s=0.02)
     assert seen == Counter(ids)
     assert peak == 5  # the prefetch counts jobs, not messages
     assert await ready_count(q, q.names.work) == 0

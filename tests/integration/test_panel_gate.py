@@ -545,6 +545,16 @@ async def test_a_wait_on_a_connection_lost_without_a_word_ends(pg_url: str) -> N
                 await engine.dispose()
 
 
+def queue_for_a_turn(gate: PanelGate, quiet_s: float = 0) -> asyncio.Task[None]:
+    """A step queued for panel-1's gate that must never get its turn (the gate stops first)."""
+
+    async def waiter() -> None:
+        async with gate.mutation("panel-1", quiet_s=quiet_s):
+            pytest.fail("a turn after the gate stopped")
+
+    return asyncio.create_task(waiter())
+
+
 async def test_a_gate_that_stops_taking_turns_lets_its_waiters_go_and_its_holder_finish() -> None:
     gate = PanelGate(None)
     holder_inside, holder_may_end = asyncio.Event(), asyncio.Event()
@@ -557,13 +567,9 @@ async def test_a_gate_that_stops_taking_turns_lets_its_waiters_go_and_its_holder
             await gate.keep_quiet("panel-1", 3600, None)
         return "answered"
 
-    async def waiter() -> None:
-        async with gate.mutation("panel-1", quiet_s=0):
-            pytest.fail("a turn after the gate stopped")
-
     holding = asyncio.create_task(holder())
     await holder_inside.wait()
-    queued = asyncio.create_task(waiter())  # behind the holder
+    queued = queue_for_a_turn(gate)  # behind the holder
     await asyncio.sleep(0.05)
     holder_may_end.set()
     await asyncio.sleep(0.05)  # the waiter has the lock now, and sleeps out the quiet period
@@ -580,13 +586,8 @@ async def test_a_wait_for_another_process_ends_when_the_gate_stops_taking_turns(
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
     here, elsewhere = PanelGate(engines[0]), PanelGate(engines[1])
-
-    async def waiter() -> None:
-        async with here.mutation("panel-1", quiet_s=0):
-            pytest.fail("a turn after the gate stopped")
-
     async with elsewhere.mutation("panel-1", quiet_s=0):
-        queued = asyncio.create_task(waiter())  # waits for the advisory lock on the server
+        queued = queue_for_a_turn(here)  # waits for the advisory lock on the server
         await asyncio.sleep(0.2)
         here.stop_waiting()
         with pytest.raises(GateStopped):
@@ -612,12 +613,7 @@ async def test_a_gate_that_stops_taking_turns_during_a_claim_lets_the_row_go_too
 
     monkeypatch.setattr(panel_gates, "claim", slow_answer)
     here = PanelGate(engines[0])
-
-    async def waiter() -> None:
-        async with here.mutation("panel-1", quiet_s=60):
-            pytest.fail("a turn after the gate stopped")
-
-    queued = asyncio.create_task(waiter())
+    queued = queue_for_a_turn(here, quiet_s=60)
     await asyncio.wait_for(claimed.wait(), 5)
     here.stop_waiting()
     with pytest.raises(GateStopped):

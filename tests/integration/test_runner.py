@@ -22,6 +22,7 @@ from bridge.store.database import create_engine
 from bridge.store.intake import store_event
 from bridge.store.types import utcnow
 from bridge.worker.panel_gate import PanelGate
+from bridge.worker.runner import JobRunner
 
 
 @pytest.fixture
@@ -83,6 +84,32 @@ async def test_attempts_held_back_by_the_breaker_are_numbered_apart_but_cost_no_
     assert first_attempt_at.isoformat() == sent["started_at"]
 
 
+async def add_domain_queued(runtime: Runtime, runner: JobRunner, job_id: str) -> asyncio.Task[None]:
+    """Run the job until its add_domain attempt has started (and waits for the panel's gate)."""
+    steps, attempts = t.steps.c, t.attempts.c
+    add_domain_started = (
+        select(func.count())
+        .select_from(t.attempts.join(t.steps, steps.id == attempts.step_id))
+        .where(steps.kind == "add_domain")
+    )
+    running = asyncio.create_task(runner.handle(job_id))
+    for _ in range(200):
+        async with runtime.engine.connect() as conn:
+            if (await conn.execute(add_domain_started)).scalar_one():
+                break
+        await asyncio.sleep(0.02)
+    return running
+
+
+async def assert_add_domain_abandoned(runtime: Runtime, job_id: str) -> None:
+    """add_domain was never sent: abandoned, not counted, and the job given back."""
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    add = next(s for s in job["steps"] if s["kind"] == "add_domain")
+    assert [a["outcome"] for a in job["attempts"] if a["step"] == "add_domain"] == ["abandoned"]
+    assert add["attempts"] == 0 and add["status"] == "waiting_retry" and not add["in_flight"]
+    assert job["lease_owner"] is None  # given back, for another worker at once
+
+
 async def test_a_step_waiting_for_its_turn_gives_it_up_as_soon_as_the_worker_begins_to_stop(
     runtime: Runtime, db_url: str
 ) -> None:
@@ -94,20 +121,9 @@ async def test_a_step_waiting_for_its_turn_gives_it_up_as_soon_as_the_worker_beg
     # Another process's holder (PostgreSQL), or another job's in this process (the embedded mode).
     other_process = create_engine(runtime.settings.database_url) if "postgresql" in db_url else None
     holder = PanelGate(other_process) if other_process is not None else runtime.panel_gate()
-    steps, attempts = t.steps.c, t.attempts.c
-    add_domain_started = (
-        select(func.count())
-        .select_from(t.attempts.join(t.steps, steps.id == attempts.step_id))
-        .where(steps.kind == "add_domain")
-    )
     try:
         async with holder.mutation("default", quiet_s=0):
-            running = asyncio.create_task(runner.handle(job_id))
-            for _ in range(200):  # until add_domain's attempt has started, and waits for the gate
-                async with runtime.engine.connect() as conn:
-                    if (await conn.execute(add_domain_started)).scalar_one():
-                        break
-                await asyncio.sleep(0.02)
+            running = await add_domain_queued(runtime, runner, job_id)
             await asyncio.sleep(0.1)
             runner.stop()
             await asyncio.wait_for(running, 5)  # the gate is still held: the step did not wait for it
@@ -115,11 +131,7 @@ async def test_a_step_waiting_for_its_turn_gives_it_up_as_soon_as_the_worker_beg
         if other_process is not None:
             await other_process.dispose()
 
-    job = await admin_ops.get_job(runtime.engine, job_id)
-    add = next(s for s in job["steps"] if s["kind"] == "add_domain")
-    assert [a["outcome"] for a in job["attempts"] if a["step"] == "add_domain"] == ["abandoned"]
-    assert add["attempts"] == 0 and add["status"] == "waiting_retry" and not add["in_flight"]
-    assert job["lease_owner"] is None  # given back, for another worker at once
+    await assert_add_domain_abandoned(runtime, job_id)
 
 
 @pytest.mark.parametrize("db_url", ["pg"], indirect=True)
@@ -130,30 +142,15 @@ async def test_a_call_whose_turn_comes_after_the_worker_began_to_stop_is_not_sen
     job_id = (await store_event(runtime.engine, runtime.box, "msg_stopping", event)).job_id
     runner = runtime.runner()
     other_process = create_engine(runtime.settings.database_url)
-    steps, attempts = t.steps.c, t.attempts.c
-    add_domain_started = (
-        select(func.count())
-        .select_from(t.attempts.join(t.steps, steps.id == attempts.step_id))
-        .where(steps.kind == "add_domain")
-    )
     try:
         async with PanelGate(other_process).mutation("default", quiet_s=0):
-            running = asyncio.create_task(runner.handle(job_id))
-            for _ in range(200):  # until add_domain's attempt has started, and waits for the gate
-                async with runtime.engine.connect() as conn:
-                    if (await conn.execute(add_domain_started)).scalar_one():
-                        break
-                await asyncio.sleep(0.02)
+            running = await add_domain_queued(runtime, runner, job_id)
             runner.stopping = True
         await asyncio.wait_for(running, 10)
     finally:
         await other_process.dispose()
 
-    job = await admin_ops.get_job(runtime.engine, job_id)
-    add = next(s for s in job["steps"] if s["kind"] == "add_domain")
-    assert [a["outcome"] for a in job["attempts"] if a["step"] == "add_domain"] == ["abandoned"]
-    assert add["attempts"] == 0 and add["status"] == "waiting_retry" and not add["in_flight"]
-    assert job["lease_owner"] is None  # given back, for another worker at once
+    await assert_add_domain_abandoned(runtime, job_id)
     async with runtime.engine.connect() as conn:
         panel_calls = (await conn.execute(select(t.panel_calls.c.call))).scalars().all()
     assert "add_domain" not in panel_calls

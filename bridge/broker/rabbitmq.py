@@ -382,26 +382,30 @@ class RabbitConsumer:
             self._idle.set()
 
     async def _run(self, job_id: str, *, has_slot: bool, placed: Callable[[], None] = lambda: None) -> _Run:
-        """Run the handler for one job in a slot of its own, unless the consumer began to stop
-        before a slot came free, or none came within ``hand_back_after_s``; ``placed`` is called
-        once that is decided, before the handler runs."""
-        if not has_slot:
-            try:
-                async with asyncio.timeout(self._hand_back_after_s if self._hand_back is not None else None):
-                    await self._slots.acquire()
-            except TimeoutError:
-                placed()
-                return "stopping" if self._stopping else "waited"
-            if self._stopping:
-                self._slots.release()
-                placed()
-                return "stopping"
+        """Run the handler for one job in a slot of its own, unless none could be taken (see
+        :meth:`_take_slot`); ``placed`` is called once that is decided, before the handler runs."""
+        refused = None if has_slot else await self._take_slot()
         placed()
+        if refused is not None:
+            return refused
         try:
             await self._handler(job_id)
         finally:
             self._slots.release()
         return "ran"
+
+    async def _take_slot(self) -> _Run | None:
+        """Take a slot; or say why none was taken: the consumer began to stop, or none came free
+        within ``hand_back_after_s``."""
+        try:
+            async with asyncio.timeout(self._hand_back_after_s if self._hand_back is not None else None):
+                await self._slots.acquire()
+        except TimeoutError:
+            return "stopping" if self._stopping else "waited"
+        if self._stopping:
+            self._slots.release()
+            return "stopping"
+        return None
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         job_ids = wake_up_ids(message.body)

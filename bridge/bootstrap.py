@@ -92,7 +92,7 @@ class Runtime:
             self._clients[name] = PanelClient(server)
         return self._clients[name]
 
-    def runner(self) -> JobRunner:
+    def runner(self, *, hand_back_after_s: float = RunnerConfig.hand_back_after_s) -> JobRunner:
         settings = self.settings
         return JobRunner(
             engine=self.engine,
@@ -103,7 +103,9 @@ class Runtime:
             breaker=PanelBreaker(self.engine, cooldown=timedelta(minutes=10) * max(settings.retry_delay_scale, 0.001)),
             metrics=self.metrics,
             owner=self.worker_id,
-            config=RunnerConfig(lease_s=settings.lease_s, delay_scale=settings.retry_delay_scale),
+            config=RunnerConfig(
+                lease_s=settings.lease_s, delay_scale=settings.retry_delay_scale, hand_back_after_s=hand_back_after_s
+            ),
             wake_relay=self.relay.wake,
             wake_callbacks=self.callbacks.wake,
         )

@@ -24,7 +24,7 @@ from bridge.store.types import utcnow
 
 # Attempt outcomes that never reached the panel: held back by an open breaker, or closed
 # unsent (cancelled, lease lost). They cost the panel nothing, nor certificate quota.
-NOT_SENT_OUTCOMES = ("breaker_open", "abandoned")
+NOT_SENT_OUTCOMES = ("breaker_open", "abandoned", "handed_back")
 
 
 @dataclass

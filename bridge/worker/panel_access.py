@@ -58,6 +58,8 @@ class PanelAccess:
     quiet_until: datetime | None = None
     # Whether the worker is stopping (its shutdown grace may cut off a call sent now).
     stopping: Callable[[], bool] = lambda: False
+    # A turn at the panel's gate not come by then (the loop's clock) is given up (TurnTooLate).
+    turn_by: float | None = None
 
     @property
     def panel(self) -> str:
@@ -76,7 +78,7 @@ class PanelAccess:
         same moment: at most one failure more than the breaker has seen, well below the ban.)"""
         if self.proven or self.breaker.vouched(self.panel, self.creds):
             return await self._record(call)
-        async with self._turn(self.gate.unproven(self.panel)) as locked:
+        async with self._turn(self.gate.unproven(self.panel, turn_by=self.turn_by)) as locked:
             self._check(await clear_to_send(locked or self.engine, panel=self.panel))
             return await self._record(call)
 
@@ -99,7 +101,7 @@ class PanelAccess:
         """
         timeout = self.client.server.timeout_for(name)
         quiet_s = self.client.server.quiet_after_unknown_s
-        async with self._turn(self.gate.mutation(self.panel, quiet_s=quiet_s)) as locked:
+        async with self._turn(self.gate.mutation(self.panel, quiet_s=quiet_s, turn_by=self.turn_by)) as locked:
             if self.stopping():
                 # The turn came after the worker began to stop (behind a slow call, say): a call sent
                 # now could be cut off by the shutdown grace, and its outcome left unknown.

@@ -64,6 +64,10 @@ class GateStopped(Exception):
     """The gate stopped taking turns (the worker began to stop) while this one waited: nothing was sent."""
 
 
+class TurnTooLate(Exception):
+    """The turn did not come by the time its waiter gave it (see :meth:`PanelGate.mutation`): nothing was sent."""
+
+
 def panel_lock_key(panel: str) -> int:
     """A stable signed 32-bit key for ``panel``."""
     unsigned = zlib.crc32(panel.encode())
@@ -114,10 +118,10 @@ class PanelGate:
         # Advisory-lock acquisitions (fewer than calls when turns are handed on); tests read it.
         self.acquisitions = 0
         self._cleanup: set[asyncio.Future[None]] = set()
-        # Tasks waiting for a turn, and those stop_waiting() cut short (see _waiting).
+        # Tasks waiting for a turn, and those the gate cut short, with what each is told (see _waiting).
         self._stopping = False
         self._waiters: set[asyncio.Task[object]] = set()
-        self._stopped: set[asyncio.Task[object]] = set()
+        self._cut: dict[asyncio.Task[object], type[Exception]] = {}
 
     def stop_waiting(self) -> None:
         """No more turns: whoever waits for one (behind a certificate issuance, a quiet period, or
@@ -126,34 +130,47 @@ class PanelGate:
         The holder's call, if any, goes on."""
         self._stopping = True
         for task in self._waiters:
-            self._stopped.add(task)
-            task.cancel("the panel gate stopped taking turns")
+            self._cut_short(task, GateStopped)
+
+    def _cut_short(self, task: asyncio.Task[object], reason: type[Exception]) -> None:
+        if task in self._waiters and task not in self._cut:
+            self._cut[task] = reason
+            task.cancel(f"the panel gate: {reason.__name__}")
 
     @contextlib.contextmanager
-    def _waiting(self) -> Iterator[None]:
-        """Around each wait for a turn: one that stop_waiting() cuts short raises GateStopped."""
+    def _waiting(self, turn_by: float | None) -> Iterator[None]:
+        """Around each wait for a turn: one that stop_waiting() cuts short raises GateStopped, one
+        still waiting at ``turn_by`` (the loop's clock) raises TurnTooLate."""
         if self._stopping:
             raise GateStopped()
+        loop = asyncio.get_running_loop()
+        if turn_by is not None and loop.time() >= turn_by:
+            raise TurnTooLate()
         task = asyncio.current_task()
         assert task is not None
         self._waiters.add(task)
+        timer = None if turn_by is None else loop.call_at(turn_by, self._cut_short, task, TurnTooLate)
         try:
             yield
         except asyncio.CancelledError:
-            if task not in self._stopped:
+            reason = self._cut.get(task)
+            if reason is None:
                 raise
             task.uncancel()  # the cancellation was ours, not the task owner's
-            raise GateStopped() from None
+            raise reason() from None
         finally:
+            if timer is not None:
+                timer.cancel()
             self._waiters.discard(task)
-            self._stopped.discard(task)
+            self._cut.pop(task, None)
 
     def mutation(
-        self, panel: str, *, quiet_s: float
+        self, panel: str, *, quiet_s: float, turn_by: float | None = None
     ) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]:
         """Hold the panel's gate for mutating calls (see :meth:`_turn`). If the holder before
-        ended without letting go, the gate stays closed ``quiet_s`` (scaled) first."""
-        return self._turn(MUTATIONS, panel, quiet_s)
+        ended without letting go, the gate stays closed ``quiet_s`` (scaled) first. A turn that
+        has not come by ``turn_by`` (the loop's clock) is given up with TurnTooLate."""
+        return self._turn(MUTATIONS, panel, quiet_s, turn_by)
 
     async def keep_quiet(self, panel: str, quiet_s: float, locked: asyncpg.Connection | None) -> float:
         """Called inside ``panel``'s gate after a call that got no answer, which the panel may
@@ -216,13 +233,17 @@ class PanelGate:
         if wait > 0:
             await asyncio.sleep(wait)
 
-    def unproven(self, panel: str) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]:
+    def unproven(
+        self, panel: str, *, turn_by: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]:
         """Hold the panel's gate for calls with credentials not yet proven, so that however many
         jobs with bad credentials arrive at once, each sees the breaker the one before it left."""
-        return self._turn(UNPROVEN, panel, 0.0)
+        return self._turn(UNPROVEN, panel, 0.0, turn_by)
 
     @contextlib.asynccontextmanager
-    async def _turn(self, namespace: int, panel: str, quiet_s: float) -> AsyncIterator[asyncpg.Connection | None]:
+    async def _turn(
+        self, namespace: int, panel: str, quiet_s: float, turn_by: float | None
+    ) -> AsyncIterator[asyncpg.Connection | None]:
         """Hold one of the panel's gates; yields the driver connection holding the lock (None in the embedded mode).
 
         No transaction is open on it, so the caller's last checks before sending take one
@@ -233,7 +254,7 @@ class PanelGate:
         turn = self._turns[(namespace, panel)]
         turn.waiting += 1
         try:
-            with self._waiting():
+            with self._waiting(turn_by):
                 await turn.lock.acquire()
         except BaseException:
             # Cancelled while queued: a holder may have kept the lock for this worker.
@@ -248,7 +269,7 @@ class PanelGate:
             if self._engine is None:
                 if self._local is not None and namespace == MUTATIONS and turn.holder is None:
                     await self._claim_local(turn, panel, quiet_s)
-                with self._waiting():
+                with self._waiting(turn_by):
                     await self._wait_quiet(turn)
                 try:
                     yield None
@@ -267,8 +288,8 @@ class PanelGate:
             try:
                 # The wait for the lock (in _hold) and the quiet period may be cut short, but not the
                 # claim in between: cut off, it would leave the row claimed with no holder to clear it.
-                driver = await self._hold(turn, namespace, panel, quiet_s)
-                with self._waiting():
+                driver = await self._hold(turn, namespace, panel, quiet_s, turn_by)
+                with self._waiting(turn_by):
                     await self._wait_quiet(turn)
                 yield driver
                 ok = True
@@ -289,7 +310,9 @@ class PanelGate:
         finally:
             turn.lock.release()
 
-    async def _hold(self, turn: _Turn, namespace: int, panel: str, quiet_s: float) -> asyncpg.Connection:
+    async def _hold(
+        self, turn: _Turn, namespace: int, panel: str, quiet_s: float, turn_by: float | None
+    ) -> asyncpg.Connection:
         if turn.driver is not None:
             if not turn.driver.is_closed():
                 return turn.driver
@@ -300,7 +323,7 @@ class PanelGate:
         stack = contextlib.AsyncExitStack()
         driver = await stack.enter_async_context(driver_connection(self._engine))
         try:
-            with self._waiting():
+            with self._waiting(turn_by):
                 await self._lock(driver, namespace, panel_lock_key(panel))
         except BaseException:
             # Interrupted, the lock may have been granted all the same: a connection that might

@@ -10,6 +10,7 @@ plus a delayed wake-up.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -32,7 +33,7 @@ from bridge.store.job_records import JobRecord, JobRecords, StepRecord
 from bridge.store.types import utcnow
 from bridge.worker.breaker import PanelBreaker
 from bridge.worker.panel_access import BreakerOpen, PanelAccess, WorkerStopping
-from bridge.worker.panel_gate import PanelGate
+from bridge.worker.panel_gate import PanelGate, TurnTooLate
 from bridge.worker.steps import EXECUTORS, Step, StepOutcome
 
 log = logging.getLogger("bridge.worker")
@@ -45,6 +46,13 @@ class RunnerConfig:
     policies: dict[StepKind, RetryPolicy] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
     # After an unexpected error the job is given back and tried again this much later (scaled).
     error_backoff_s: float = 30.0
+    # A job still running this long after its wake-up (queued behind other calls at a busy panel,
+    # say) goes back to the queue instead of waiting on: from the wait for its next turn, or
+    # before its next step. Its message is acknowledged, so no message stays unacknowledged
+    # longer than this, one call and the wait for a place in the worker: well within RabbitMQ's
+    # consumer_timeout (30 minutes), which would close the channel and redeliver every message
+    # on it. Not scaled: it is about the broker's clock.
+    hand_back_after_s: float = 300.0
 
 
 class JobRunner:
@@ -98,9 +106,10 @@ class JobRunner:
         if lease.outcome is not leases.LeaseOutcome.LEASED:
             return
         job: JobRecord | None = None
+        hand_back_at = asyncio.get_running_loop().time() + self._config.hand_back_after_s
         try:
             job = await self._records.load(lease)
-            await self._advance(job)
+            await self._advance(job, hand_back_at)
         except LeaseLost:
             log.warning("lease lost; another worker has the job now", extra={"job_id": job_id})
         except Exception:
@@ -124,15 +133,17 @@ class JobRunner:
         except LeaseLost:
             pass
 
-    async def _advance(self, job: JobRecord) -> None:
+    async def _advance(self, job: JobRecord, hand_back_at: float) -> None:
         was = job.status
+        loop = asyncio.get_running_loop()
         # A step's outcome is held back until the next step starts, so that both are one
         # statement; anything else the loop does commits it first.
         held: JobChange | None = None
         try:
             while True:
                 action = self._next(job)
-                if held is not None and (self.stopping or not isinstance(action, RunStep)):
+                giving_back = self.stopping or loop.time() >= hand_back_at
+                if held is not None and (giving_back or not isinstance(action, RunStep)):
                     await self._records.commit(held, job)
                     held = None
                 if job.cancel_requested and not job.status.finished:
@@ -149,13 +160,21 @@ class JobRunner:
                 if isinstance(action, WaitUntil):
                     await self._records.wait(job, action.at)
                     return
-                if self.stopping:
+                if giving_back:
                     await self._records.release(job.pk, job.public_id, owner=job.owner)
                     job.wrote_outbox = True
+                    if not self.stopping:
+                        log.info(
+                            "job %s went back to the queue after %.0f s, before its step %s",
+                            job.public_id,
+                            self._config.hand_back_after_s,
+                            job.step_at(action.position).kind.value,
+                            extra={"job_id": job.public_id},
+                        )
                     return
                 # Handed over: once merged with the next start it must not be committed again on its own.
                 merged, held = held, None
-                going_on, held = await self._run_step(job, job.step_at(action.position), merged)
+                going_on, held = await self._run_step(job, job.step_at(action.position), merged, hand_back_at)
                 if not going_on:
                     return
         except BaseException:
@@ -182,7 +201,7 @@ class JobRunner:
         return None
 
     async def _run_step(
-        self, job: JobRecord, step: StepRecord, held: JobChange | None
+        self, job: JobRecord, step: StepRecord, held: JobChange | None, hand_back_at: float
     ) -> tuple[bool, JobChange | None]:
         """Run one attempt of ``step``, its start committed with ``held`` (the previous step's outcome).
 
@@ -212,6 +231,7 @@ class JobRunner:
             lease_s=self._config.lease_s,
             lease_until=lease_until,
             stopping=lambda: self.stopping,
+            turn_by=hand_back_at,
         )
         extra = {"job_id": job.public_id, "event_id": job.webhook_id, "step": step.kind.value}
         try:
@@ -227,6 +247,14 @@ class JobRunner:
         except WorkerStopping:
             outcome = StepOutcome("retry", "Not sent: the worker is stopping.", "abandoned", in_flight=unsure)
             # Due at once: the job is released for another worker as the runner stops.
+            not_before = utcnow()
+        except TurnTooLate:
+            message = (
+                f"Not sent: no turn at the panel within {self._config.hand_back_after_s:.0f} s of the job's "
+                "wake-up (other calls ahead of it); the job went back to the queue."
+            )
+            outcome = StepOutcome("retry", message, "handed_back", in_flight=unsure)
+            # Due at once: the loop gives the job back (its time is up) with a wake-up of its own.
             not_before = utcnow()
         else:
             log.info("step %s: %s", step.kind.value, outcome.label, extra=extra)

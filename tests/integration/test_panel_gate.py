@@ -19,7 +19,7 @@ from tcp_proxy import TcpProxy
 from bridge.metrics import Metrics
 from bridge.store import panel_gates
 from bridge.store.database import create_engine
-from bridge.worker.panel_gate import MUTATIONS, GateStopped, GateWaitLost, PanelGate, panel_lock_key
+from bridge.worker.panel_gate import MUTATIONS, GateStopped, GateWaitLost, PanelGate, TurnTooLate, panel_lock_key
 
 
 @pytest.fixture
@@ -624,3 +624,61 @@ async def test_a_gate_that_stops_taking_turns_during_a_claim_lets_the_row_go_too
         pass
     lost = {"panel": "panel-1", "reason": "holder_lost"}
     assert metrics.registry.get_sample_value("bridge_panel_quiet_periods_total", lost) is None
+
+
+def turn_within(seconds: float) -> float:
+    """A ``turn_by`` that many seconds from now, on the loop's clock."""
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def test_a_turn_not_come_in_time_is_given_up_and_the_holder_and_the_next_go_on() -> None:
+    gate = PanelGate(None)
+    holder_inside, holder_may_end = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> str:
+        async with gate.mutation("panel-1", quiet_s=0):
+            holder_inside.set()
+            await holder_may_end.wait()
+        return "answered"
+
+    async def late() -> None:
+        async with gate.mutation("panel-1", quiet_s=0, turn_by=turn_within(0.2)):
+            pytest.fail("a turn after the time it was given up")
+
+    holding = asyncio.create_task(holder())
+    await holder_inside.wait()
+    waiting = asyncio.create_task(late())
+    with pytest.raises(TurnTooLate):
+        await asyncio.wait_for(waiting, 2)  # the holder still holds the gate
+    holder_may_end.set()
+    assert await holding == "answered"
+    # The gate is free: the turn given up left nothing holding it.
+    async with asyncio.timeout(2), gate.mutation("panel-1", quiet_s=0, turn_by=turn_within(1)):
+        pass
+
+
+async def test_a_turn_not_come_by_the_end_of_a_quiet_period_is_given_up() -> None:
+    gate = PanelGate(None)
+    async with gate.mutation("panel-1", quiet_s=0):
+        await gate.keep_quiet("panel-1", 3600, None)  # no answer: the panel may be busy for an hour
+    with pytest.raises(TurnTooLate):
+        async with asyncio.timeout(2), gate.mutation("panel-1", quiet_s=0, turn_by=turn_within(0.2)):
+            pytest.fail("a turn in the quiet period")
+    # A turn given up only after the time was up: on a free panel it comes whatever the time.
+    async with asyncio.timeout(2), gate.mutation("panel-2", quiet_s=0, turn_by=turn_within(0.2)):
+        pass
+
+
+async def test_a_turn_waited_for_from_another_process_is_given_up_in_time_and_leaves_no_lock(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    here, elsewhere = PanelGate(engines[0]), PanelGate(engines[1])
+    async with elsewhere.mutation("panel-1", quiet_s=0):
+        with pytest.raises(TurnTooLate):  # waiting for the advisory lock on the server
+            async with asyncio.timeout(5), here.mutation("panel-1", quiet_s=0, turn_by=turn_within(0.3)):
+                pytest.fail("a turn while another process holds the gate")
+    async with asyncio.timeout(2), PanelGate(engines[1]).mutation("panel-1", quiet_s=0):
+        pass
+    # ... and the gate that gave a turn up takes the next one as usual.
+    async with asyncio.timeout(2), here.mutation("panel-1", quiet_s=0, turn_by=turn_within(1)):
+        pass

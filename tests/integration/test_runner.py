@@ -26,10 +26,15 @@ from bridge.worker.runner import JobRunner
 
 
 @pytest.fixture
-async def runtime(db_url: str) -> AsyncIterator[Runtime]:
-    """The bridge's parts, nothing running: the test hands each wake-up to a runner itself."""
+def sim() -> PanelSimulator:
     sim = PanelSimulator()
     sim.add_account("john", ACCOUNT_PASSWORD)
+    return sim
+
+
+@pytest.fixture
+async def runtime(db_url: str, sim: PanelSimulator) -> AsyncIterator[Runtime]:
+    """The bridge's parts, nothing running: the test hands each wake-up to a runner itself."""
     async with TestServer(sim.app()) as panel:
         settings = Settings(
             database_url=db_url,
@@ -154,3 +159,69 @@ async def test_a_call_whose_turn_comes_after_the_worker_began_to_stop_is_not_sen
     async with runtime.engine.connect() as conn:
         panel_calls = (await conn.execute(select(t.panel_calls.c.call))).scalars().all()
     assert "add_domain" not in panel_calls
+
+
+async def wake_ups_written(runtime: Runtime, job_id: str) -> int:
+    async with runtime.engine.connect() as conn:
+        found = select(func.count()).select_from(t.outbox).where(t.outbox.c.job_public_id == job_id)
+        return int((await conn.execute(found)).scalar_one())
+
+
+async def test_a_step_still_queued_at_the_gate_when_the_jobs_time_is_up_goes_back_to_the_queue(
+    runtime: Runtime, db_url: str, sim: PanelSimulator
+) -> None:
+    # Behind a long line at a busy panel, a job holding its message on would outlast RabbitMQ's
+    # consumer_timeout: the broker would close the channel and redeliver every message on it.
+    event = OrderEvent.model_validate(service_create(ssl=False))
+    job_id = (await store_event(runtime.engine, runtime.box, "msg_hand_back", event)).job_id
+    wake_ups = await wake_ups_written(runtime, job_id)
+    other_process = create_engine(runtime.settings.database_url) if "postgresql" in db_url else None
+    holder = PanelGate(other_process) if other_process is not None else runtime.panel_gate()
+    try:
+        async with holder.mutation("default", quiet_s=0):
+            running = await add_domain_queued(runtime, runtime.runner(hand_back_after_s=1.0), job_id)
+            await asyncio.wait_for(running, 5)  # while the gate is still held
+    finally:
+        if other_process is not None:
+            await other_process.dispose()
+
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    add = next(s for s in job["steps"] if s["kind"] == "add_domain")
+    attempts = [a for a in job["attempts"] if a["step"] == "add_domain"]
+    assert [a["outcome"] for a in attempts] == ["handed_back"]
+    assert "no turn at the panel within 1 s" in attempts[0]["message"]
+    assert add["attempts"] == 0 and add["status"] == "waiting_retry" and not add["in_flight"]
+    assert job["lease_owner"] is None and job["status"] == "running"
+    assert await wake_ups_written(runtime, job_id) == wake_ups + 1  # its next wake-up, due now
+
+    await runtime.runner().handle(job_id)  # the next wake-up, with the panel free
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    assert job["status"] == "succeeded"
+    assert [d.domain for d in sim.account("john").domains] == ["example.com"]
+
+
+async def test_a_job_whose_time_is_up_after_a_step_goes_back_to_the_queue_before_the_next(
+    runtime: Runtime, sim: PanelSimulator
+) -> None:
+    event = OrderEvent.model_validate(service_create(ssl=False))
+    job_id = (await store_event(runtime.engine, runtime.box, "msg_slow_step", event)).job_id
+    wake_ups = await wake_ups_written(runtime, job_id)
+    sim.set_latency(0.5, "add_domain")
+
+    await runtime.runner(hand_back_after_s=0.3).handle(job_id)
+
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    assert [(s["kind"], s["status"]) for s in job["steps"]] == [
+        ("check_account", "succeeded"),
+        ("add_domain", "succeeded"),  # a call under way is never cut short
+        ("create_database", "pending"),
+        ("add_cron_job", "pending"),
+    ]
+    assert not [a for a in job["attempts"] if a["step"] == "create_database"]
+    assert job["lease_owner"] is None and job["status"] == "running"
+    assert await wake_ups_written(runtime, job_id) == wake_ups + 1
+
+    await runtime.runner().handle(job_id)
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    assert job["status"] == "succeeded"
+    assert [d.domain for d in sim.account("john").domains] == ["example.com"]

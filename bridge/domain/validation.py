@@ -55,6 +55,12 @@ _PHP_VERSION = re.compile(r"[0-9]{1,2}\.[0-9]{1,2}")
 _USERNAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _DB_IDENTIFIER = re.compile(r"[A-Za-z0-9_]+")
 _NUMBER = re.compile(r"[0-9]{1,2}")
+# Runs of the characters each kind of name may contain (see _first_bad_char).
+_DOMAIN_CHARS = re.compile(r"[a-z0-9.-]*")
+_PATH_CHARS = re.compile(r"[A-Za-z0-9_./-]*")
+_USERNAME_CHARS = re.compile(r"[a-z0-9_]*")
+_DB_IDENTIFIER_CHARS = re.compile(r"[A-Za-z0-9_]*")
+_CRON_CHARS = re.compile(r"[A-Za-z0-9*,/-]*")
 
 _MAX_DOMAIN = 253
 _MAX_PATH = 255
@@ -74,14 +80,17 @@ def _show(value: str) -> str:
 
 
 def _has_control(value: str) -> bool:
+    if value.isascii() and value.isprintable():
+        # The usual case, at C speed: in ASCII only the Cc controls are not printable.
+        return False
     return any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in value)
 
 
 def _first_bad_char(value: str, allowed: re.Pattern[str]) -> str | None:
-    for ch in value:
-        if not allowed.fullmatch(ch):
-            return ch
-    return None
+    """The first character of ``value`` not in ``allowed``, a run of allowed characters (``[...]*``)."""
+    run = allowed.match(value)
+    end = run.end() if run is not None else 0
+    return value[end] if end < len(value) else None
 
 
 def _describe_char(ch: str) -> str:
@@ -113,7 +122,7 @@ def domain_name(value: str, field: str = "domain") -> str:
         raise InvalidField(field, "is empty; a domain name such as example.com is required")
     if len(text) > _MAX_DOMAIN:
         raise InvalidField(field, f"is {len(text)} characters long; a domain name has at most 253")
-    bad = _first_bad_char(text, re.compile(r"[a-z0-9.-]"))
+    bad = _first_bad_char(text, _DOMAIN_CHARS)
     if bad is not None:
         raise InvalidField(
             field,
@@ -157,7 +166,7 @@ def document_path(value: str, field: str = "path") -> str:
         raise InvalidField(field, f"is {len(text)} characters long; at most 255 are allowed")
     if text.startswith("/"):
         raise InvalidField(field, f"{_show(text)} must be relative to the account's home (no leading /)")
-    bad = _first_bad_char(text, re.compile(r"[A-Za-z0-9_./-]"))
+    bad = _first_bad_char(text, _PATH_CHARS)
     if bad is not None:
         raise InvalidField(
             field,
@@ -182,7 +191,7 @@ def account_username(value: str, field: str = "username") -> str:
     if any("A" <= ch <= "Z" for ch in text):
         raise InvalidField(field, f"{_show(text)} contains capital letters; panel account names are lower-case")
     if not _USERNAME.fullmatch(text):
-        bad = _first_bad_char(text, re.compile(r"[a-z0-9_]"))
+        bad = _first_bad_char(text, _USERNAME_CHARS)
         if bad is not None:
             raise InvalidField(
                 field,
@@ -197,7 +206,7 @@ def _db_identifier(value: object, account: str, field: str, what: str, limit: in
     if len(text) < 2:
         raise InvalidField(field, f"{_show(text)} is too short; a {what} needs at least 2 characters")
     if not _DB_IDENTIFIER.fullmatch(text):
-        bad = _first_bad_char(text, re.compile(r"[A-Za-z0-9_]"))
+        bad = _first_bad_char(text, _DB_IDENTIFIER_CHARS)
         assert bad is not None
         raise InvalidField(
             field,
@@ -281,7 +290,7 @@ def cron_field(value: str, which: str, field: str | None = None) -> str:
     text = _require_str(value, name)
     if not text:
         raise InvalidField(name, "is empty; use * for 'every'")
-    bad = _first_bad_char(text, re.compile(r"[A-Za-z0-9*,/-]"))
+    bad = _first_bad_char(text, _CRON_CHARS)
     if bad is not None:
         raise InvalidField(
             name,

@@ -56,9 +56,22 @@ class SecretBox:
                 "a stored secret was encrypted with a key that is no longer in BRIDGE_SECRET_KEY"
             ) from None
 
-    def encrypt_fields(self, value: Any) -> Any:
-        """A copy of ``value`` with every secret-named string field encrypted."""
-        return self._walk(value, self.encrypt)
+    def encrypt_fields(self, value: Any, tokens: dict[str, str] | None = None) -> Any:
+        """A copy of ``value`` with every secret-named string field encrypted.
+
+        ``tokens`` (plaintext → token) is consulted and filled: the copies of one secret in
+        the rows written together (an event's payload, its steps) share one token, one
+        encryption."""
+        if tokens is None:
+            return self._walk(value, self.encrypt)
+
+        def encrypt_once(plaintext: str) -> str:
+            token = tokens.get(plaintext)
+            if token is None:
+                token = tokens[plaintext] = self.encrypt(plaintext)
+            return token
+
+        return self._walk(value, encrypt_once)
 
     def decrypt_fields(self, value: Any) -> Any:
         return self._walk(value, self.decrypt)

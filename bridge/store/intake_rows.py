@@ -37,7 +37,8 @@ class IntakeRows:
         now = utcnow()
         job_id = str(uuid.uuid4())
         data = event.data
-        payload = box.encrypt_fields(event.model_dump(mode="json"))
+        tokens: dict[str, str] = {}
+        payload = box.encrypt_fields(event.model_dump(mode="json"), tokens)
         event_row = {"webhook_id": webhook_id, "type": event.type, "payload": payload, "received_at": now}
         job_row = {
             "public_id": job_id,
@@ -58,7 +59,7 @@ class IntakeRows:
             "updated_at": now,
         }
         step_rows = [
-            {"position": position, "kind": step.kind.value, "params": box.encrypt_fields(step.params)}
+            {"position": position, "kind": step.kind.value, "params": box.encrypt_fields(step.params, tokens)}
             for position, step in enumerate(plan(event))
         ]
         return cls(webhook_id, job_id, now, event_row, job_row, step_rows)

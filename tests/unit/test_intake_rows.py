@@ -48,3 +48,14 @@ def test_no_row_holds_a_password_in_clear_and_each_decrypts_back() -> None:
     assert BOX.decrypt(rows.job["account_password"]) == ACCOUNT_PASSWORD
     database_step = next(step for step in rows.steps if step["kind"] == "create_database")
     assert BOX.decrypt(database_step["params"]["password"]) == DB_PASSWORD
+
+
+def test_the_copies_of_one_secret_in_the_rows_share_one_encryption() -> None:
+    rows = IntakeRows.build(BOX, "msg_1", parse_event(service_create()))
+    database_step = next(step for step in rows.steps if step["kind"] == "create_database")
+    assert database_step["params"]["password"] == rows.event["payload"]["data"]["databases"][0]["password"]
+    assert rows.job["account_password"] == rows.event["payload"]["data"]["account"]["password"]
+    # ... while different secrets, and the same secret in another event, get tokens of their own.
+    assert rows.job["account_password"] != database_step["params"]["password"]
+    again = IntakeRows.build(BOX, "msg_2", parse_event(service_create()))
+    assert again.job["account_password"] != rows.job["account_password"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from conftest import ADMIN_TOKEN
 from engine_harness import ACCOUNT, Bridge, running_bridge
-from orders import service_create
+from orders import DB_PASSWORD, service_create
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LIMIT_TEXT = "Database limit exceeded."
@@ -36,6 +36,20 @@ async def failed_at_database(bridge: Bridge, **kw: Any) -> str:
     assert status == 202, answer
     await bridge.wait_for(answer["job_id"], "failed")
     return str(answer["job_id"])
+
+
+async def failed_job_of_its_own(bridge: Bridge, n: int, service_id: str) -> str:
+    """A job failed as :func:`failed_at_database` leaves it, whose domain and database no other
+    job of a test has (numbered ``n``), so that several can be retried and succeed."""
+    database = {"name": f"db{n}", "user": f"user{n}", "password": DB_PASSWORD}
+    return await failed_at_database(
+        bridge, service_id=service_id, domain=f"site{n}.example.com", databases=[database], cron_jobs=[]
+    )
+
+
+def run_state(job: dict[str, Any]) -> tuple[Any, ...]:
+    """What a retry changes in a job (its callbacks are delivered meanwhile, so not those)."""
+    return job["status"], job["updated_at"], job["steps"], job["attempts"]
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0) -> None:

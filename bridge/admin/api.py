@@ -17,7 +17,7 @@ from aiohttp import web
 
 from bridge.admin import job_actions
 from bridge.admin.auth import api_denial
-from bridge.admin.params import BadJson, checked_job_id, job_filter, json_object
+from bridge.admin.params import BadJson, checked_job_id, failed_job_filter, job_filter, json_object
 from bridge.store import admin_ops
 from bridge.store.admin_errors import AdminError
 from bridge.store.crypto import SecretsUnavailable
@@ -95,6 +95,13 @@ async def retry_job(request: web.Request, runtime: Runtime) -> web.Response:
 
 
 @admin_endpoint
+async def retry_failed_jobs(request: web.Request, runtime: Runtime) -> web.Response:
+    await _body(request)
+    outcome = await job_actions.retry_failed_jobs(runtime, failed_job_filter(request.query))
+    return web.json_response(outcome, status=202)
+
+
+@admin_endpoint
 async def cancel_job(request: web.Request, runtime: Runtime) -> web.Response:
     await _body(request)
     job = await job_actions.cancel_job(runtime, _job_id(request))
@@ -127,6 +134,8 @@ async def resend_callback(request: web.Request, runtime: Runtime) -> web.Respons
 def add_api_routes(app: web.Application) -> None:
     router = app.router
     router.add_get(f"{API_PREFIX}/jobs", list_jobs)
+    # Before the routes under a job's id, so that it is never read as one.
+    router.add_post(f"{API_PREFIX}/jobs/retry-failed", retry_failed_jobs)
     router.add_get(f"{API_PREFIX}/jobs/{{job_id}}", show_job)
     router.add_post(f"{API_PREFIX}/jobs/{{job_id}}/retry", retry_job)
     router.add_post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", cancel_job)

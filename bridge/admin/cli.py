@@ -2,8 +2,9 @@
 
 By default against the bridge's database (settings from BRIDGE_* / BRIDGE_CONFIG);
 with ``--url URL`` (and ``--token`` or BRIDGE_ADMIN_TOKEN) against a running
-bridge's admin API. Exit status 0 on success, 1 when the operation failed or was
-refused (one line on stderr), 2 for a usage or configuration error.
+bridge's admin API. Exit status 0 on success (``retry --all-failed`` too when it
+skipped some jobs), 1 when the operation failed or was refused (one line on
+stderr), 2 for a usage or configuration error.
 """
 
 from __future__ import annotations
@@ -39,17 +40,32 @@ def add_jobs_parser(sub: Any) -> None:
     show = actions.add_parser("show", parents=[common], help="one job: steps, compensations, callbacks")
     show.add_argument("job_id")
     show.add_argument("--json", action="store_true", help="print the whole job as JSON (secrets masked)")
-    retry = actions.add_parser("retry", parents=[common], help="resume a failed job from its first unfinished step")
-    retry.add_argument("job_id")
+    retry = actions.add_parser(
+        "retry", parents=[common], help="resume a failed job, or every failed job that matches, where it stopped"
+    )
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("job_id", nargs="?")
+    which.add_argument(
+        "--all-failed",
+        action="store_true",
+        help="retry the failed jobs that match --service-id and --domain, oldest first",
+    )
     retry.add_argument(
         "--password-stdin", action="store_true", help="read a fresh password for the job's panel account from stdin"
     )
+    retry.add_argument("--service-id", help="with --all-failed: only this service's jobs")
+    retry.add_argument("--domain", help="with --all-failed: only jobs whose domain holds this")
+    retry.add_argument("--limit", type=int, help="with --all-failed: at most this many (default 50, at most 200)")
     cancel = actions.add_parser("cancel", parents=[common], help="cancel a job that has not finished")
     cancel.add_argument("job_id")
 
 
 def cmd_jobs(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
+    problem = _usage_problem(args)
+    if problem is not None:
+        print(f"bridge jobs {args.jobs_command}: {problem}", file=err)
+        return 2
     try:
         backend_factory = _backend_factory(args)
         password = _read_password(args)
@@ -58,6 +74,24 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
         print(f"bridge jobs {args.jobs_command}: {exc}", file=err)
         return 1
     return 0
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """Which options of ``retry`` go together, beyond what its parser checks."""
+    if args.jobs_command != "retry":
+        return None
+    if args.all_failed and args.password_stdin:
+        return "--password-stdin: not with --all-failed (each job keeps its account's password)"
+    filters = {"--service-id": args.service_id, "--domain": args.domain, "--limit": args.limit}
+    given = [name for name, value in filters.items() if value is not None]
+    if given and not args.all_failed:
+        return f"{', '.join(given)}: only with --all-failed"
+    return None
+
+
+def _query(**values: object) -> dict[str, str]:
+    """Query parameters as text, without those not given."""
+    return {name: str(value) for name, value in values.items() if value not in (None, "")}
 
 
 def _backend_factory(args: argparse.Namespace) -> Callable[[], Any]:
@@ -92,14 +126,10 @@ async def _run(args: argparse.Namespace, factory: Callable[[], Any], password: s
 
 
 async def _list(args: argparse.Namespace, backend: Backend, _password: str | None, out: TextIO) -> None:
-    query = {
-        "status": args.status or "",
-        "service_id": args.service_id or "",
-        "domain": args.domain or "",
-        "limit": str(args.limit),
-        "cursor": args.cursor or "",
-    }
-    jobs, next_cursor = await backend.list_jobs({k: v for k, v in query.items() if v})
+    query = _query(
+        status=args.status, service_id=args.service_id, domain=args.domain, limit=args.limit, cursor=args.cursor
+    )
+    jobs, next_cursor = await backend.list_jobs(query)
     if args.json:
         print(json.dumps({"jobs": jobs, "next_cursor": next_cursor}, indent=2), file=out)
         return
@@ -159,11 +189,27 @@ async def _show(args: argparse.Namespace, backend: Backend, _password: str | Non
 
 
 async def _retry(args: argparse.Namespace, backend: Backend, password: str | None, out: TextIO) -> None:
+    if args.all_failed:
+        await _retry_failed(args, backend, out)
+        return
     account = None
     if password is not None:
         account = {"username": (await backend.show(args.job_id))["account"], "password": password}
     job = await backend.retry(args.job_id, account)
     print(f"job {job['job_id']}: {job['status']}; it resumes from its first unfinished step", file=out)
+
+
+async def _retry_failed(args: argparse.Namespace, backend: Backend, out: TextIO) -> None:
+    outcome = await backend.retry_failed(_query(service_id=args.service_id, domain=args.domain, limit=args.limit))
+    for job_id in outcome["retried"]:
+        print(f"job {job_id}: retried; it resumes from its first unfinished step", file=out)
+    for skipped in outcome["skipped"]:
+        print(f"job {skipped['job_id']}: skipped: {skipped['error']}", file=out)
+    counts = f"{len(outcome['retried'])} retried, {len(outcome['skipped'])} skipped"
+    if outcome["more"]:
+        print(f"{counts}; more failed jobs match: run the command again for the next ones", file=out)
+    else:
+        print(f"{counts}; those were all the failed jobs that matched", file=out)
 
 
 async def _cancel(args: argparse.Namespace, backend: Backend, _password: str | None, out: TextIO) -> None:

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from bridge.admin.params import job_filter
+from bridge.admin.params import failed_job_filter, job_filter
 from bridge.settings import Settings
 from bridge.store import admin_ops
 from bridge.store.admin_errors import AdminError
@@ -29,6 +29,7 @@ class Backend(Protocol):
     async def list_jobs(self, query: Mapping[str, str]) -> tuple[list[dict[str, Any]], str | None]: ...
     async def show(self, job_id: str) -> dict[str, Any]: ...
     async def retry(self, job_id: str, account: dict[str, str] | None) -> dict[str, Any]: ...
+    async def retry_failed(self, query: Mapping[str, str]) -> dict[str, Any]: ...
     async def cancel(self, job_id: str) -> dict[str, Any]: ...
     async def close(self) -> None: ...
 
@@ -56,6 +57,9 @@ class DatabaseBackend:
 
     async def retry(self, job_id: str, account: dict[str, str] | None) -> dict[str, Any]:
         return await admin_ops.retry_job(self._engine, self._box, job_id, account)
+
+    async def retry_failed(self, query: Mapping[str, str]) -> dict[str, Any]:
+        return await admin_ops.retry_failed_jobs(self._engine, self._box, **failed_job_filter(query).as_match_kwargs())
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return await admin_ops.cancel_job(self._engine, job_id, policy=self._policy)
@@ -101,6 +105,9 @@ class ApiBackend:
     async def retry(self, job_id: str, account: dict[str, str] | None) -> dict[str, Any]:
         body = {"account": account} if account else {}
         return await self._call("POST", f"/admin/api/jobs/{_path(job_id)}/retry", json=body)
+
+    async def retry_failed(self, query: Mapping[str, str]) -> dict[str, Any]:
+        return await self._call("POST", "/admin/api/jobs/retry-failed", params=dict(query))
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return await self._call("POST", f"/admin/api/jobs/{_path(job_id)}/cancel")

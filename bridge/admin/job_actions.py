@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from bridge.store import admin_ops
 
 if TYPE_CHECKING:
+    from bridge.admin.params import JobFilter
     from bridge.bootstrap import Runtime
+
+log = logging.getLogger("bridge.admin")
 
 
 async def cancel_job(runtime: Runtime, job_id: str) -> dict[str, Any]:
@@ -19,3 +23,17 @@ async def cancel_job(runtime: Runtime, job_id: str) -> dict[str, Any]:
     if job["status"] == "cancelled":
         runtime.metrics.jobs_finished.labels("cancelled").inc()
     return job
+
+
+async def retry_failed_jobs(runtime: Runtime, filters: JobFilter) -> dict[str, Any]:
+    """Retry the failed jobs that match (see :func:`admin_ops.retry_failed_jobs`), then wake the
+    workers once for all of them."""
+    outcome = await admin_ops.retry_failed_jobs(runtime.engine, runtime.box, **filters.as_match_kwargs())
+    runtime.wake_all()
+    log.info(
+        "admin retried %d failed jobs (%d skipped%s)",
+        len(outcome["retried"]),
+        len(outcome["skipped"]),
+        "; more match" if outcome["more"] else "",
+    )
+    return outcome

@@ -115,6 +115,31 @@ def _schemas() -> dict[str, Any]:
                     },
                 },
             },
+            "RetriedJobs": {
+                "type": "object",
+                "required": ["retried", "skipped", "more"],
+                "properties": {
+                    "retried": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "the ids of the jobs queued again, oldest first",
+                    },
+                    "skipped": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["job_id", "error"],
+                            "properties": {"job_id": {"type": "string"}, "error": {"type": "string"}},
+                        },
+                        "description": "failed jobs not retried, and why (another job of the service is running, "
+                        "or the job is no longer failed)",
+                    },
+                    "more": {
+                        "type": "boolean",
+                        "description": "more failed jobs match than this call tried: call again for the next ones",
+                    },
+                },
+            },
             "Job": {
                 "type": "object",
                 "description": "A job with every detail (secrets masked); extra fields may be added.",
@@ -210,6 +235,14 @@ def _admin_paths() -> dict[str, Any]:
     parameters.append(
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}
     )
+    failed_only = {
+        "name": "status",
+        "in": "query",
+        "required": False,
+        "schema": {"enum": ["failed"]},
+        "description": "failed, or left out: only failed jobs are retried",
+    }
+    retry_parameters = [failed_only, *(p for p in parameters if p["name"] not in ("status", "cursor"))]
     account = {
         "type": "object",
         "properties": {
@@ -229,6 +262,16 @@ def _admin_paths() -> dict[str, Any]:
                     "422": _error("a bad or unknown query parameter (named)"),
                 },
                 parameters=parameters,
+            )
+        },
+        "/admin/api/jobs/retry-failed": {
+            "post": _admin(
+                "Retry the failed jobs that match, oldest first, each from its first unfinished step",
+                {
+                    "202": _json(_ref("RetriedJobs"), "retried as far as each job allowed"),
+                    "422": _error("a bad or unknown query parameter (named; cursor is not taken), or a body field"),
+                },
+                parameters=retry_parameters,
             )
         },
         "/admin/api/jobs/{job_id}": {

@@ -1,9 +1,10 @@
-"""The admin web page under ``/admin/``: the jobs table and one job's timeline,
-with Retry, Cancel, Resolve and Resend buttons. Plain HTML forms, no JavaScript.
+"""The admin web page under ``/admin/``: the jobs table, with a button to retry every
+failed job it lists, and one job's timeline, with Retry, Cancel, Resolve and Resend
+buttons. Plain HTML forms, no JavaScript.
 
 Every page needs a signed-in admin (:mod:`bridge.admin.page_auth`); every form
 POST needs the session's CSRF field. Actions answer with a redirect back to the
-job (post/redirect/get), so reloading a page never repeats an action.
+job, or to the list (post/redirect/get), so reloading a page never repeats an action.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import string
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -22,8 +24,9 @@ from aiohttp import web
 
 from bridge.admin import job_actions, page_auth
 from bridge.admin.page_auth import PageAnswer, Viewer, message_page, render, require_form, require_viewer
-from bridge.admin.params import checked_job_id, job_filter
+from bridge.admin.params import checked_job_id, failed_job_filter, job_filter
 from bridge.domain.jobs import UNFINISHED_JOB_STATUSES, JobStatus
+from bridge.domain.validation import is_small_whole_number
 from bridge.store import admin_ops, admin_queries
 from bridge.store.admin_errors import AdminError, NotFound
 from bridge.store.crypto import SecretsUnavailable
@@ -38,13 +41,17 @@ log = logging.getLogger("bridge.admin")
 PAGE_SIZE = 25
 PageHandler = Callable[[web.Request], Awaitable[web.Response]]
 
-# Fixed texts shown after an action (the query only picks one, so nothing is echoed).
+# Fixed texts shown after an action (the query only picks one, so nothing is echoed but the
+# counts a text names in braces, each checked to be a small whole number).
 NOTICES = {
     "retried": "Retry queued: the job resumes from its first unfinished step.",
     "cancelled": "Job cancelled.",
     "cancel_requested": "Cancel requested: the step being sent finishes first, then the job stops.",
     "resolved": "Compensation record resolved.",
     "resent": "The last callback was queued again.",
+    "retried_failed": "Failed jobs queued for retry: {retried}; skipped: {skipped}.",
+    "retried_failed_more": "Failed jobs queued for retry: {retried}; skipped: {skipped}. "
+    "More failed jobs match: press the button again for the next ones.",
 }
 
 
@@ -65,6 +72,17 @@ def page_handler(handler: PageHandler) -> PageHandler:
             return message_page(request, 503, "Unavailable", "The database is unavailable; try again shortly.")
 
     return wrapped
+
+
+def notice_of(query: Mapping[str, str]) -> str | None:
+    """The notice the query picks, with its counts; None when it picks none or a count is not a number."""
+    text = NOTICES.get(query.get("notice", ""))
+    if text is None:
+        return None
+    counts = {name: query.get(name, "") for _, name, _, _ in string.Formatter().parse(text) if name}
+    if not all(is_small_whole_number(count, 3) for count in counts.values()):
+        return None
+    return text.format(**counts)
 
 
 @page_handler
@@ -91,6 +109,8 @@ async def jobs_page(request: web.Request) -> web.Response:
         "first_url": "/admin/?" + urlencode({k: v for k, v in query.items() if k != "cursor"}),
         "next_url": next_url,
         "problem": problem,
+        "notice": notice_of(request.query),
+        "can_retry_failed": query.get("status") == JobStatus.FAILED and bool(jobs),
     }
     return render(request, "jobs.html", context, status=422 if problem else 200)
 
@@ -112,8 +132,7 @@ def _job_context(viewer: Viewer, job: dict[str, Any], notice: str | None, proble
 async def job_page(request: web.Request) -> web.Response:
     viewer = await require_viewer(request)
     job = await admin_ops.get_job(request.app[RUNTIME].engine, checked_job_id(request.match_info["job_id"]))
-    notice = NOTICES.get(request.query.get("notice", ""))
-    return render(request, "job.html", _job_context(viewer, job, notice, None))
+    return render(request, "job.html", _job_context(viewer, job, notice_of(request.query), None))
 
 
 @dataclass(frozen=True)
@@ -189,6 +208,24 @@ async def resolve_action(form: JobForm) -> str:
 
 
 @page_handler
+async def retry_failed_action(request: web.Request) -> web.Response:
+    """The button under the failed list: retry the failed jobs its search matches, then show
+    the failed list again with how many were retried and skipped."""
+    viewer, fields = await require_form(request)
+    listed = {"status": JobStatus.FAILED.value, **({"q": fields["q"]} if fields.get("q") else {})}
+    try:
+        outcome = await job_actions.retry_failed_jobs(request.app[RUNTIME], failed_job_filter(listed))
+    except AdminError as exc:
+        return message_page(request, exc.status, "Not retried", str(exc), viewer)
+    notice = {
+        "notice": "retried_failed_more" if outcome["more"] else "retried_failed",
+        "retried": len(outcome["retried"]),
+        "skipped": len(outcome["skipped"]),
+    }
+    raise web.HTTPSeeOther("/admin/?" + urlencode({**listed, **notice}))
+
+
+@page_handler
 async def login_page(request: web.Request) -> web.Response:
     return await page_auth.login_page(request)
 
@@ -229,6 +266,7 @@ def add_page_routes(app: web.Application) -> None:
     router.add_get("/admin/login", login_page)
     router.add_post("/admin/login", login)
     router.add_post("/admin/logout", logout)
+    router.add_post("/admin/jobs/retry-failed", retry_failed_action)  # before the routes under a job's id
     router.add_get("/admin/jobs/{job_id}", job_page)
     router.add_post("/admin/jobs/{job_id}/retry", retry_action)
     router.add_post("/admin/jobs/{job_id}/cancel", cancel_action)

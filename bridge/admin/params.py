@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.domain.jobs import JobStatus
 from bridge.domain.validation import is_small_whole_number
 from bridge.store.admin_errors import InvalidInput, NotFound
 from bridge.store.admin_queries import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
 
 LIST_PARAMETERS = ("status", "service_id", "domain", "q", "from", "to", "limit", "cursor")
+RETRY_FAILED_PARAMETERS = tuple(name for name in LIST_PARAMETERS if name != "cursor")
 _MAX_TEXT = 253
 _MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT column holds
 
@@ -37,6 +39,12 @@ class JobFilter:
 
     def as_kwargs(self) -> dict[str, Any]:
         return dict(vars(self))
+
+    def as_match_kwargs(self) -> dict[str, Any]:
+        """The arguments of :func:`bridge.store.admin_queries.failed_job_ids`: which jobs, how many."""
+        kwargs = self.as_kwargs()
+        del kwargs["status"], kwargs["cursor"]
+        return kwargs
 
 
 def _has_control(value: str) -> bool:
@@ -97,16 +105,16 @@ def _cursor(query: Mapping[str, str]) -> str | None:
     return cursor
 
 
-def job_filter(query: Mapping[str, str], *, strict: bool = True) -> JobFilter:
+def job_filter(query: Mapping[str, str], *, strict: bool = True, known: tuple[str, ...] = LIST_PARAMETERS) -> JobFilter:
     """Parse ``?status=&service_id=&domain=&q=&from=&to=&limit=&cursor=``.
 
-    ``strict`` also refuses unknown parameters (a misspelt filter would otherwise
+    ``strict`` also refuses parameters not ``known`` (a misspelt filter would otherwise
     silently list everything).
     """
     if strict:
         for name in query:
-            if name not in LIST_PARAMETERS:
-                raise InvalidInput(f"{name}: unknown parameter; known: {', '.join(LIST_PARAMETERS)}", field=name)
+            if name not in known:
+                raise InvalidInput(f"{name}: unknown parameter; known: {', '.join(known)}", field=name)
     created_from, created_to = _datetime(query, "from"), _datetime(query, "to")
     if created_from and created_to and created_from >= created_to:
         raise InvalidInput("from: must be before to", field="from")
@@ -120,6 +128,19 @@ def job_filter(query: Mapping[str, str], *, strict: bool = True) -> JobFilter:
         limit=_limit(query),
         cursor=_cursor(query),
     )
+
+
+def failed_job_filter(query: Mapping[str, str]) -> JobFilter:
+    """Parse the filters of a retry of every failed job that matches: those of :func:`job_filter`,
+    ``status`` only ``failed`` (or left out), and no ``cursor`` (it always starts at the oldest)."""
+    if "cursor" in query:
+        raise InvalidInput(
+            "cursor: a retry always starts at the oldest failed job; call again while more is true", field="cursor"
+        )
+    filters = job_filter(query, known=RETRY_FAILED_PARAMETERS)
+    if filters.status not in (None, JobStatus.FAILED):
+        raise InvalidInput("status: only failed jobs are retried; give failed or leave it out", field="status")
+    return filters
 
 
 class BadJson(Exception):

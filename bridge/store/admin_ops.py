@@ -1,6 +1,6 @@
-"""What a billing admin can do to jobs: list, show, retry, cancel, resolve a
-compensation record, resend a callback. Pure database logic shared by the admin
-API, the web page and the ``bridge jobs`` command.
+"""What a billing admin can do to jobs: list, show, retry (one, or every failed job
+that matches), cancel, resolve a compensation record, resend a callback. Pure
+database logic shared by the admin API, the web page and the ``bridge jobs`` command.
 
 Each change commits in one transaction with what follows from it (the outbox
 row that wakes a worker, the callback that reports a cancellation). Callers wake
@@ -27,7 +27,7 @@ from bridge.domain.jobs import (
 )
 from bridge.store import tables as t
 from bridge.store.admin_errors import AdminError, Conflict, InvalidInput, NotFound
-from bridge.store.admin_queries import job_pk_of, list_jobs
+from bridge.store.admin_queries import failed_job_ids, job_pk_of, list_jobs
 from bridge.store.callback_rows import CallbackPolicy, enqueue_callback, insert_callback
 from bridge.store.crypto import SecretBox
 from bridge.store.job_records import wake_next_of_service
@@ -45,6 +45,7 @@ __all__ = [
     "list_jobs",
     "resend_last_callback",
     "resolve_compensation",
+    "retry_failed_jobs",
     "retry_job",
 ]
 
@@ -148,6 +149,27 @@ async def retry_job(
         await conn.execute(update(t.jobs).where(t.jobs.c.id == job.id).values(**values))
         await conn.execute(insert(t.outbox).values(job_public_id=job.public_id, delay_s=0.0, created_at=now))
         return await job_document(conn, job.id, detail=True)
+
+
+async def retry_failed_jobs(engine: AsyncEngine, box: SecretBox, **filters: Any) -> dict[str, Any]:
+    """Retry the failed jobs that match ``filters`` (those of :func:`failed_job_ids`, ``limit``
+    included), oldest first, so that a service's earlier job goes first.
+
+    Each is retried as :func:`retry_job` does, in a transaction of its own. One it refuses (another
+    job of its service is running, or it is no longer failed) is reported under ``skipped`` with
+    the reason, and the rest go on. ``more`` says whether more failed jobs matched than were tried.
+    """
+    job_ids, more = await failed_job_ids(engine, **filters)
+    retried: list[str] = []
+    skipped: list[dict[str, str]] = []
+    for job_id in job_ids:
+        try:
+            await retry_job(engine, box, job_id)
+        except Conflict as exc:
+            skipped.append({"job_id": job_id, "error": str(exc)})
+        else:
+            retried.append(job_id)
+    return {"retried": retried, "skipped": skipped, "more": more}
 
 
 async def _steps_to_redo(conn: AsyncConnection, job_pk: int) -> list[int]:

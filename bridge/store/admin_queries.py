@@ -1,13 +1,14 @@
-"""Reading jobs for admins: the filtered, paginated list and one job by its public id."""
+"""Reading jobs for admins: the filtered, paginated list, the failed jobs a bulk retry takes,
+and one job by its public id."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain.jobs import JobStatus
@@ -18,6 +19,7 @@ from bridge.store.job_view import deferred_kinds, step_document
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 _CURSOR_PREFIX = "j:"
+_Query = TypeVar("_Query", bound=Select[Any])
 
 
 def encode_cursor(job_pk: int) -> str:
@@ -104,12 +106,62 @@ async def list_jobs(
     """
     if status is not None and status not in {s.value for s in JobStatus}:
         raise InvalidInput(f"status: must be one of {', '.join(s.value for s in JobStatus)}", field="status")
-    if limit < 1:
-        raise InvalidInput("limit: must be at least 1", field="limit")
-    limit = min(limit, MAX_LIMIT)
+    limit = _checked_limit(limit)
     query = select(*_SUMMARY_COLUMNS).order_by(t.jobs.c.id.desc()).limit(limit + 1)
     if status is not None:
         query = query.where(t.jobs.c.status == status)
+    query = _matching(query, service_id, domain, search, created_from, created_to)
+    if cursor:
+        query = query.where(t.jobs.c.id < decode_cursor(cursor))
+    async with engine.connect() as conn:
+        rows = list((await conn.execute(query)).all())
+        page = rows[:limit]
+        steps = await _steps_of(conn, [r.id for r in page])
+    next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
+    jobs = []
+    for row in page:
+        summary = job_summary(row)
+        summary["steps"] = [step_document(s, detail=False) for s in steps.get(row.id, [])]
+        summary["deferred"] = deferred_kinds(row.status, steps.get(row.id, []))
+        jobs.append(summary)
+    return jobs, next_cursor
+
+
+async def failed_job_ids(
+    engine: AsyncEngine,
+    *,
+    service_id: str | None = None,
+    domain: str | None = None,
+    search: str | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[list[str], bool]:
+    """The public ids of the failed jobs that match, oldest first, at most ``limit`` (capped at
+    200); and whether more match. The filters are those of :func:`list_jobs`."""
+    limit = _checked_limit(limit)
+    query = select(t.jobs.c.public_id).where(t.jobs.c.status == JobStatus.FAILED)
+    query = _matching(query, service_id, domain, search, created_from, created_to)
+    async with engine.connect() as conn:
+        ids = list((await conn.execute(query.order_by(t.jobs.c.id).limit(limit + 1))).scalars())
+    return ids[:limit], len(ids) > limit
+
+
+def _checked_limit(limit: int) -> int:
+    if limit < 1:
+        raise InvalidInput("limit: must be at least 1", field="limit")
+    return min(limit, MAX_LIMIT)
+
+
+def _matching(
+    query: _Query,
+    service_id: str | None,
+    domain: str | None,
+    search: str | None,
+    created_from: datetime | None,
+    created_to: datetime | None,
+) -> _Query:
+    """``query`` narrowed to the jobs the filters of :func:`list_jobs` match."""
     if service_id:
         query = query.where(t.jobs.c.service_id == service_id)
     if domain:
@@ -125,20 +177,7 @@ async def list_jobs(
         query = query.where(t.jobs.c.created_at >= created_from)
     if created_to is not None:
         query = query.where(t.jobs.c.created_at < created_to)
-    if cursor:
-        query = query.where(t.jobs.c.id < decode_cursor(cursor))
-    async with engine.connect() as conn:
-        rows = list((await conn.execute(query)).all())
-        page = rows[:limit]
-        steps = await _steps_of(conn, [r.id for r in page])
-    next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
-    jobs = []
-    for row in page:
-        summary = job_summary(row)
-        summary["steps"] = [step_document(s, detail=False) for s in steps.get(row.id, [])]
-        summary["deferred"] = deferred_kinds(row.status, steps.get(row.id, []))
-        jobs.append(summary)
-    return jobs, next_cursor
+    return query
 
 
 async def _steps_of(conn: AsyncConnection, job_pks: list[int]) -> dict[int, list[Any]]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from admin_helpers import AUTH, admin_bridge, failed_at_database, order, wait_until
+from admin_helpers import AUTH, admin_bridge, failed_at_database, failed_job_of_its_own, order, run_state, wait_until
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import ADMIN_TOKEN
 from engine_harness import ACCOUNT, Bridge
@@ -20,14 +21,23 @@ from bridge.logs import quiet_malformed_requests
 from bridge.settings import Settings
 from bridge.store.admin_queries import encode_cursor
 
+RETRY_FAILED = "/admin/api/jobs/retry-failed"
 
-def endpoints(job_id: str) -> list[tuple[str, str]]:
+
+def job_endpoints(job_id: str) -> list[tuple[str, str]]:
     return [
-        ("GET", "/admin/api/jobs"),
         ("GET", f"/admin/api/jobs/{job_id}"),
         ("POST", f"/admin/api/jobs/{job_id}/retry"),
         ("POST", f"/admin/api/jobs/{job_id}/cancel"),
         ("POST", f"/admin/api/jobs/{job_id}/callbacks/resend"),
+    ]
+
+
+def endpoints(job_id: str) -> list[tuple[str, str]]:
+    return [
+        ("GET", "/admin/api/jobs"),
+        ("POST", RETRY_FAILED),
+        *job_endpoints(job_id),
         ("POST", "/admin/api/compensations/1/resolve"),
     ]
 
@@ -123,6 +133,76 @@ async def test_retry_with_fresh_credentials(deployment: dict[str, str]) -> None:
             assert secret not in text
         listed = (await call(bridge, "GET", "/admin/api/jobs"))[2]
         assert ACCOUNT[1] not in listed and ACCOUNT_PASSWORD not in listed
+
+
+async def test_retry_failed_takes_the_failed_jobs_that_match_oldest_first_a_limit_at_a_time(db_url: str) -> None:
+    async with admin_bridge(db_url) as bridge:
+        before = await failed_job_of_its_own(bridge, 0, service_id="40")
+        since = datetime.now(UTC).isoformat()
+        # One service each: a worker may start a retried job before the next of its service is retried.
+        ids = [await failed_job_of_its_own(bridge, n, service_id=f"4{n}") for n in (1, 2, 3)]
+        done = order(bridge, service_id="44", domain="done.example.com", ssl=False, databases=[], cron_jobs=[])
+        succeeded = await bridge.wait_for((await bridge.send(done))[1]["job_id"], "succeeded")
+
+        status, body, _ = await call(bridge, "POST", RETRY_FAILED, params={"from": since, "limit": "2"})
+        assert (status, body) == (202, {"retried": ids[:2], "skipped": [], "more": True})
+        status, body, _ = await call(bridge, "POST", RETRY_FAILED, params={"from": since, "status": "failed"})
+        assert (status, body) == (202, {"retried": ids[2:], "skipped": [], "more": False})
+        for job_id in ids:
+            await bridge.wait_for(job_id, "succeeded")
+        assert (await bridge.job(before))["status"] == "failed"
+        assert run_state(await bridge.job(succeeded["job_id"])) == run_state(succeeded)
+        # The route is not read as a job id, and the job routes still work beside it.
+        assert (await call(bridge, "GET", f"/admin/api/jobs/{ids[0]}"))[0] == 200
+        status, body, _ = await call(bridge, "POST", f"/admin/api/jobs/{before}/retry")
+        assert status == 202 and body["job_id"] == before
+
+
+async def test_retry_failed_skips_a_job_whose_service_has_one_running(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        waiting = await failed_job_of_its_own(bridge, 1, service_id="77")
+        elsewhere = await failed_job_of_its_own(bridge, 2, service_id="78")
+        bridge.sim.set_latency(1.0, "add_domain")
+        busy = order(bridge, service_id="77", domain="busy.example.com", ssl=False, databases=[], cron_jobs=[])
+        running = (await bridge.send(busy))[1]["job_id"]
+
+        async def sending() -> bool:
+            return (await bridge.job(running))["steps"][1]["status"] == "running"
+
+        await wait_until(sending)
+        status, body, _ = await call(bridge, "POST", RETRY_FAILED)
+        assert status == 202 and body["retried"] == [elsewhere] and body["more"] is False
+        reason = f"job {running} of service 77 is running; retry this one after it has finished"
+        assert body["skipped"] == [{"job_id": waiting, "error": reason}]
+        assert (await bridge.job(waiting))["status"] == "failed"
+        await bridge.wait_for(running, "succeeded")
+        status, body, _ = await call(bridge, "POST", RETRY_FAILED, data=b"")
+        assert (status, body) == (202, {"retried": [waiting], "skipped": [], "more": False})
+        await bridge.wait_for(waiting, "succeeded")
+
+
+async def test_retry_failed_names_what_it_does_not_take(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        job_id = await failed_at_database(bridge)
+        for params, named in [
+            ({"status": "succeeded"}, "status"),
+            ({"status": "done"}, "status"),
+            ({"cursor": encode_cursor(1)}, "cursor"),
+            ({"cursor": ""}, "cursor"),
+            ({"stauts": "failed"}, "stauts"),
+            ({"limit": "0"}, "limit"),
+            ({"q": "\x00"}, "q"),
+            ({"from": "yesterday"}, "from"),
+        ]:
+            status, body, _ = await call(bridge, "POST", RETRY_FAILED, params=params)
+            assert status == 422 and body["fields"][0]["loc"] == named, (params, status, body)
+            assert body["error"].startswith(f"{named}: ")
+        status, body, _ = await call(bridge, "POST", RETRY_FAILED, params={"stauts": "failed"})
+        assert "cursor" not in body["error"]  # the parameters named as known are the ones taken here
+        status, body, _ = await call(bridge, "POST", RETRY_FAILED, json={"limit": 1})
+        assert status == 422 and body["fields"][0]["loc"] == "body.limit"
+        assert (await call(bridge, "POST", RETRY_FAILED, data=b"{not json"))[0] == 400
+        assert (await bridge.job(job_id))["status"] == "failed"  # nothing was retried
 
 
 async def test_cancel_waits_for_the_running_step_and_keeps_what_to_undo(deployment: dict[str, str]) -> None:
@@ -287,7 +367,7 @@ async def test_values_the_database_cannot_take_are_422_naming_the_parameter(db_u
 
 async def test_a_job_id_with_a_nul_is_unknown(db_url: str) -> None:
     async with admin_bridge(db_url) as bridge:
-        for method, path in endpoints("x%00y")[1:-1]:
+        for method, path in job_endpoints("x%00y"):
             status, body, _ = await call(bridge, method, path)
             assert status == 404 and body["error"].startswith("job "), (method, path, status, body)
 
@@ -335,7 +415,7 @@ async def test_an_oversized_body_is_413_naming_the_body(sqlite_url: str) -> None
 
 async def test_unknown_jobs_and_bad_bodies(sqlite_url: str) -> None:
     async with admin_bridge(sqlite_url) as bridge:
-        for method, path in endpoints("no-such-job")[1:-1]:
+        for method, path in job_endpoints("no-such-job"):
             status, body, _ = await call(bridge, method, path)
             assert status == 404 and body == {"error": "job no-such-job not found"}
         job_id = await failed_at_database(bridge)

@@ -8,7 +8,7 @@ import json
 import sys
 
 import pytest
-from admin_helpers import admin_bridge, failed_at_database, order, wait_until
+from admin_helpers import admin_bridge, failed_at_database, failed_job_of_its_own, order, wait_until
 from conftest import ADMIN_TOKEN, CALLBACK_SECRET, FERNET_KEY
 from engine_harness import ACCOUNT, Bridge
 from orders import ACCOUNT_PASSWORD, DB_PASSWORD
@@ -116,6 +116,85 @@ async def test_against_the_api(sqlite_url: str, monkeypatch: pytest.MonkeyPatch)
         assert code == 1 and "--token" in err
         code, _, err = await jobs("list", "--url", "http://127.0.0.1:1", "--token", "x")
         assert code == 1 and "cannot reach" in err
+
+
+RETRIED = "retried; it resumes from its first unfinished step"
+ALL_TRIED = "those were all the failed jobs that matched"
+
+
+async def test_retry_all_failed_on_the_database(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with admin_bridge(db_url) as bridge:
+        use_database_of(bridge, monkeypatch)
+        first, second, third = [await failed_job_of_its_own(bridge, n, service_id=f"6{n}") for n in (1, 2, 3)]
+
+        code, out, err = await jobs("retry", "--all-failed", "--service-id", "61")
+        assert (code, err) == (0, "")
+        assert out.splitlines() == [f"job {first}: {RETRIED}", f"1 retried, 0 skipped; {ALL_TRIED}"]
+        code, out, _ = await jobs("retry", "--all-failed", "--domain", "SITE3.example")
+        assert code == 0 and out.splitlines() == [f"job {third}: {RETRIED}", f"1 retried, 0 skipped; {ALL_TRIED}"]
+        for job_id in (first, third):
+            await bridge.wait_for(job_id, "succeeded")  # the bridge's relay picks the retries up from the outbox
+        assert (await bridge.job(second))["status"] == "failed"
+
+        code, _, err = await jobs("retry", "--all-failed", "--limit", "0")
+        assert code == 1 and err.startswith("bridge jobs retry: 422: limit: ")
+        fourth = await failed_job_of_its_own(bridge, 4, service_id="64")
+        code, out, _ = await jobs("retry", "--all-failed", "--limit", "1")
+        more = "1 retried, 0 skipped; more failed jobs match: run the command again for the next ones"
+        assert code == 0 and out.splitlines() == [f"job {second}: {RETRIED}", more]
+        code, out, _ = await jobs("retry", "--all-failed")
+        assert code == 0 and out.splitlines() == [f"job {fourth}: {RETRIED}", f"1 retried, 0 skipped; {ALL_TRIED}"]
+        for job_id in (second, fourth):
+            await bridge.wait_for(job_id, "succeeded")
+
+
+async def test_retry_all_failed_through_the_api(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        url = str(bridge.client.make_url("/"))
+        monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", ADMIN_TOKEN)
+        waiting = await failed_job_of_its_own(bridge, 1, service_id="71")
+        elsewhere = await failed_job_of_its_own(bridge, 2, service_id="72")
+        bridge.sim.set_latency(1.0, "add_domain")
+        busy = order(bridge, service_id="71", domain="busy.example.com", ssl=False, databases=[], cron_jobs=[])
+        running = (await bridge.send(busy))[1]["job_id"]
+
+        async def sending() -> bool:
+            return (await bridge.job(running))["steps"][1]["status"] == "running"
+
+        await wait_until(sending)
+        code, out, err = await jobs("retry", "--all-failed", "--url", url)
+        assert (code, err) == (0, "")  # a job skipped is no failure of the command
+        assert out.splitlines() == [
+            f"job {elsewhere}: {RETRIED}",
+            f"job {waiting}: skipped: job {running} of service 71 is running; retry this one after it has finished",
+            f"1 retried, 1 skipped; {ALL_TRIED}",
+        ]
+        await bridge.wait_for(elsewhere, "succeeded")
+        assert (await bridge.job(waiting))["status"] == "failed"
+        code, _, err = await jobs("retry", "--all-failed", "--url", url, "--limit", "201")
+        assert (code, err) == (0, "")  # taken as 200, as the list does
+        code, _, err = await jobs("retry", "--all-failed", "--url", url, "--token", "wrong")
+        assert (code, err) == (1, "bridge jobs retry: 401: missing or invalid admin token\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--all-failed", "--password-stdin"], "--password-stdin: not with --all-failed"),
+        (["some-job", "--service-id", "61"], "--service-id: only with --all-failed"),
+        (["some-job", "--domain", "x", "--limit", "5"], "--domain, --limit: only with --all-failed"),
+    ],
+)
+async def test_retry_all_failed_refuses_options_that_do_not_go_with_it(argv: list[str], problem: str) -> None:
+    code, out, err = await jobs("retry", *argv)
+    assert (code, out) == (2, "") and err.startswith(f"bridge jobs retry: {problem}")
+
+
+@pytest.mark.parametrize("argv", [["some-job", "--all-failed"], []])
+def test_retry_takes_a_job_id_or_all_failed(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["jobs", "retry", *argv])
+    assert info.value.code == 2 and "job_id" in capsys.readouterr().err
 
 
 async def test_wired_into_the_bridge_command(

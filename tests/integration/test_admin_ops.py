@@ -1,5 +1,5 @@
-"""Admin operations on the store, on SQLite and PostgreSQL: what retry, cancel,
-resolve and resend change, and what they refuse."""
+"""Admin operations on the store, on SQLite and PostgreSQL: what retry (of one job or of
+every failed job that matches), cancel, resolve and resend change, and what they refuse."""
 
 from __future__ import annotations
 
@@ -245,6 +245,67 @@ async def test_retry_with_fresh_password_for_the_same_account_only(engine: Async
     await admin_ops.retry_job(engine, BOX, job_id, {"username": "john", "password": "Fresh-Pass-42"})
     stored = (await job_row(engine, job_id)).account_password
     assert "Fresh-Pass-42" not in stored and BOX.decrypt(stored) == "Fresh-Pass-42"
+
+
+async def set_status(engine: AsyncEngine, job_id: str, status: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(update(t.jobs).where(t.jobs.c.public_id == job_id).values(status=status))
+
+
+async def test_retry_failed_takes_only_the_failed_jobs_that_match_oldest_first(engine: AsyncEngine) -> None:
+    first = await new_job(engine, service_id="100", domain="shop.example.com")
+    other_service = await new_job(engine, service_id="200", domain="blog.example.org")
+    succeeded = await new_job(engine, service_id="100", domain="shop.example.com")
+    later = await new_job(engine, service_id="100", domain="shop.example.com")
+    for job_id in (first, other_service, later):
+        await make_failed(engine, job_id)
+    await set_status(engine, succeeded, "succeeded")
+    outbox = await outbox_for(engine, first)
+
+    outcome = await admin_ops.retry_failed_jobs(engine, BOX, service_id="100")
+    assert outcome == {"retried": [first, later], "skipped": [], "more": False}
+    assert (await job_row(engine, first)).status == "accepted"
+    assert [s.status for s in await step_rows(engine, later)][3:] == ["pending", "pending"]  # as retry_job does
+    assert await outbox_for(engine, first) == outbox + 1
+    assert (await job_row(engine, other_service)).status == "failed"
+    assert (await job_row(engine, succeeded)).status == "succeeded"
+    # The other filters of the list, and nothing left to retry.
+    assert (await admin_ops.retry_failed_jobs(engine, BOX, search="shop"))["retried"] == []
+    assert await admin_ops.retry_failed_jobs(engine, BOX, domain="BLOG.example") == {
+        "retried": [other_service],
+        "skipped": [],
+        "more": False,
+    }
+
+
+async def test_retry_failed_at_most_limit_says_whether_more_match(engine: AsyncEngine) -> None:
+    ids = [await new_job(engine, service_id=f"svc-{i}") for i in range(3)]
+    for job_id in reversed(ids):  # failed newest first: the order is still the jobs' own
+        await make_failed(engine, job_id)
+    assert await admin_ops.retry_failed_jobs(engine, BOX, limit=2) == {"retried": ids[:2], "skipped": [], "more": True}
+    assert await admin_ops.retry_failed_jobs(engine, BOX, limit=2) == {"retried": ids[2:], "skipped": [], "more": False}
+    assert await admin_ops.retry_failed_jobs(engine, BOX) == {"retried": [], "skipped": [], "more": False}
+    with pytest.raises(InvalidInput) as info:
+        await admin_ops.retry_failed_jobs(engine, BOX, limit=0)
+    assert info.value.field == "limit"
+
+
+async def test_retry_failed_skips_a_job_whose_service_has_one_running(engine: AsyncEngine) -> None:
+    waiting = await new_job(engine, service_id="77")
+    running = await new_job(engine, service_id="77")
+    elsewhere = await new_job(engine, service_id="78")
+    for job_id in (waiting, elsewhere):
+        await make_failed(engine, job_id)
+    await set_status(engine, running, "running")
+    outcome = await admin_ops.retry_failed_jobs(engine, BOX)
+    assert outcome["retried"] == [elsewhere] and outcome["more"] is False
+    assert outcome["skipped"] == [
+        {
+            "job_id": waiting,
+            "error": f"job {running} of service 77 is running; retry this one after it has finished",
+        }
+    ]
+    assert (await job_row(engine, waiting)).status == "failed"
 
 
 async def test_cancel_without_a_worker_finishes_at_once(engine: AsyncEngine) -> None:

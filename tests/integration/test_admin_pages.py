@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from admin_helpers import AUTH, admin_bridge, failed_at_database, order
+from admin_helpers import AUTH, admin_bridge, failed_at_database, failed_job_of_its_own, order, run_state
 from conftest import ADMIN_TOKEN
 from engine_harness import ACCOUNT, Bridge
 from orders import ACCOUNT_PASSWORD, DB_PASSWORD
@@ -96,6 +96,7 @@ async def test_csrf_guards_every_form_post(sqlite_url: str) -> None:
             (f"/admin/jobs/{job_id}/callbacks/resend", {}),
             # not_needed: the domain stays, and the retry below goes on after it.
             (f"/admin/compensations/{comp_id}/resolve", {"job_id": job_id, "status": "not_needed"}),
+            ("/admin/jobs/retry-failed", {}),
             ("/admin/logout", {}),
         ]
         callbacks_before = len((await bridge.job(job_id))["callbacks"])
@@ -243,6 +244,53 @@ async def test_jobs_table_filters_searches_and_pages(sqlite_url: str) -> None:
         assert 'rel="next"' not in html
         status, html = await page(bridge, "/admin/?cursor=garbage", headers=AUTH)
         assert status == 422 and "cursor" in html
+
+
+RETRY_FAILED_FORM = re.compile(r'<form method="post" action="/admin/jobs/retry-failed">(.*?)</form>', re.DOTALL)
+
+
+async def test_retry_all_failed_from_the_failed_list(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        matching = await failed_job_of_its_own(bridge, 1, service_id="5101")
+        other = await failed_job_of_its_own(bridge, 2, service_id="5102")
+        done = order(bridge, service_id="5101", domain="done.example.com", ssl=False, databases=[], cron_jobs=[])
+        succeeded = await bridge.wait_for((await bridge.send(done))[1]["job_id"], "succeeded")
+        await sign_in(bridge)
+        # Only on the failed list, and only when it lists a job.
+        for path in ("/admin/", "/admin/?status=succeeded", "/admin/?q=5101", "/admin/?status=failed&q=nothing"):
+            status, html = await page(bridge, path)
+            assert status == 200 and 'id="retry-failed"' not in html, path
+        status, html = await page(bridge, "/admin/?status=failed&q=5101")
+        form = RETRY_FAILED_FORM.search(html)
+        assert status == 200 and form and "Retry all failed jobs matching this filter" in form.group(1)
+        assert 'name="q" value="5101"' in form.group(1)
+        csrf = hidden(form.group(1), "csrf")
+
+        response = await bridge.client.post("/admin/jobs/retry-failed", data={"q": "5101"}, allow_redirects=False)
+        assert response.status == 403
+        assert (await bridge.job(matching))["status"] == "failed"
+
+        response = await bridge.client.post(
+            "/admin/jobs/retry-failed", data={"q": "5101", "csrf": csrf}, allow_redirects=False
+        )
+        location = "/admin/?status=failed&q=5101&notice=retried_failed&retried=1&skipped=0"
+        assert (response.status, response.headers["Location"]) == (303, location)
+        status, html = await page(bridge, location)
+        assert status == 200 and "Failed jobs queued for retry: 1; skipped: 0." in html
+        await bridge.wait_for(matching, "succeeded")
+        assert (await bridge.job(other))["status"] == "failed"
+        assert run_state(await bridge.job(succeeded["job_id"])) == run_state(succeeded)
+
+        status, html = await page(bridge, "/admin/?notice=retried_failed_more&retried=3&skipped=1")
+        assert "queued for retry: 3; skipped: 1. More failed jobs match" in html
+        for counts in ("retried=<b>9</b>&skipped=0", "retried=1", "retried=1&skipped=1000"):
+            status, html = await page(bridge, f"/admin/?notice=retried_failed&{counts}")
+            assert status == 200 and "queued for retry" not in html and "<b>9" not in html, counts
+        response = await bridge.client.post(
+            "/admin/jobs/retry-failed", data={"q": "51\x0002", "csrf": csrf}, allow_redirects=False
+        )
+        assert response.status == 422 and "q: must not contain control characters" in await response.text()
+        assert (await bridge.job(other))["status"] == "failed"
 
 
 async def test_cookies_that_are_not_utf8_are_refused_like_forged_ones(sqlite_url: str) -> None:

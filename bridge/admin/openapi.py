@@ -131,7 +131,7 @@ def _schemas() -> dict[str, Any]:
                             "required": ["job_id", "error"],
                             "properties": {"job_id": {"type": "string"}, "error": {"type": "string"}},
                         },
-                        "description": "failed jobs not retried, and why (another job of the service is running, "
+                        "description": "failed jobs not retried, and why (a later job of the service is running, "
                         "or the job is no longer failed)",
                     },
                     "more": {

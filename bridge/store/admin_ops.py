@@ -111,13 +111,16 @@ async def retry_job(
             await conn.execute(
                 select(t.jobs.c.public_id).where(
                     t.jobs.c.service_id == job.service_id,
-                    t.jobs.c.id != job.id,
+                    # An earlier job running is no obstacle: the retried job waits for it, as every
+                    # job waits for its service's earlier unfinished ones. A later one already past
+                    # that wait would not wait for the retried job in turn.
+                    t.jobs.c.id > job.id,
                     t.jobs.c.status == JobStatus.RUNNING,
                 )
             )
         ).scalar()
         if busy is not None:
-            # One action at a time per service: the retried job would not wait for a later one.
+            # One action at a time per service.
             raise Conflict(f"job {busy} of service {job.service_id} is running; retry this one after it has finished")
         fresh = {"attempts": 0, "first_attempt_at": None, "next_attempt_at": None, "error": None, "updated_at": now}
         await conn.execute(
@@ -155,7 +158,7 @@ async def retry_failed_jobs(engine: AsyncEngine, box: SecretBox, **filters: Any)
     """Retry the failed jobs that match ``filters`` (those of :func:`failed_job_ids`, ``limit``
     included), oldest first, so that a service's earlier job goes first.
 
-    Each is retried as :func:`retry_job` does, in a transaction of its own. One it refuses (another
+    Each is retried as :func:`retry_job` does, in a transaction of its own. One it refuses (a later
     job of its service is running, or it is no longer failed) is reported under ``skipped`` with
     the reason, and the rest go on. ``more`` says whether more failed jobs matched than were tried.
     """

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.callbacks.origins import normalise_origin
 from bridge.domain.events import parse_event
-from bridge.store import admin_ops
+from bridge.store import admin_ops, leases
 from bridge.store import tables as t
 from bridge.store.admin_errors import Conflict, InvalidInput, NotFound
 from bridge.store.callback_rows import CallbackPolicy
@@ -375,3 +375,20 @@ async def test_resend_last_callback(engine: AsyncEngine) -> None:
     assert [c["attempts"] for c in callbacks] == [0, 0, 0]
     with pytest.raises(NotFound):
         await admin_ops.resend_last_callback(engine, "nope", policy=POLICY)
+
+
+async def test_a_job_is_retried_while_an_earlier_job_of_its_service_runs_and_waits_for_it(
+    engine: AsyncEngine,
+) -> None:
+    # So a retry of every failed job of a service never trips over the first of them, which a
+    # worker may have started by the time the call reaches the second.
+    earlier = await new_job(engine, service_id="77")
+    failed = await new_job(engine, service_id="77")
+    await make_failed(engine, failed)
+    await set_status(engine, earlier, "running")
+
+    assert (await admin_ops.retry_job(engine, BOX, failed))["status"] == "accepted"
+    waiting = await leases.acquire(engine, failed, "worker-1", 30)
+    assert waiting.outcome is not leases.LeaseOutcome.LEASED  # its turn comes after the earlier job's
+    await set_status(engine, earlier, "succeeded")
+    assert (await leases.acquire(engine, failed, "worker-1", 30)).outcome is leases.LeaseOutcome.LEASED

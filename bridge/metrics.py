@@ -34,6 +34,13 @@ class Metrics:
             registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180, 600),
         )
+        self.panel_turn_wait_seconds = Histogram(
+            "bridge_panel_turn_wait_seconds",
+            "How long mutating calls waited for their turn at a panel's gate (one call at a time per panel), by panel",
+            ["panel"],
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300),
+        )
         self.panel_quiet_periods = Counter(
             "bridge_panel_quiet_periods_total",
             "Times a panel's gate stayed closed after a mutating call with an unknown outcome, by panel and "

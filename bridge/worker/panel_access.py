@@ -101,7 +101,9 @@ class PanelAccess:
         """
         timeout = self.client.server.timeout_for(name)
         quiet_s = self.client.server.quiet_after_unknown_s
+        queued_at = time.monotonic()
         async with self._turn(self.gate.mutation(self.panel, quiet_s=quiet_s, turn_by=self.turn_by)) as locked:
+            self.metrics.panel_turn_wait_seconds.labels(self.panel).observe(time.monotonic() - queued_at)
             if self.stopping():
                 # The turn came after the worker began to stop (behind a slow call, say): a call sent
                 # now could be cut off by the shutdown grace, and its outcome left unknown.

@@ -225,3 +225,26 @@ async def test_a_job_whose_time_is_up_after_a_step_goes_back_to_the_queue_before
     job = await admin_ops.get_job(runtime.engine, job_id)
     assert job["status"] == "succeeded"
     assert [d.domain for d in sim.account("john").domains] == ["example.com"]
+
+
+async def test_the_wait_for_each_turn_at_the_panel_is_measured(runtime: Runtime, db_url: str) -> None:
+    event = OrderEvent.model_validate(service_create(ssl=False))
+    job_id = (await store_event(runtime.engine, runtime.box, "msg_turn_wait", event)).job_id
+    other_process = create_engine(runtime.settings.database_url) if "postgresql" in db_url else None
+    holder = PanelGate(other_process) if other_process is not None else runtime.panel_gate()
+    try:
+        async with holder.mutation("default", quiet_s=0):
+            running = await add_domain_queued(runtime, runtime.runner(), job_id)
+            await asyncio.sleep(0.7)  # add_domain waits behind another call
+        await asyncio.wait_for(running, 10)
+    finally:
+        if other_process is not None:
+            await other_process.dispose()
+
+    assert (await admin_ops.get_job(runtime.engine, job_id))["status"] == "succeeded"
+    registry = runtime.metrics.registry
+    labels = {"panel": "default"}
+    # add_domain, create_database and add_cron_job: one wait each, the first the long one.
+    assert registry.get_sample_value("bridge_panel_turn_wait_seconds_count", labels) == 3
+    assert registry.get_sample_value("bridge_panel_turn_wait_seconds_bucket", {**labels, "le": "0.5"}) == 2
+    assert registry.get_sample_value("bridge_panel_turn_wait_seconds_sum", labels) >= 0.7

@@ -16,6 +16,7 @@ from multidict import MultiDictProxy
 
 from bridge.admin.auth import ADMIN_AUTH, bearer_of
 from bridge.admin.sessions import LOGIN_COOKIE, SESSION_COOKIE, csrf_matches, new_login_token
+from bridge.domain.validation import is_unicode_text
 
 ADMIN_PATH = "/admin"
 SECURITY_HEADERS = {
@@ -105,11 +106,15 @@ async def require_viewer(request: web.Request) -> Viewer:
 async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | FileField]:
     """The fields of a form POST; a 400 page when its body cannot be read as the form it claims."""
     try:
-        return await request.post()
+        form = await request.post()
     except (ValueError, LookupError):  # an unknown charset, a multipart body without its boundary
+        form = None
+    # A charset such as UTF-7 can decode to lone surrogates, which no database or cipher takes.
+    if form is None or not all(is_unicode_text(value) for value in form.values() if isinstance(value, str)):
         raise PageAnswer(
             message_page(request, 400, "Unreadable form", "The form could not be read (its encoding is broken).")
-        ) from None
+        )
+    return form
 
 
 async def require_form(request: web.Request) -> tuple[Viewer, dict[str, str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from bridge.domain import validation
 
@@ -16,17 +16,25 @@ EventType = Literal["service.create", "domain.add", "ssl.issue", "database.creat
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
+# A password is taken exactly as sent: trimmed, it would no longer be the customer's.
+Password = Annotated[str, StringConstraints(strip_whitespace=False), Field(repr=False)]
+
 
 class Account(BaseModel):
     model_config = _STRICT
 
     username: str
-    password: str = Field(min_length=1, max_length=256, repr=False)
+    password: Password
 
     @field_validator("username")
     @classmethod
     def _username(cls, value: str) -> str:
         return validation.account_username(value, field="username")
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str) -> str:
+        return validation.account_password(value, field="password")
 
 
 class Database(BaseModel):
@@ -34,7 +42,7 @@ class Database(BaseModel):
 
     name: str
     user: str
-    password: str = Field(repr=False)
+    password: Password
 
     @field_validator("password")
     @classmethod

@@ -68,6 +68,7 @@ _MAX_USERNAME = 32
 _MYSQL_MAX_DATABASE = 64
 _MYSQL_MAX_USER = 32
 _MIN_PASSWORD = 8
+_MAX_ACCOUNT_PASSWORD = 256
 _MAX_PASSWORD = 128
 _MAX_COMMAND = 1024
 
@@ -84,6 +85,15 @@ def _has_control(value: str) -> bool:
         # The usual case, at C speed: in ASCII only the Cc controls are not printable.
         return False
     return any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in value)
+
+
+def is_unicode_text(value: str) -> bool:
+    """Whether ``value`` can be stored and sent as UTF-8 (a lone surrogate cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _first_bad_char(value: str, allowed: re.Pattern[str]) -> str | None:
@@ -230,6 +240,27 @@ def database_name(value: str, account: str, field: str = "name") -> str:
 def database_user(value: str, account: str, field: str = "user") -> str:
     """A database user name without the ``<account>_`` prefix; the full name fits MySQL's 32."""
     return _db_identifier(value, account, field, "database user name", _MYSQL_MAX_USER)
+
+
+def account_password(value: str, field: str = "password") -> str:
+    """A panel account's password, taken exactly as given: 1 to 256 characters that an HTTP
+    header (how the panel takes it) carries unchanged, so no control characters and no blank
+    at either end (header values lose those). Never quoted back."""
+    if not isinstance(value, str):
+        raise InvalidField(field, "must be text")
+    if not value:
+        raise InvalidField(field, "is empty; the panel account's password is required")
+    if len(value) > _MAX_ACCOUNT_PASSWORD:
+        raise InvalidField(field, f"is too long; at most {_MAX_ACCOUNT_PASSWORD} characters")
+    if _has_control(value):
+        raise InvalidField(field, "contains a line break, tab or other invisible control character")
+    if not is_unicode_text(value):
+        raise InvalidField(field, "is not valid Unicode text (it holds a lone surrogate)")
+    if value != value.strip():
+        raise InvalidField(
+            field, "has a blank at either end, which the panel's password header cannot carry; it is not trimmed"
+        )
+    return value
 
 
 def database_password(value: str, field: str = "password") -> str:

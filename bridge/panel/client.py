@@ -211,12 +211,14 @@ class PanelClient:
         started = time.monotonic()
         status: int | None = None
         body = ""
-        if normalise is not None:
-            try:
+        try:
+            # It goes in a header: one aiohttp cannot send would raise, and the job come back forever.
+            validation.account_password(creds.password, "the account's password")
+            if normalise is not None:
                 form = normalise()
-            except validation.InvalidField as exc:
-                outcome: PanelOutcome = PermanentFailure(f"Not sent to the panel: {exc}.", FailureReason.INVALID_INPUT)
-                return self._finish(call, url, creds, form, None, "", outcome, started, secrets)
+        except validation.InvalidField as exc:
+            outcome: PanelOutcome = PermanentFailure(f"Not sent to the panel: {exc}.", FailureReason.INVALID_INPUT)
+            return self._finish(call, url, creds, form, None, "", outcome, started, secrets)
         try:
             tls = self._tls_setting()
             session = self._get_session(tls)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bridge.domain import validation
 from bridge.domain.jobs import (
     CANCELLED_BY_ADMIN,
     OPEN_STEP_STATUSES,
@@ -79,6 +80,10 @@ def _fresh_password(job: Any, account: Mapping[str, Any] | None, box: SecretBox)
         raise InvalidInput("account.username: required", field="account.username")
     if not isinstance(password, str) or not password:
         raise InvalidInput("account.password: required", field="account.password")
+    try:
+        validation.account_password(password, field="account.password")
+    except validation.InvalidField as exc:
+        raise InvalidInput(str(exc), field="account.password") from None
     if username != job.account_username:
         raise InvalidInput(
             f"account.username: the order is for panel account {job.account_username!r}; "

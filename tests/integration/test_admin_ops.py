@@ -237,6 +237,8 @@ async def test_retry_with_fresh_password_for_the_same_account_only(engine: Async
         ({"username": "mary", "password": "x-new-pass"}, "account.username"),
         ({"username": "john"}, "account.password"),
         ({"password": "x"}, "account.username"),
+        ({"username": "john", "password": "new\r\npass"}, "account.password"),  # it goes in a header
+        ({"username": "john", "password": " new-pass"}, "account.password"),
     ]:
         with pytest.raises(InvalidInput) as info:
             await admin_ops.retry_job(engine, BOX, job_id, account)

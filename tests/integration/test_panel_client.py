@@ -113,8 +113,9 @@ async def test_api_disabled(panel: PanelClient, panel_sim: PanelSimulator) -> No
 async def test_missing_credentials(panel: PanelClient, panel_http: TestServer) -> None:
     status, text = await raw_post(panel_http, "/api/domain_list/", creds=None)
     assert (status, text) == (200, '{"error": "Username and API key or password required"}')
+    # The client never sends an empty password: it would count as a failed login.
     result = await panel.domain_list(PanelCredentials("alice", ""))
-    failure(result, FailureReason.INVALID_CREDENTIALS)
+    assert "Not sent to the panel" in failure(result, FailureReason.INVALID_INPUT).message
 
 
 async def test_firewall_bans_after_twelve_failed_logins(
@@ -493,3 +494,16 @@ async def test_slow_read_is_retryable(panel_http: TestServer, panel_sim: PanelSi
     assert isinstance(result.outcome, RetryableFailure)
     assert "did not answer in time" in result.outcome.message
     await asyncio.sleep(0.25)  # let the slow handler finish before the server closes
+
+
+@pytest.mark.parametrize("password", ["line\nbreak", "carriage\rreturn", " blank at the start"])
+async def test_a_password_no_header_can_carry_is_never_sent(
+    panel: PanelClient, panel_sim: PanelSimulator, password: str
+) -> None:
+    # Stored before intake refused such passwords, or passed in some other way: sending it would
+    # raise in the HTTP client, and the job would be given back and tried again for ever.
+    result = await panel.add_domain(PanelCredentials(ALICE, password), "example.com", "8.2", "public_html")
+    outcome = failure(result, FailureReason.INVALID_INPUT)
+    assert outcome.message.startswith("Not sent to the panel: the account's password: ")
+    assert password not in outcome.message and password.strip() not in repr(result.record)
+    assert sum(panel_sim.state.counters.values()) == 0

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from conftest import FERNET_KEY
 from orders import ACCOUNT_PASSWORD, DB_PASSWORD, service_create
+from pydantic import ValidationError
 
 from bridge.domain.events import parse_event
 from bridge.store.crypto import ENCRYPTED_PREFIX, SecretBox
@@ -59,3 +61,17 @@ def test_the_copies_of_one_secret_in_the_rows_share_one_encryption() -> None:
     assert rows.job["account_password"] != database_step["params"]["password"]
     again = IntakeRows.build(BOX, "msg_2", parse_event(service_create()))
     assert again.job["account_password"] != rows.job["account_password"]
+
+
+def test_passwords_are_stored_exactly_as_sent_or_refused() -> None:
+    # Trimmed, a password would no longer be the one the customer and the billing platform hold.
+    order = service_create(password="inner blanks stay")
+    order["data"]["databases"][0]["password"] = "  blanks at both ends  "
+    rows = IntakeRows.build(BOX, "msg_1", parse_event(order))
+    database_step = next(step for step in rows.steps if step["kind"] == "create_database")
+    assert BOX.decrypt(database_step["params"]["password"]) == "  blanks at both ends  "
+    assert BOX.decrypt(rows.job["account_password"]) == "inner blanks stay"
+    # The account's goes in a header, which would lose blanks at its ends: refused, not trimmed.
+    with pytest.raises(ValidationError) as refused:
+        parse_event(service_create(password=" blank-first"))
+    assert [e["loc"] for e in refused.value.errors()] == [("data", "account", "password")]

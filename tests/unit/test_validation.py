@@ -265,6 +265,34 @@ def test_password_rejected_without_echoing_it(raw: str, fragment: str) -> None:
         assert chunk not in reason
 
 
+# --- account passwords (sent in a header) ------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["x", "S3cr3t!'\"; $(x) `y` ünï", "inner blanks stay", "p" * 256])
+def test_account_password_accepted_as_it_is(raw: str) -> None:
+    assert v.account_password(raw) == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("", "is empty"),
+        ("Q" * 257, "at most 256"),
+        ("GoodPass\r\nX-Injected: 1", "control character"),
+        ("GoodPass\tX", "control character"),
+        ("GoodPass\u2028X", "control character"),
+        ("GoodPass\ud800", "lone surrogate"),
+        (" GoodPass", "blank at either end"),
+        ("GoodPass ", "blank at either end"),
+    ],
+)
+def test_account_password_rejected_without_echoing_it(raw: str, fragment: str) -> None:
+    reason = rejects(lambda: v.account_password(raw), "password")
+    assert fragment in reason
+    for chunk in ("GoodPass", "QQQQ"):
+        assert chunk not in reason
+
+
 # --- cron fields --------------------------------------------------------------------
 
 

@@ -377,8 +377,24 @@ class JobRecords:
         change = self._change(
             job, next_run_at=until, lease_owner=None, lease_until=None, enqueued_at=now, updated_at=now
         )
+        # An admin's cancel committed since this worker last read the job found it leased, so it
+        # only asked: honoured now, not when the wait is over (a retry may be half an hour away).
+        change.read_back("cancel_requested")
         _wake(change, job.public_id, max(0.0, (until - now).total_seconds()))
-        await self._apply(change, job)
+        changed = await self._apply(change, job)
+        if changed["cancel_requested"]:
+            await self._due_now_to_cancel(job)
+
+    async def _due_now_to_cancel(self, job: JobRecord) -> None:
+        now = utcnow()
+        async with self._engine.begin() as conn:
+            waiting = (t.jobs.c.id == job.pk, t.jobs.c.lease_owner.is_(None), t.jobs.c.cancel_requested.is_(True))
+            updated = await conn.execute(
+                update(t.jobs).where(*waiting).values(next_run_at=now, enqueued_at=now, updated_at=now)
+            )
+            if updated.rowcount:
+                await conn.execute(insert(t.outbox).values(job_public_id=job.public_id, delay_s=0.0, created_at=now))
+        job.wrote_outbox = True
 
     async def release(self, job_pk: int, job_public_id: str, *, owner: str, retry_in_s: float = 0.0) -> None:
         """Give the job back (shutdown, unexpected error); it runs again after ``retry_in_s``."""

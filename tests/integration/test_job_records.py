@@ -394,3 +394,26 @@ async def test_attempts_never_sent_do_not_count_towards_a_daily_cap(engine: Asyn
                 insert(t.attempts).values(step_id=ssl.id, number=number, started_at=now, outcome=outcome)
             )
     assert len(await records.attempt_times(ssl.id, since=now - timedelta(hours=1))) == 3
+
+
+async def test_a_cancel_asked_for_while_the_wait_is_written_makes_the_job_due_at_once(engine: AsyncEngine) -> None:
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await leased_job(engine, records, "worker-1")
+    # The admin's cancel found the job leased, so it only asked; the worker had read the job before.
+    async with engine.begin() as conn:
+        await conn.execute(update(t.jobs).where(t.jobs.c.id == job.pk).values(cancel_requested=True))
+
+    await records.wait(job, utcnow() + timedelta(hours=1))  # the next retry, an hour away
+
+    row, _ = await job_and_steps(engine, job)
+    assert row.lease_owner is None and row.next_run_at <= utcnow()
+    lease = await leases.acquire(engine, job.public_id, "worker-2", 60)
+    assert lease.outcome is leases.LeaseOutcome.LEASED  # at once, not in an hour
+    assert (await records.load(lease)).cancel_requested
+
+
+async def test_a_wait_without_a_cancel_keeps_the_job_waiting(engine: AsyncEngine) -> None:
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await leased_job(engine, records, "worker-1")
+    await records.wait(job, utcnow() + timedelta(hours=1))
+    assert (await leases.acquire(engine, job.public_id, "worker-2", 60)).outcome is leases.LeaseOutcome.NOT_DUE

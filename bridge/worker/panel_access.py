@@ -60,6 +60,8 @@ class PanelAccess:
     stopping: Callable[[], bool] = lambda: False
     # A turn at the panel's gate not come by then (the loop's clock) is given up (TurnTooLate).
     turn_by: float | None = None
+    # Whether a mutating call of this attempt has gone to the panel (before, nothing took effect).
+    mutation_sent: bool = False
 
     @property
     def panel(self) -> str:
@@ -128,6 +130,7 @@ class PanelAccess:
                 # period: were this worker lost during it, the next holder waits until its timeout.
                 await self.gate.before_long_call(self.panel, timeout, locked)
             self.gate.sending(self.panel)
+            self.mutation_sent = True
             result = await self._record(call)
             if timeout > self.client.server.timeout_s and not self._no_answer(result):
                 await self.gate.after_long_call(self.panel, locked)

@@ -28,15 +28,19 @@ from bridge.metrics import Metrics
 from bridge.panel.client import PanelClient
 from bridge.panel.config import PanelCredentials
 from bridge.store import leases
+from bridge.store.errors import DATABASE_UNAVAILABLE
 from bridge.store.job_change import JobChange, LeaseLost
 from bridge.store.job_records import JobRecord, JobRecords, StepRecord
 from bridge.store.types import utcnow
 from bridge.worker.breaker import PanelBreaker
 from bridge.worker.panel_access import BreakerOpen, PanelAccess, WorkerStopping
-from bridge.worker.panel_gate import PanelGate, TurnTooLate
+from bridge.worker.panel_gate import GateWaitLost, PanelGate, TurnTooLate
 from bridge.worker.steps import EXECUTORS, Step, StepOutcome
 
 log = logging.getLogger("bridge.worker")
+
+# What may end an attempt before its call went, and is no fault of the step's (see _run_step).
+_LOST_BEFORE_SENDING: tuple[type[BaseException], ...] = (GateWaitLost, *DATABASE_UNAVAILABLE)
 
 
 @dataclass
@@ -248,6 +252,15 @@ class JobRunner:
             outcome = StepOutcome("retry", "Not sent: the worker is stopping.", "abandoned", in_flight=unsure)
             # Due at once: the job is released for another worker as the runner stops.
             not_before = utcnow()
+        except _LOST_BEFORE_SENDING as exc:
+            if access.mutation_sent:
+                raise
+            # Lost before anything with an effect went (the wait for the gate, the check in it, the
+            # database busy): tried again after a pause, as exactly as unsure as it was.
+            log.warning("step %s not sent: %s", step.kind.value, exc.__class__.__name__, extra=extra)
+            message = f"Not sent: {exc.__class__.__name__} before the call went; tried again shortly."
+            outcome = StepOutcome("retry", message, "abandoned", in_flight=unsure)
+            not_before = utcnow() + timedelta(seconds=self._config.error_backoff_s * self._config.delay_scale)
         except TurnTooLate:
             message = (
                 f"Not sent: no turn at the panel within {self._config.hand_back_after_s:.0f} s of the job's "

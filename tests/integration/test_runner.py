@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -11,6 +12,7 @@ from aiohttp.test_utils import TestServer
 from conftest import FERNET_KEY, WEBHOOK_SECRET
 from orders import ACCOUNT_PASSWORD, service_create
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from bridge.bootstrap import Runtime, open_runtime
 from bridge.domain.events import OrderEvent
@@ -21,7 +23,7 @@ from bridge.store import tables as t
 from bridge.store.database import create_engine
 from bridge.store.intake import store_event
 from bridge.store.types import utcnow
-from bridge.worker.panel_gate import PanelGate
+from bridge.worker.panel_gate import GateWaitLost, PanelGate
 from bridge.worker.runner import JobRunner
 
 
@@ -248,3 +250,40 @@ async def test_the_wait_for_each_turn_at_the_panel_is_measured(runtime: Runtime,
     assert registry.get_sample_value("bridge_panel_turn_wait_seconds_count", labels) == 3
     assert registry.get_sample_value("bridge_panel_turn_wait_seconds_bucket", {**labels, "le": "0.5"}) == 2
     assert registry.get_sample_value("bridge_panel_turn_wait_seconds_sum", labels) >= 0.7
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        GateWaitLost("the database session 42 waiting for the panel's gate stopped waiting"),
+        PoolTimeout("QueuePool limit of size 10 overflow 10 reached"),
+    ],
+    ids=["wait lost", "no database connection"],
+)
+async def test_an_attempt_lost_before_its_call_went_costs_nothing_and_is_tried_again(
+    runtime: Runtime, sim: PanelSimulator, monkeypatch: pytest.MonkeyPatch, lost: Exception
+) -> None:
+    event = OrderEvent.model_validate(service_create(ssl=False))
+    job_id = (await store_event(runtime.engine, runtime.box, "msg_lost_wait", event)).job_id
+
+    @contextlib.asynccontextmanager
+    async def never_a_turn(panel: str, *, quiet_s: float, turn_by: float | None = None) -> AsyncIterator[None]:
+        raise lost
+        yield
+
+    gate = runtime.panel_gate()
+    with monkeypatch.context() as patched:
+        patched.setattr(gate, "mutation", never_a_turn)
+        await runtime.runner().handle(job_id)
+
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    add = next(s for s in job["steps"] if s["kind"] == "add_domain")
+    [attempt] = [a for a in job["attempts"] if a["step"] == "add_domain"]
+    assert attempt["outcome"] == "abandoned" and type(lost).__name__ in attempt["message"]
+    assert add["attempts"] == 0 and add["status"] == "waiting_retry" and not add["in_flight"]
+    assert job["lease_owner"] is None
+
+    await make_due(runtime, job_id)
+    await runtime.runner().handle(job_id)
+    assert (await admin_ops.get_job(runtime.engine, job_id))["status"] == "succeeded"
+    assert [d.domain for d in sim.account("john").domains] == ["example.com"]

@@ -56,6 +56,7 @@ def add_jobs_parser(sub: Any) -> None:
     retry.add_argument("--service-id", help="with --all-failed: only this service's jobs")
     retry.add_argument("--domain", help="with --all-failed: only jobs whose domain holds this")
     retry.add_argument("--limit", type=int, help="with --all-failed: at most this many (default 50, at most 200)")
+    retry.add_argument("--cursor", help="with --all-failed: go on past the jobs an earlier run tried (it prints this)")
     cancel = actions.add_parser("cancel", parents=[common], help="cancel a job that has not finished")
     cancel.add_argument("job_id")
 
@@ -82,10 +83,16 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return None
     if args.all_failed and args.password_stdin:
         return "--password-stdin: not with --all-failed (each job keeps its account's password)"
-    filters = {"--service-id": args.service_id, "--domain": args.domain, "--limit": args.limit}
+    filters = {"--service-id": args.service_id, "--domain": args.domain, "--limit": args.limit, "--cursor": args.cursor}
     given = [name for name, value in filters.items() if value is not None]
     if given and not args.all_failed:
         return f"{', '.join(given)}: only with --all-failed"
+    for name in ("--service-id", "--domain"):
+        if filters[name] is not None and not str(filters[name]).strip():
+            # Left out instead, it would retry every failed job (a script's "$ID" unset, say).
+            return f"{name}: empty; leave it out to match every failed job"
+    if args.limit is not None and args.limit < 1:
+        return "--limit: must be at least 1"
     return None
 
 
@@ -200,14 +207,15 @@ async def _retry(args: argparse.Namespace, backend: Backend, password: str | Non
 
 
 async def _retry_failed(args: argparse.Namespace, backend: Backend, out: TextIO) -> None:
-    outcome = await backend.retry_failed(_query(service_id=args.service_id, domain=args.domain, limit=args.limit))
+    query = _query(service_id=args.service_id, domain=args.domain, limit=args.limit, cursor=args.cursor)
+    outcome = await backend.retry_failed(query)
     for job_id in outcome["retried"]:
         print(f"job {job_id}: retried; it resumes from its first unfinished step", file=out)
     for skipped in outcome["skipped"]:
         print(f"job {skipped['job_id']}: skipped: {skipped['error']}", file=out)
     counts = f"{len(outcome['retried'])} retried, {len(outcome['skipped'])} skipped"
     if outcome["more"]:
-        print(f"{counts}; more failed jobs match: run the command again for the next ones", file=out)
+        print(f"{counts}; more failed jobs match: run again with --cursor {outcome['next_cursor']}", file=out)
     else:
         print(f"{counts}; those were all the failed jobs that matched", file=out)
 

@@ -117,7 +117,7 @@ def _schemas() -> dict[str, Any]:
             },
             "RetriedJobs": {
                 "type": "object",
-                "required": ["retried", "skipped", "more"],
+                "required": ["retried", "skipped", "more", "next_cursor"],
                 "properties": {
                     "retried": {
                         "type": "array",
@@ -137,6 +137,11 @@ def _schemas() -> dict[str, Any]:
                     "more": {
                         "type": "boolean",
                         "description": "more failed jobs match than this call tried: call again for the next ones",
+                    },
+                    "next_cursor": {
+                        "type": ["string", "null"],
+                        "description": "with more: the cursor of the next call, which goes on past the jobs this "
+                        "one tried; null otherwise",
                     },
                 },
             },
@@ -242,7 +247,14 @@ def _admin_paths() -> dict[str, Any]:
         "schema": {"enum": ["failed"]},
         "description": "failed, or left out: only failed jobs are retried",
     }
-    retry_parameters = [failed_only, *(p for p in parameters if p["name"] not in ("status", "cursor"))]
+    going_on = {
+        "name": "cursor",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "next_cursor of the previous call: go on past the jobs it tried",
+    }
+    retry_parameters = [failed_only, *(p for p in parameters if p["name"] not in ("status", "cursor")), going_on]
     account = {
         "type": "object",
         "properties": {
@@ -269,7 +281,7 @@ def _admin_paths() -> dict[str, Any]:
                 "Retry the failed jobs that match, oldest first, each from its first unfinished step",
                 {
                     "202": _json(_ref("RetriedJobs"), "retried as far as each job allowed"),
-                    "422": _error("a bad or unknown query parameter (named; cursor is not taken), or a body field"),
+                    "422": _error("a bad, empty or unknown query parameter (named), or a body field"),
                 },
                 parameters=retry_parameters,
             )

@@ -111,8 +111,19 @@ async def jobs_page(request: web.Request) -> web.Response:
         "problem": problem,
         "notice": notice_of(request.query),
         "can_retry_failed": query.get("status") == JobStatus.FAILED and bool(jobs),
+        "retry_cursor": _retry_cursor(request.query),
     }
     return render(request, "jobs.html", context, status=422 if problem else 200)
+
+
+def _retry_cursor(query: Mapping[str, str]) -> str | None:
+    """Where the failed list's retry button goes on, after a press that left more (None: from the oldest)."""
+    cursor = query.get("retry_cursor", "")
+    try:
+        admin_queries.decode_cursor(cursor)
+    except AdminError:
+        return None
+    return cursor
 
 
 def _job_context(viewer: Viewer, job: dict[str, Any], notice: str | None, problem: str | None) -> dict[str, Any]:
@@ -213,14 +224,16 @@ async def retry_failed_action(request: web.Request) -> web.Response:
     the failed list again with how many were retried and skipped."""
     viewer, fields = await require_form(request)
     listed = {"status": JobStatus.FAILED.value, **({"q": fields["q"]} if fields.get("q") else {})}
+    going_on = {"cursor": fields["cursor"]} if fields.get("cursor") else {}
     try:
-        outcome = await job_actions.retry_failed_jobs(request.app[RUNTIME], failed_job_filter(listed))
+        outcome = await job_actions.retry_failed_jobs(request.app[RUNTIME], failed_job_filter({**listed, **going_on}))
     except AdminError as exc:
         return message_page(request, exc.status, "Not retried", str(exc), viewer)
     notice = {
         "notice": "retried_failed_more" if outcome["more"] else "retried_failed",
         "retried": len(outcome["retried"]),
         "skipped": len(outcome["skipped"]),
+        **({"retry_cursor": outcome["next_cursor"]} if outcome["next_cursor"] else {}),
     }
     raise web.HTTPSeeOther("/admin/?" + urlencode({**listed, **notice}))
 

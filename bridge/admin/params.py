@@ -19,7 +19,8 @@ from bridge.store.admin_errors import InvalidInput, NotFound
 from bridge.store.admin_queries import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
 
 LIST_PARAMETERS = ("status", "service_id", "domain", "q", "from", "to", "limit", "cursor")
-RETRY_FAILED_PARAMETERS = tuple(name for name in LIST_PARAMETERS if name != "cursor")
+# The filters of a retry of every failed job that matches, which must not be given empty.
+RETRY_FAILED_FILTERS = ("status", "service_id", "domain", "q", "from", "to")
 _MAX_TEXT = 253
 _MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT column holds
 
@@ -41,9 +42,11 @@ class JobFilter:
         return dict(vars(self))
 
     def as_match_kwargs(self) -> dict[str, Any]:
-        """The arguments of :func:`bridge.store.admin_queries.failed_job_ids`: which jobs, how many."""
+        """The arguments of :func:`bridge.store.admin_queries.failed_job_ids`: which jobs, how many,
+        and past which (the cursor a previous retry of failed jobs gave)."""
         kwargs = self.as_kwargs()
         del kwargs["status"], kwargs["cursor"]
+        kwargs["after"] = decode_cursor(self.cursor) if self.cursor else None
         return kwargs
 
 
@@ -105,16 +108,16 @@ def _cursor(query: Mapping[str, str]) -> str | None:
     return cursor
 
 
-def job_filter(query: Mapping[str, str], *, strict: bool = True, known: tuple[str, ...] = LIST_PARAMETERS) -> JobFilter:
+def job_filter(query: Mapping[str, str], *, strict: bool = True) -> JobFilter:
     """Parse ``?status=&service_id=&domain=&q=&from=&to=&limit=&cursor=``.
 
-    ``strict`` also refuses parameters not ``known`` (a misspelt filter would otherwise
+    ``strict`` also refuses unknown parameters (a misspelt filter would otherwise
     silently list everything).
     """
     if strict:
         for name in query:
-            if name not in known:
-                raise InvalidInput(f"{name}: unknown parameter; known: {', '.join(known)}", field=name)
+            if name not in LIST_PARAMETERS:
+                raise InvalidInput(f"{name}: unknown parameter; known: {', '.join(LIST_PARAMETERS)}", field=name)
     created_from, created_to = _datetime(query, "from"), _datetime(query, "to")
     if created_from and created_to and created_from >= created_to:
         raise InvalidInput("from: must be before to", field="from")
@@ -132,12 +135,14 @@ def job_filter(query: Mapping[str, str], *, strict: bool = True, known: tuple[st
 
 def failed_job_filter(query: Mapping[str, str]) -> JobFilter:
     """Parse the filters of a retry of every failed job that matches: those of :func:`job_filter`,
-    ``status`` only ``failed`` (or left out), and no ``cursor`` (it always starts at the oldest)."""
-    if "cursor" in query:
-        raise InvalidInput(
-            "cursor: a retry always starts at the oldest failed job; call again while more is true", field="cursor"
-        )
-    filters = job_filter(query, known=RETRY_FAILED_PARAMETERS)
+    ``status`` only ``failed`` (or left out), and ``cursor`` the ``next_cursor`` of the call before.
+
+    A filter given empty is refused: taken as "any", it would retry every failed job (say, a
+    script's ``--service-id "$ID"`` with ``$ID`` unset)."""
+    for name in RETRY_FAILED_FILTERS:
+        if name in query and not query[name].strip():
+            raise InvalidInput(f"{name}: empty; leave it out to match every failed job", field=name)
+    filters = job_filter(query)
     if filters.status not in (None, JobStatus.FAILED):
         raise InvalidInput("status: only failed jobs are retried; give failed or leave it out", field="status")
     return filters

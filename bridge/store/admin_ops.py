@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.domain import validation
@@ -28,7 +28,7 @@ from bridge.domain.jobs import (
 )
 from bridge.store import tables as t
 from bridge.store.admin_errors import AdminError, Conflict, InvalidInput, NotFound
-from bridge.store.admin_queries import failed_job_ids, job_pk_of, list_jobs
+from bridge.store.admin_queries import encode_cursor, failed_job_ids, job_pk_of, list_jobs
 from bridge.store.callback_rows import CallbackPolicy, enqueue_callback, insert_callback
 from bridge.store.crypto import SecretBox
 from bridge.store.job_records import wake_next_of_service
@@ -106,57 +106,64 @@ async def retry_job(
     records are kept as they are. Optional ``account`` replaces the password of the
     job's panel account (the username is fixed by the order).
     """
-    now = utcnow()
     async with engine.begin() as conn:
-        job = await _locked_job(conn, job_public_id)
-        if job.status != JobStatus.FAILED:
-            raise Conflict(f"job {job_public_id} is {job.status}; only a failed job can be retried")
-        encrypted = _fresh_password(job, account, box)
-        busy = (
-            await conn.execute(
-                select(t.jobs.c.public_id).where(
-                    t.jobs.c.service_id == job.service_id,
-                    # An earlier job running is no obstacle: the retried job waits for it, as every
-                    # job waits for its service's earlier unfinished ones. A later one already past
-                    # that wait would not wait for the retried job in turn.
-                    t.jobs.c.id > job.id,
-                    t.jobs.c.status == JobStatus.RUNNING,
-                )
+        job_pk = await _retry(conn, box, job_public_id, account)
+        return await job_document(conn, job_pk, detail=True)
+
+
+async def _retry(conn: AsyncConnection, box: SecretBox, job_public_id: str, account: Mapping[str, Any] | None) -> int:
+    """:func:`retry_job` within ``conn``'s transaction; the job's row id."""
+    now = utcnow()
+    job = await _locked_job(conn, job_public_id)
+    if job.status != JobStatus.FAILED:
+        raise Conflict(f"job {job_public_id} is {job.status}; only a failed job can be retried")
+    encrypted = _fresh_password(job, account, box)
+    busy = (
+        await conn.execute(
+            select(t.jobs.c.public_id).where(
+                t.jobs.c.service_id == job.service_id,
+                # An earlier job running is no obstacle: the retried job waits for it, as every
+                # job waits for its service's earlier unfinished ones. A later one already past
+                # that wait would not wait for the retried job in turn.
+                t.jobs.c.id > job.id,
+                # Leased counts too: between its lease and its first attempt a job is still accepted.
+                or_(t.jobs.c.status == JobStatus.RUNNING, t.jobs.c.lease_until > now),
             )
-        ).scalar()
-        if busy is not None:
-            # One action at a time per service.
-            raise Conflict(f"job {busy} of service {job.service_id} is running; retry this one after it has finished")
-        fresh = {"attempts": 0, "first_attempt_at": None, "next_attempt_at": None, "error": None, "updated_at": now}
+        )
+    ).scalar()
+    if busy is not None:
+        # One action at a time per service.
+        raise Conflict(f"job {busy} of service {job.service_id} is running; retry this one after it has finished")
+    fresh = {"attempts": 0, "first_attempt_at": None, "next_attempt_at": None, "error": None, "updated_at": now}
+    await conn.execute(
+        update(t.steps)
+        .where(t.steps.c.job_id == job.id, t.steps.c.status.in_(REOPENED_BY_RETRY))
+        .values(status=StepStatus.PENDING, **fresh)
+    )
+    redo = await _steps_to_redo(conn, job.id)
+    if redo:
+        # Undone on the panel: known to be absent, so nothing to read back first.
         await conn.execute(
             update(t.steps)
-            .where(t.steps.c.job_id == job.id, t.steps.c.status.in_(REOPENED_BY_RETRY))
-            .values(status=StepStatus.PENDING, **fresh)
+            .where(t.steps.c.id.in_(redo))
+            .values(status=StepStatus.PENDING, result=None, in_flight=False, **fresh)
         )
-        redo = await _steps_to_redo(conn, job.id)
-        if redo:
-            # Undone on the panel: known to be absent, so nothing to read back first.
-            await conn.execute(
-                update(t.steps)
-                .where(t.steps.c.id.in_(redo))
-                .values(status=StepStatus.PENDING, result=None, in_flight=False, **fresh)
-            )
-        values: dict[str, Any] = {
-            "status": JobStatus.ACCEPTED,
-            "error": None,
-            "finished_at": None,
-            "next_run_at": now,
-            "enqueued_at": now,
-            "lease_owner": None,
-            "lease_until": None,
-            "cancel_requested": False,
-            "updated_at": now,
-        }
-        if encrypted is not None:
-            values["account_password"] = encrypted
-        await conn.execute(update(t.jobs).where(t.jobs.c.id == job.id).values(**values))
-        await conn.execute(insert(t.outbox).values(job_public_id=job.public_id, delay_s=0.0, created_at=now))
-        return await job_document(conn, job.id, detail=True)
+    values: dict[str, Any] = {
+        "status": JobStatus.ACCEPTED,
+        "error": None,
+        "finished_at": None,
+        "next_run_at": now,
+        "enqueued_at": now,
+        "lease_owner": None,
+        "lease_until": None,
+        "cancel_requested": False,
+        "updated_at": now,
+    }
+    if encrypted is not None:
+        values["account_password"] = encrypted
+    await conn.execute(update(t.jobs).where(t.jobs.c.id == job.id).values(**values))
+    await conn.execute(insert(t.outbox).values(job_public_id=job.public_id, delay_s=0.0, created_at=now))
+    return int(job.id)
 
 
 async def retry_failed_jobs(engine: AsyncEngine, box: SecretBox, **filters: Any) -> dict[str, Any]:
@@ -165,19 +172,23 @@ async def retry_failed_jobs(engine: AsyncEngine, box: SecretBox, **filters: Any)
 
     Each is retried as :func:`retry_job` does, in a transaction of its own. One it refuses (a later
     job of its service is running, or it is no longer failed) is reported under ``skipped`` with
-    the reason, and the rest go on. ``more`` says whether more failed jobs matched than were tried.
+    the reason, and the rest go on. ``more`` says whether more failed jobs matched than were tried,
+    and ``next_cursor`` where the next call goes on (``after``: past the jobs this one tried, so
+    that jobs skipped, or failed again at once, do not hold the rest back).
     """
-    job_ids, more = await failed_job_ids(engine, **filters)
+    jobs, more = await failed_job_ids(engine, **filters)
     retried: list[str] = []
     skipped: list[dict[str, str]] = []
-    for job_id in job_ids:
+    for _, job_id in jobs:
         try:
-            await retry_job(engine, box, job_id)
+            async with engine.begin() as conn:
+                await _retry(conn, box, job_id, None)
         except Conflict as exc:
             skipped.append({"job_id": job_id, "error": str(exc)})
         else:
             retried.append(job_id)
-    return {"retried": retried, "skipped": skipped, "more": more}
+    next_cursor = encode_cursor(jobs[-1][0]) if more and jobs else None
+    return {"retried": retried, "skipped": skipped, "more": more, "next_cursor": next_cursor}
 
 
 async def _steps_to_redo(conn: AsyncConnection, job_pk: int) -> list[int]:

@@ -136,15 +136,18 @@ async def failed_job_ids(
     created_from: datetime | None = None,
     created_to: datetime | None = None,
     limit: int = DEFAULT_LIMIT,
-) -> tuple[list[str], bool]:
-    """The public ids of the failed jobs that match, oldest first, at most ``limit`` (capped at
-    200); and whether more match. The filters are those of :func:`list_jobs`."""
+    after: int | None = None,
+) -> tuple[list[tuple[int, str]], bool]:
+    """The failed jobs that match (row id and public id), oldest first, past row id ``after``, at
+    most ``limit`` (capped at 200); and whether more match. The filters are those of :func:`list_jobs`."""
     limit = _checked_limit(limit)
-    query = select(t.jobs.c.public_id).where(t.jobs.c.status == JobStatus.FAILED)
+    query = select(t.jobs.c.id, t.jobs.c.public_id).where(t.jobs.c.status == JobStatus.FAILED)
     query = _matching(query, service_id, domain, search, created_from, created_to)
+    if after is not None:
+        query = query.where(t.jobs.c.id > after)
     async with engine.connect() as conn:
-        ids = list((await conn.execute(query.order_by(t.jobs.c.id).limit(limit + 1))).scalars())
-    return ids[:limit], len(ids) > limit
+        rows = [(row.id, row.public_id) for row in await conn.execute(query.order_by(t.jobs.c.id).limit(limit + 1))]
+    return rows[:limit], len(rows) > limit
 
 
 def _checked_limit(limit: int) -> int:

@@ -19,6 +19,7 @@ from bridge.domain.events import parse_event
 from bridge.store import admin_ops, leases
 from bridge.store import tables as t
 from bridge.store.admin_errors import Conflict, InvalidInput, NotFound
+from bridge.store.admin_queries import decode_cursor
 from bridge.store.callback_rows import CallbackPolicy
 from bridge.store.crypto import SecretBox
 from bridge.store.database import create_engine
@@ -265,7 +266,7 @@ async def test_retry_failed_takes_only_the_failed_jobs_that_match_oldest_first(e
     outbox = await outbox_for(engine, first)
 
     outcome = await admin_ops.retry_failed_jobs(engine, BOX, service_id="100")
-    assert outcome == {"retried": [first, later], "skipped": [], "more": False}
+    assert outcome == {"retried": [first, later], "skipped": [], "more": False, "next_cursor": None}
     assert (await job_row(engine, first)).status == "accepted"
     assert [s.status for s in await step_rows(engine, later)][3:] == ["pending", "pending"]  # as retry_job does
     assert await outbox_for(engine, first) == outbox + 1
@@ -277,16 +278,26 @@ async def test_retry_failed_takes_only_the_failed_jobs_that_match_oldest_first(e
         "retried": [other_service],
         "skipped": [],
         "more": False,
+        "next_cursor": None,
     }
 
 
-async def test_retry_failed_at_most_limit_says_whether_more_match(engine: AsyncEngine) -> None:
-    ids = [await new_job(engine, service_id=f"svc-{i}") for i in range(3)]
+async def test_retry_failed_at_most_limit_says_whether_more_match_and_goes_on_past_those_tried(
+    engine: AsyncEngine,
+) -> None:
+    ids = [await new_job(engine, service_id=f"svc-{i}") for i in range(4)]
     for job_id in reversed(ids):  # failed newest first: the order is still the jobs' own
         await make_failed(engine, job_id)
-    assert await admin_ops.retry_failed_jobs(engine, BOX, limit=2) == {"retried": ids[:2], "skipped": [], "more": True}
-    assert await admin_ops.retry_failed_jobs(engine, BOX, limit=2) == {"retried": ids[2:], "skipped": [], "more": False}
-    assert await admin_ops.retry_failed_jobs(engine, BOX) == {"retried": [], "skipped": [], "more": False}
+    first = await admin_ops.retry_failed_jobs(engine, BOX, limit=2)
+    assert (first["retried"], first["skipped"], first["more"]) == (ids[:2], [], True)
+    # The first failed again at once (bad credentials, say): started over from the oldest, every
+    # call would take it again and never reach the rest.
+    await make_failed(engine, ids[0])
+    after = decode_cursor(first["next_cursor"])
+    second = await admin_ops.retry_failed_jobs(engine, BOX, limit=2, after=after)
+    assert second == {"retried": ids[2:], "skipped": [], "more": False, "next_cursor": None}
+    again = {"retried": [ids[0]], "skipped": [], "more": False, "next_cursor": None}
+    assert await admin_ops.retry_failed_jobs(engine, BOX) == again  # a new round starts at the oldest
     with pytest.raises(InvalidInput) as info:
         await admin_ops.retry_failed_jobs(engine, BOX, limit=0)
     assert info.value.field == "limit"
@@ -394,3 +405,15 @@ async def test_a_job_is_retried_while_an_earlier_job_of_its_service_runs_and_wai
     assert waiting.outcome is not leases.LeaseOutcome.LEASED  # its turn comes after the earlier job's
     await set_status(engine, earlier, "succeeded")
     assert (await leases.acquire(engine, failed, "worker-1", 30)).outcome is leases.LeaseOutcome.LEASED
+
+
+async def test_a_job_is_not_retried_while_a_later_job_of_its_service_holds_a_lease(engine: AsyncEngine) -> None:
+    # Leased but not yet started: a worker took it past its wait for the earlier jobs.
+    failed = await new_job(engine, service_id="77")
+    later = await new_job(engine, service_id="77")
+    await make_failed(engine, failed)
+    assert (await leases.acquire(engine, later, "worker-1", 30)).outcome is leases.LeaseOutcome.LEASED
+    assert (await job_row(engine, later)).status == "accepted"
+    with pytest.raises(Conflict, match=f"job {later} of service 77 is running"):
+        await admin_ops.retry_job(engine, BOX, failed)
+    assert (await job_row(engine, failed)).status == "failed"

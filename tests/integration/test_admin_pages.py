@@ -9,9 +9,12 @@ from conftest import ADMIN_TOKEN
 from engine_harness import ACCOUNT, Bridge
 from orders import ACCOUNT_PASSWORD, DB_PASSWORD
 from raw_http import raw_request
+from sqlalchemy import select
 
 from bridge.admin.sessions import LOGIN_COOKIE, SESSION_COOKIE, SessionSigner
 from bridge.bootstrap import Role
+from bridge.store import tables as t
+from bridge.store.admin_queries import encode_cursor
 
 
 def hidden(html: str, name: str) -> str:
@@ -346,3 +349,29 @@ async def test_a_job_cancelled_at_once_from_the_page_counts_as_finished(sqlite_u
             "bridge_jobs_finished_total", {"status": "cancelled"}
         )
         assert counted == 1
+
+
+async def test_retry_all_failed_goes_on_past_the_jobs_a_press_tried(sqlite_url: str) -> None:
+    async with admin_bridge(sqlite_url) as bridge:
+        tried = await failed_job_of_its_own(bridge, 1, service_id="5201")
+        untried = await failed_job_of_its_own(bridge, 2, service_id="5202")
+        async with bridge.runtime.engine.connect() as conn:
+            tried_pk = (await conn.execute(select(t.jobs.c.id).where(t.jobs.c.public_id == tried))).scalar_one()
+        await sign_in(bridge)
+        # As the page shows it after a press that left more: the button goes on past those tried.
+        status, html = await page(bridge, f"/admin/?status=failed&retry_cursor={encode_cursor(tried_pk)}")
+        form = RETRY_FAILED_FORM.search(html)
+        assert status == 200 and form and "Retry the next failed jobs matching this filter" in form.group(1)
+        assert hidden(form.group(1), "cursor") == encode_cursor(tried_pk)
+        response = await bridge.client.post(
+            "/admin/jobs/retry-failed",
+            data={"cursor": hidden(form.group(1), "cursor"), "csrf": hidden(form.group(1), "csrf")},
+            allow_redirects=False,
+        )
+        assert response.status == 303 and "notice=retried_failed&retried=1&skipped=0" in response.headers["Location"]
+        await bridge.wait_for(untried, "succeeded")
+        assert (await bridge.job(tried))["status"] == "failed"
+        # A cursor the page did not give out is ignored: the button starts from the oldest.
+        status, html = await page(bridge, "/admin/?status=failed&retry_cursor=bogus")
+        form = RETRY_FAILED_FORM.search(html)
+        assert form and 'name="cursor"' not in form.group(1) and "Retry all failed jobs" in form.group(1)

@@ -363,15 +363,17 @@ class RabbitConsumer:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # Waiting here is safe to cut off: the message is not handled yet, and comes again.
-        await self._slots.acquire()
-        if self._stopping:
+        refused = await self._take_slot()
+        if refused == "stopping":
             # Arrived while cancelling: left unacked, so closing the channel returns it.
-            self._slots.release()
             return
         # The handler runs in a task of ours, not in aiormq's delivery task: a lost connection
         # cancels every task of its channels, and a job's step commits to the database, not the
         # broker. Only the ack is lost then; the broker redelivers the message.
-        task = asyncio.get_running_loop().create_task(self._handle(message))
+        # Every place busy for a while (the broker counts messages, the places count jobs, and a
+        # message may carry several): published again for any worker, not held unacknowledged.
+        work = self._handle(message) if refused is None else self._hand_back_message(message)
+        task = asyncio.get_running_loop().create_task(work)
         self._running.add(task)
         self._idle.clear()
         task.add_done_callback(self._handled)
@@ -445,6 +447,11 @@ class RabbitConsumer:
                 # unacked, so closing the channel returns it (the jobs handled find nothing to do).
                 return
             failed += [(job_id, o) for job_id, o in zip(job_ids, outcomes, strict=True) if isinstance(o, BaseException)]
+        await self._settle(message, ", ".join(job_ids), failed)
+
+    async def _hand_back_message(self, message: AbstractIncomingMessage) -> None:
+        job_ids = wake_up_ids(message.body)
+        failed = await self._hand_back_jobs(job_ids) if job_ids else []
         await self._settle(message, ", ".join(job_ids), failed)
 
     async def _hand_back_jobs(self, job_ids: list[str]) -> list[tuple[str, BaseException]]:

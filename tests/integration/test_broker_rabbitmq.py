@@ -635,3 +635,38 @@ async def test_start_refuses_a_queue_declared_with_other_arguments(
     with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
         await other.start()
     assert await other.ping() is False
+
+
+async def test_a_message_that_waits_too_long_for_a_place_is_handed_back_and_acked(
+    make_rabbit_queue: MakeRabbitQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The broker counts messages, the places count jobs: one message's jobs may take every place
+    # while the broker delivers the next message, which would wait unacknowledged for all of them.
+    q = await make_rabbit_queue(ids_per_message=16, hand_back_after_s=0.3)
+    slow_may_end = asyncio.Event()
+    handled: list[str] = []
+
+    async def handler(job_id: str) -> None:
+        if job_id.startswith("slow"):
+            await slow_may_end.wait()
+        handled.append(job_id)
+
+    await q.publish_many(["slow-1", "slow-2"])  # one message, both places
+    with caplog.at_level(logging.INFO, logger="bridge.broker.rabbitmq"):
+        consumer = await q.consume(handler, prefetch=2)
+        try:
+            await asyncio.sleep(0.2)
+            await q.publish("late")  # delivered (one message unacked of two), but no place is free
+            await asyncio.sleep(0.6)
+            assert "1 job(s) waited 0 s for a place in this worker: published again" in caplog.text
+            assert handled == []
+        finally:
+            slow_may_end.set()
+        for _ in range(50):
+            if len(handled) == 3:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)
+        await consumer.stop()
+    assert sorted(handled) == ["late", "slow-1", "slow-2"]  # each once
+    assert await ready_count(q, q.names.work) == 0

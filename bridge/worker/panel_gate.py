@@ -154,9 +154,8 @@ class PanelGate:
             yield
         except asyncio.CancelledError:
             reason = self._cut.get(task)
-            if reason is None:
-                raise
-            task.uncancel()  # the cancellation was ours, not the task owner's
+            if reason is None or task.uncancel() > 0:
+                raise  # not ours, or its owner cancelled it too: that one wins
             raise reason() from None
         finally:
             if timer is not None:

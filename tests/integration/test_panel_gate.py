@@ -682,3 +682,14 @@ async def test_a_turn_waited_for_from_another_process_is_given_up_in_time_and_le
     # ... and the gate that gave a turn up takes the next one as usual.
     async with asyncio.timeout(2), here.mutation("panel-1", quiet_s=0, turn_by=turn_within(1)):
         pass
+
+
+async def test_a_waiter_its_owner_cancels_as_the_gate_cuts_it_short_is_cancelled() -> None:
+    gate = PanelGate(None)
+    async with gate.mutation("panel-1", quiet_s=0):
+        waiter = queue_for_a_turn(gate)
+        await asyncio.sleep(0.05)
+        gate.stop_waiting()  # the gate's cut ...
+        waiter.cancel()  # ... and its owner's (the shutdown grace running out, say), at once
+        with pytest.raises(asyncio.CancelledError):
+            await waiter

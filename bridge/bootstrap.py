@@ -69,6 +69,9 @@ class Runtime:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
     _clients: dict[str, PanelClient] = field(default_factory=dict)
     _gate: PanelGate | None = None
+    # The gate's own connections (PostgreSQL): each panel being waited for keeps one for its
+    # advisory lock, which must never take the pool every other statement needs.
+    _gate_engine: AsyncEngine | None = None
 
     @property
     def panel_names(self) -> list[str]:
@@ -114,8 +117,10 @@ class Runtime:
         """The process's one gate per panel: every runner of the process queues at it."""
         if self._gate is None:
             embedded = sqlite_mode(self.settings)
+            if not embedded:
+                self._gate_engine = create_engine(self.settings.database_url, pool_size=gate_pool_size(self.settings))
             self._gate = PanelGate(
-                None if embedded else self.engine,
+                self._gate_engine,
                 quiet_scale=self.settings.retry_delay_scale,
                 metrics=self.metrics,
                 local=self.engine if embedded else None,
@@ -130,11 +135,19 @@ class Runtime:
             except Exception as exc:
                 # Left held, the next start keeps the panels quiet a while for nothing.
                 log.warning("could not let the panel gates go: %s", exc.__class__.__name__)
+        if self._gate_engine is not None:
+            await self._gate_engine.dispose()
 
     async def close_clients(self) -> None:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+
+
+def gate_pool_size(settings: Settings) -> int:
+    """Connections the panel gate keeps (as many again under load): one per gate being held or
+    waited for, two gates per panel, no more than the jobs a process runs at once; one for checks."""
+    return min(settings.worker_prefetch, 2 * max(len(settings.panels), 1)) + 1
 
 
 # Short buckets too: with BRIDGE_RETRY_DELAY_SCALE < 1 (tests, demos) retries are sub-second,

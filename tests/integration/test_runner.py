@@ -287,3 +287,17 @@ async def test_an_attempt_lost_before_its_call_went_costs_nothing_and_is_tried_a
     await runtime.runner().handle(job_id)
     assert (await admin_ops.get_job(runtime.engine, job_id))["status"] == "succeeded"
     assert [d.domain for d in sim.account("john").domains] == ["example.com"]
+
+
+@pytest.mark.parametrize("db_url", ["pg"], indirect=True)
+async def test_the_panel_gate_has_connections_of_its_own(runtime: Runtime) -> None:
+    # Each panel being waited for keeps a connection for its advisory lock: taken from the pool
+    # every other statement needs, many busy panels would leave none for them, and the other way round.
+    held: list[object] = []
+    async with contextlib.AsyncExitStack() as stack:
+        with pytest.raises(PoolTimeout):
+            while True:  # every connection of the process's main pool
+                held.append(await stack.enter_async_context(runtime.engine.connect()))
+        async with asyncio.timeout(5), runtime.panel_gate().mutation("default", quiet_s=0) as locked:
+            assert locked is not None and not locked.is_closed()
+    assert len(held) == 20

@@ -89,7 +89,8 @@ def notice_of(query: Mapping[str, str]) -> str | None:
 async def jobs_page(request: web.Request) -> web.Response:
     viewer = await require_viewer(request)
     runtime = request.app[RUNTIME]
-    query = {k: v for k, v in request.query.items() if k in ("status", "q", "cursor") and v}
+    # Blanks alone are no search (the store strips them): echoed, the retry button would refuse them.
+    query = {k: v.strip() for k, v in request.query.items() if k in ("status", "q", "cursor") and v.strip()}
     problem = None
     try:
         filters = job_filter({**query, "limit": str(PAGE_SIZE)}, strict=False)
@@ -223,7 +224,8 @@ async def retry_failed_action(request: web.Request) -> web.Response:
     """The button under the failed list: retry the failed jobs its search matches, then show
     the failed list again with how many were retried and skipped."""
     viewer, fields = await require_form(request)
-    listed = {"status": JobStatus.FAILED.value, **({"q": fields["q"]} if fields.get("q") else {})}
+    search = fields.get("q", "").strip()
+    listed = {"status": JobStatus.FAILED.value, **({"q": search} if search else {})}
     going_on = {"cursor": fields["cursor"]} if fields.get("cursor") else {}
     try:
         outcome = await job_actions.retry_failed_jobs(request.app[RUNTIME], failed_job_filter({**listed, **going_on}))

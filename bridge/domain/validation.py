@@ -273,6 +273,8 @@ def database_password(value: str, field: str = "password") -> str:
         raise InvalidField(field, f"is too long; a database password has at most {_MAX_PASSWORD} characters")
     if _has_control(value):
         raise InvalidField(field, "contains a line break, tab or other invisible control character")
+    if not is_unicode_text(value):
+        raise InvalidField(field, "is not valid Unicode text (it holds a lone surrogate)")
     return value
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bridge.domain.jobs import OPEN_STEP_STATUSES, JobStatus, StepKind, StepStatus
+from bridge.domain.jobs import OPEN_STEP_STATUSES, UNFINISHED_JOB_STATUSES, JobStatus, StepKind, StepStatus
 from bridge.domain.saga import Finish, StepState
 from bridge.panel.client import PanelCallRecord
 from bridge.store import tables as t
@@ -22,8 +22,9 @@ from bridge.store.job_view import callback_body, deferred_kinds
 from bridge.store.leases import Lease
 from bridge.store.types import utcnow
 
-# Attempt outcomes that never reached the panel: held back by an open breaker, or closed
-# unsent (cancelled, lease lost). They cost the panel nothing, nor certificate quota.
+# Attempt outcomes that never reached the panel: held back by an open breaker, closed unsent
+# (cancelled, lease lost, the worker stopping, the gate's wait lost), or handed back after waiting
+# too long for the panel's turn. They cost the panel nothing, nor certificate quota.
 NOT_SENT_OUTCOMES = ("breaker_open", "abandoned", "handed_back")
 
 
@@ -382,13 +383,19 @@ class JobRecords:
         change.read_back("cancel_requested")
         _wake(change, job.public_id, max(0.0, (until - now).total_seconds()))
         changed = await self._apply(change, job)
-        if changed["cancel_requested"]:
+        # A finished job (succeeded, a deferred step still waiting) is past cancelling.
+        if changed["cancel_requested"] and not job.status.finished:
             await self._due_now_to_cancel(job)
 
     async def _due_now_to_cancel(self, job: JobRecord) -> None:
         now = utcnow()
         async with self._engine.begin() as conn:
-            waiting = (t.jobs.c.id == job.pk, t.jobs.c.lease_owner.is_(None), t.jobs.c.cancel_requested.is_(True))
+            waiting = (
+                t.jobs.c.id == job.pk,
+                t.jobs.c.lease_owner.is_(None),
+                t.jobs.c.cancel_requested.is_(True),
+                t.jobs.c.status.in_(UNFINISHED_JOB_STATUSES),
+            )
             updated = await conn.execute(
                 update(t.jobs).where(*waiting).values(next_run_at=now, enqueued_at=now, updated_at=now)
             )
@@ -397,7 +404,8 @@ class JobRecords:
         job.wrote_outbox = True
 
     async def release(self, job_pk: int, job_public_id: str, *, owner: str, retry_in_s: float = 0.0) -> None:
-        """Give the job back (shutdown, unexpected error); it runs again after ``retry_in_s``."""
+        """Give the job back (shutdown, an unexpected error, its time on one wake-up up); it runs
+        again after ``retry_in_s``."""
         now = utcnow()
         change = JobChange(
             job_pk,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import asyncpg
+from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.domain.outcomes import FailureReason, PermanentFailure, UnknownOutcome
@@ -23,7 +24,7 @@ from bridge.store.leases import Clearance, clear_to_send, renew
 from bridge.store.types import utcnow
 from bridge.waiting import wait_for_event
 from bridge.worker.breaker import PanelBreaker
-from bridge.worker.panel_gate import GateStopped, PanelGate
+from bridge.worker.panel_gate import GateStopped, PanelGate, TurnTooLate
 
 log = logging.getLogger("bridge.worker")
 
@@ -103,9 +104,8 @@ class PanelAccess:
         """
         timeout = self.client.server.timeout_for(name)
         quiet_s = self.client.server.quiet_after_unknown_s
-        queued_at = time.monotonic()
-        async with self._turn(self.gate.mutation(self.panel, quiet_s=quiet_s, turn_by=self.turn_by)) as locked:
-            self.metrics.panel_turn_wait_seconds.labels(self.panel).observe(time.monotonic() - queued_at)
+        gate = self.gate.mutation(self.panel, quiet_s=quiet_s, turn_by=self.turn_by)
+        async with self._turn(gate, waits=self.metrics.panel_turn_wait_seconds.labels(self.panel)) as locked:
             if self.stopping():
                 # The turn came after the worker began to stop (behind a slow call, say): a call sent
                 # now could be cut off by the shutdown grace, and its outcome left unknown.
@@ -154,9 +154,12 @@ class PanelAccess:
 
     @contextlib.asynccontextmanager
     async def _turn(
-        self, gate: contextlib.AbstractAsyncContextManager[asyncpg.Connection | None]
+        self,
+        gate: contextlib.AbstractAsyncContextManager[asyncpg.Connection | None],
+        waits: Histogram | None = None,
     ) -> AsyncIterator[asyncpg.Connection | None]:
-        """Hold ``gate``, keeping the job's lease while queued for it.
+        """Hold ``gate``, keeping the job's lease while queued for it; ``waits`` observes how long
+        each wait took, the turn come or given up (the longest, when the panel is busiest).
 
         The queue is as long as the calls ahead take (a certificate issuance takes minutes).
         A job whose lease ran out there would be leased again by another delivery, and a new
@@ -168,13 +171,24 @@ class PanelAccess:
         timer = asyncio.get_running_loop().call_later(
             self.lease_s / 3, lambda: keeping.append(asyncio.create_task(self._keep_lease(turn_came)))
         )
+        queued_at = time.monotonic()
+
+        def waited() -> None:
+            if waits is not None and not turn_came.is_set():
+                waits.observe(time.monotonic() - queued_at)
+
         try:
             async with gate as locked:
+                waited()
                 turn_came.set()
                 timer.cancel()
                 yield locked
         except GateStopped:
+            waited()
             raise WorkerStopping() from None
+        except TurnTooLate:
+            waited()
+            raise
         finally:
             turn_came.set()
             timer.cancel()

@@ -140,12 +140,11 @@ class PanelGate:
     @contextlib.contextmanager
     def _waiting(self, turn_by: float | None) -> Iterator[None]:
         """Around each wait for a turn: one that stop_waiting() cuts short raises GateStopped, one
-        still waiting at ``turn_by`` (the loop's clock) raises TurnTooLate."""
+        still waiting at ``turn_by`` (the loop's clock) raises TurnTooLate. What needs no waiting (a
+        free lock, no quiet period left) goes through even after ``turn_by``: a turn won is kept."""
         if self._stopping:
             raise GateStopped()
         loop = asyncio.get_running_loop()
-        if turn_by is not None and loop.time() >= turn_by:
-            raise TurnTooLate()
         task = asyncio.current_task()
         assert task is not None
         self._waiters.add(task)

@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import asyncpg
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.broker.base import JobQueue
@@ -28,7 +31,6 @@ from bridge.metrics import Metrics
 from bridge.panel.client import PanelClient
 from bridge.panel.config import PanelCredentials
 from bridge.store import leases
-from bridge.store.errors import DATABASE_UNAVAILABLE
 from bridge.store.job_change import JobChange, LeaseLost
 from bridge.store.job_records import JobRecord, JobRecords, StepRecord
 from bridge.store.types import utcnow
@@ -39,8 +41,19 @@ from bridge.worker.steps import EXECUTORS, Step, StepOutcome
 
 log = logging.getLogger("bridge.worker")
 
-# What may end an attempt before its call went, and is no fault of the step's (see _run_step).
-_LOST_BEFORE_SENDING: tuple[type[BaseException], ...] = (GateWaitLost, *DATABASE_UNAVAILABLE)
+# What may end an attempt before its call went, and is no fault of the step's (see _run_step): the
+# wait for the gate lost, the database out of reach or of connections. Not every database error:
+# a statement the database refuses is a fault to see, with its traceback, in handle().
+_LOST_BEFORE_SENDING: tuple[type[BaseException], ...] = (
+    GateWaitLost,
+    OperationalError,
+    InterfaceError,
+    PoolTimeout,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+)
 
 
 @dataclass
@@ -262,6 +275,8 @@ class JobRunner:
             outcome = StepOutcome("retry", message, "abandoned", in_flight=unsure)
             not_before = utcnow() + timedelta(seconds=self._config.error_backoff_s * self._config.delay_scale)
         except TurnTooLate:
+            if access.mutation_sent:
+                raise  # not so far (no turn is waited for after the call), but never "not sent" then
             message = (
                 f"Not sent: no turn at the panel within {self._config.hand_back_after_s:.0f} s of the job's "
                 "wake-up (other calls ahead of it); the job went back to the queue."

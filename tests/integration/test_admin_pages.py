@@ -371,6 +371,10 @@ async def test_retry_all_failed_goes_on_past_the_jobs_a_press_tried(sqlite_url: 
         assert response.status == 303 and "notice=retried_failed&retried=1&skipped=0" in response.headers["Location"]
         await bridge.wait_for(untried, "succeeded")
         assert (await bridge.job(tried))["status"] == "failed"
+        # Blanks alone are no search: the button is there, and retries what the list shows.
+        status, html = await page(bridge, "/admin/?status=failed&q=%20%20")
+        form = RETRY_FAILED_FORM.search(html)
+        assert form and 'name="q" value=""' in form.group(1)
         # A cursor the page did not give out is ignored: the button starts from the oldest.
         status, html = await page(bridge, "/admin/?status=failed&retry_cursor=bogus")
         form = RETRY_FAILED_FORM.search(html)

@@ -410,3 +410,30 @@ async def test_sqlite_commits_reach_the_disk_before_the_answer(sqlite_url: str) 
     async with open_runtime(make_settings(sqlite_url), queue=InProcessQueue()) as rt, rt.engine.connect() as conn:
         assert (await conn.execute(text("PRAGMA synchronous"))).scalar_one() == 2  # FULL
         assert (await conn.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
+
+
+@pytest.mark.parametrize(
+    "where",
+    [("databases", 0, "password"), ("cron_jobs", 0, "command"), ("account", "password")],
+    ids=lambda where: ".".join(map(str, where)),
+)
+async def test_a_lone_surrogate_escape_is_a_422_naming_the_field(
+    client: TestClient, runtime: Runtime, where: tuple[str | int, ...]
+) -> None:
+    # JSON allows "\ud800" alone; no UTF-8 text can carry it, so it could be neither encrypted nor stored.
+    order = service_create()
+    *path, last = where
+    node: Any = order["data"]
+    for part in path:
+        node = node[part]
+    node[last] = "sur\ud800rogate-pass"
+    raw = json.dumps(order).encode()  # ensure_ascii: the escape itself goes over the wire
+    assert b"\\ud800" in raw
+    body, headers = signed(WEBHOOK_SECRET, raw)
+    response = await client.post("/webhooks/orders", data=body, headers=headers)
+    assert response.status == 422, await response.text()
+    answer = await response.json()
+    assert answer["fields"][0]["loc"] == "data." + ".".join(map(str, where))
+    msg = answer["fields"][0]["msg"]
+    assert ("surrogate" in msg or "unicode" in msg) and "rogate-pass" not in await response.text()
+    assert await count(runtime, t.events) == 0

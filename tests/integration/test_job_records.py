@@ -417,3 +417,17 @@ async def test_a_wait_without_a_cancel_keeps_the_job_waiting(engine: AsyncEngine
     job = await leased_job(engine, records, "worker-1")
     await records.wait(job, utcnow() + timedelta(hours=1))
     assert (await leases.acquire(engine, job.public_id, "worker-2", 60)).outcome is leases.LeaseOutcome.NOT_DUE
+
+
+async def test_a_finished_job_left_with_a_cancel_request_keeps_its_wait(engine: AsyncEngine) -> None:
+    # Asked for just before the job finished (succeeded, its certificate deferred): made due at
+    # once, it would be leased, waited and made due again, round and round until the wait's end.
+    records = JobRecords(engine, SecretBox([FERNET_KEY]), POLICY)
+    job = await leased_job(engine, records, "worker-1")
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(t.jobs).where(t.jobs.c.id == job.pk).values(cancel_requested=True, status=JobStatus.SUCCEEDED)
+        )
+    job.status = JobStatus.SUCCEEDED
+    await records.wait(job, utcnow() + timedelta(hours=1))
+    assert (await leases.acquire(engine, job.public_id, "worker-2", 60)).outcome is leases.LeaseOutcome.NOT_DUE

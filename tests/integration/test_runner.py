@@ -195,6 +195,10 @@ async def test_a_step_still_queued_at_the_gate_when_the_jobs_time_is_up_goes_bac
     assert add["attempts"] == 0 and add["status"] == "waiting_retry" and not add["in_flight"]
     assert job["lease_owner"] is None and job["status"] == "running"
     assert await wake_ups_written(runtime, job_id) == wake_ups + 1  # its next wake-up, due now
+    # A wait given up is measured too: the longest waits, when the panel is busiest.
+    registry, labels = runtime.metrics.registry, {"panel": "default"}
+    assert registry.get_sample_value("bridge_panel_turn_wait_seconds_count", labels) == 1
+    assert registry.get_sample_value("bridge_panel_turn_wait_seconds_sum", labels) >= 0.5  # of the 1 s
 
     await runtime.runner().handle(job_id)  # the next wake-up, with the panel free
     job = await admin_ops.get_job(runtime.engine, job_id)

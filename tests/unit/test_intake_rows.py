@@ -59,6 +59,9 @@ def test_the_copies_of_one_secret_in_the_rows_share_one_encryption() -> None:
     assert rows.job["account_password"] == rows.event["payload"]["data"]["account"]["password"]
     # ... while different secrets, and the same secret in another event, get tokens of their own.
     assert rows.job["account_password"] != database_step["params"]["password"]
+    same = service_create(password=DB_PASSWORD)  # the account's password is the database's
+    equal = IntakeRows.build(BOX, "msg_3", parse_event(same))
+    assert equal.job["account_password"] != equal.event["payload"]["data"]["databases"][0]["password"]
     again = IntakeRows.build(BOX, "msg_2", parse_event(service_create()))
     assert again.job["account_password"] != rows.job["account_password"]
 

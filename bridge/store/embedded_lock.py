@@ -15,6 +15,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import make_url
 
@@ -25,9 +26,14 @@ class DatabaseInUse(Exception):
 
 def database_file(url: str) -> Path | None:
     """The SQLite database file ``url`` names, or None for one in memory."""
-    database = make_url(url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        # An in-memory database (a "file:" URI too, as the bridge never writes one) is the process's own.
+    parsed = make_url(url)
+    database = parsed.database
+    if database and database.startswith("file:") and parsed.query.get("uri") == "true":
+        # SQLite's own URI form (sqlite+aiosqlite:///file:bridge.db?uri=true): the path after "file:".
+        if parsed.query.get("mode") == "memory":
+            return None
+        database = unquote(urlsplit(database).path)
+    if not database or database == ":memory:":
         return None
     return Path(database).resolve()
 

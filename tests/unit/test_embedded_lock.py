@@ -41,3 +41,18 @@ def test_databases_in_files_of_their_own_do_not_share_a_lock(tmp_path: Path) -> 
 def test_a_database_in_memory_takes_no_lock(tmp_path: Path) -> None:
     with sole_process("sqlite+aiosqlite://"), sole_process("sqlite+aiosqlite://"):
         pass
+
+
+def test_sqlites_own_uri_form_names_its_file_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert database_file("sqlite+aiosqlite:///file:bridge.db?uri=true") == tmp_path / "bridge.db"
+    assert database_file(f"sqlite+aiosqlite:///file:{tmp_path}/b.db?mode=rwc&uri=true") == tmp_path / "b.db"
+    assert database_file("sqlite+aiosqlite:///file::memory:?cache=shared&uri=true") is None
+    assert database_file("sqlite+aiosqlite:///file:shared.db?mode=memory&uri=true") is None
+    # ... so two processes on one file through it are refused as through the plain form.
+    with (
+        sole_process("sqlite+aiosqlite:///file:bridge.db?uri=true"),
+        pytest.raises(DatabaseInUse),
+        sole_process(f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}"),
+    ):
+        pytest.fail("two holders at once")

@@ -6,7 +6,6 @@ answers with 422 (and the web page shows).
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from bridge.domain.jobs import JobStatus
 from bridge.domain.validation import is_small_whole_number
 from bridge.store.admin_errors import InvalidInput, NotFound
 from bridge.store.admin_queries import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
+from bridge.web import json_body
 
 LIST_PARAMETERS = ("status", "service_id", "domain", "q", "from", "to", "limit", "cursor")
 # The filters of a retry of every failed job that matches, which must not be given empty.
@@ -157,7 +157,9 @@ def json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        decoded = json.loads(body)
+        decoded = json_body.loads(body)
+    except json_body.DuplicateField as exc:
+        raise InvalidInput(f"body.{exc}", field=f"body.{exc.where}") from None
     except (ValueError, RecursionError) as exc:
         raise BadJson(f"body: not valid JSON ({exc})") from None
     if not isinstance(decoded, dict):

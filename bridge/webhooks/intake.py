@@ -5,7 +5,6 @@ Nothing slow happens here: no broker, no panel. A 2xx means the event is committ
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
@@ -17,6 +16,7 @@ from bridge.domain.events import parse_event
 from bridge.store.crypto import SecretsUnavailable
 from bridge.store.errors import DATABASE_UNAVAILABLE
 from bridge.store.intake import IntakeUnavailable
+from bridge.web import json_body
 from bridge.web.keys import RUNTIME
 from bridge.webhooks.signature import InvalidSignature
 
@@ -85,7 +85,10 @@ async def receive_order(request: web.Request) -> web.Response:
         metrics.webhooks.labels("unauthorized").inc()
         return error(401, str(exc))
     try:
-        decoded = json.loads(body)
+        decoded = json_body.loads(body)
+    except json_body.DuplicateField as exc:
+        metrics.webhooks.labels("invalid").inc()
+        return error(422, str(exc), fields=[{"loc": exc.where, "msg": str(exc).partition(": ")[2]}])
     except (ValueError, RecursionError) as exc:  # nesting deep enough exhausts the parser
         metrics.webhooks.labels("bad_json").inc()
         return error(400, f"body: not valid JSON ({exc.__class__.__name__}: {exc})")

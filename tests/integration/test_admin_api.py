@@ -204,6 +204,9 @@ async def test_retry_failed_names_what_it_does_not_take(sqlite_url: str) -> None
         status, body, _ = await call(bridge, "POST", RETRY_FAILED, json={"limit": 1})
         assert status == 422 and body["fields"][0]["loc"] == "body.limit"
         assert (await call(bridge, "POST", RETRY_FAILED, data=b"{not json"))[0] == 400
+        twice = b'{"account": {"username": "john", "password": "a-new-pass", "password": "another"}}'
+        status, body, _ = await call(bridge, "POST", f"/admin/api/jobs/{job_id}/retry", data=twice)
+        assert status == 422 and body["fields"][0]["loc"] == "body.account.password"
         assert (await bridge.job(job_id))["status"] == "failed"  # nothing was retried
 
 

@@ -437,3 +437,18 @@ async def test_a_lone_surrogate_escape_is_a_422_naming_the_field(
     msg = answer["fields"][0]["msg"]
     assert ("surrogate" in msg or "unicode" in msg) and "rogate-pass" not in await response.text()
     assert await count(runtime, t.events) == 0
+
+
+async def test_a_field_given_twice_in_one_object_is_a_422_naming_it(client: TestClient, runtime: Runtime) -> None:
+    # JSON allows it and a parser keeps the last: which domain was meant is anyone's guess.
+    raw = json.dumps(service_create(domain="first.example.com")).encode()
+    first = b'"domain": "first.example.com"'
+    raw = raw.replace(first, first + b', "domain": "second.example.com"')
+    body, headers = signed(WEBHOOK_SECRET, raw)
+    response = await client.post("/webhooks/orders", data=body, headers=headers)
+    assert response.status == 422
+    answer = await response.json()
+    msg = "given twice in one JSON object; each field may appear once"
+    assert answer["fields"] == [{"loc": "data.domain", "msg": msg}]
+    assert answer["error"].startswith("data.domain: given twice")
+    assert await count(runtime, t.events) == 0

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.domain.jobs import JobStatus
-from bridge.domain.validation import is_small_whole_number
+from bridge.domain.validation import is_small_whole_number, is_unicode_text
 from bridge.store.admin_errors import InvalidInput, NotFound
 from bridge.store.admin_queries import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
 from bridge.web import json_body
@@ -178,11 +178,7 @@ def _lone_surrogate(value: Any, where: str) -> str | None:
     """Where a JSON string holds a lone ``\\ud800``-style escape: no UTF-8 text can carry it,
     so it could be neither encrypted nor stored."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return where or "body"
-        return None
+        return None if is_unicode_text(value) else (where or "body")
     if isinstance(value, dict):
         items: Any = ((str(k), v) for k, v in value.items())
     elif isinstance(value, list):

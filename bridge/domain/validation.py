@@ -242,6 +242,14 @@ def database_user(value: str, account: str, field: str = "user") -> str:
     return _db_identifier(value, account, field, "database user name", _MYSQL_MAX_USER)
 
 
+def _check_secret_text(value: str, field: str) -> None:
+    """What every password must be: one line of text that UTF-8 carries (never quoted back)."""
+    if _has_control(value):
+        raise InvalidField(field, "contains a line break, tab or other invisible control character")
+    if not is_unicode_text(value):
+        raise InvalidField(field, "is not valid Unicode text (it holds a lone surrogate)")
+
+
 def account_password(value: str, field: str = "password") -> str:
     """A panel account's password, taken exactly as given: 1 to 256 characters that an HTTP
     header (how the panel takes it) carries unchanged, so no control characters and no blank
@@ -252,10 +260,7 @@ def account_password(value: str, field: str = "password") -> str:
         raise InvalidField(field, "is empty; the panel account's password is required")
     if len(value) > _MAX_ACCOUNT_PASSWORD:
         raise InvalidField(field, f"is too long; at most {_MAX_ACCOUNT_PASSWORD} characters")
-    if _has_control(value):
-        raise InvalidField(field, "contains a line break, tab or other invisible control character")
-    if not is_unicode_text(value):
-        raise InvalidField(field, "is not valid Unicode text (it holds a lone surrogate)")
+    _check_secret_text(value, field)
     if value != value.strip():
         raise InvalidField(
             field, "has a blank at either end, which the panel's password header cannot carry; it is not trimmed"
@@ -271,10 +276,7 @@ def database_password(value: str, field: str = "password") -> str:
         raise InvalidField(field, f"is too short; a database password needs at least {_MIN_PASSWORD} characters")
     if len(value) > _MAX_PASSWORD:
         raise InvalidField(field, f"is too long; a database password has at most {_MAX_PASSWORD} characters")
-    if _has_control(value):
-        raise InvalidField(field, "contains a line break, tab or other invisible control character")
-    if not is_unicode_text(value):
-        raise InvalidField(field, "is not valid Unicode text (it holds a lone surrogate)")
+    _check_secret_text(value, field)
     return value
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
-from bridge.domain.validation import is_small_whole_number
+from bridge.domain.validation import is_small_whole_number, is_unicode_text
 
 TOLERANCE_S = 5 * 60
 SECRET_PREFIX = "whsec_"
@@ -71,7 +71,7 @@ class SignatureVerifier:
         if len(msg_id) > 255:
             raise InvalidSignature("webhook-id: longer than 255 characters")
         # Header bytes that are not UTF-8 arrive as lone surrogates, which cannot be signed.
-        if not _is_utf8(msg_id):
+        if not is_unicode_text(msg_id):
             raise InvalidSignature("webhook-id: not valid UTF-8")
         if not is_small_whole_number(stamp, 12):
             raise InvalidSignature("webhook-timestamp: must be whole Unix seconds")
@@ -94,14 +94,6 @@ class SignatureVerifier:
             if any(_constant_time_equal(expected, candidate) for candidate in offered):
                 return msg_id
         raise InvalidSignature("webhook-signature: does not match any configured secret")
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _offered_signatures(header: str) -> list[bytes]:

@@ -18,9 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import asyncpg
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.broker.base import JobQueue
@@ -31,6 +28,7 @@ from bridge.metrics import Metrics
 from bridge.panel.client import PanelClient
 from bridge.panel.config import PanelCredentials
 from bridge.store import leases
+from bridge.store.errors import DATABASE_OUT_OF_REACH
 from bridge.store.job_change import JobChange, LeaseLost
 from bridge.store.job_records import JobRecord, JobRecords, StepRecord
 from bridge.store.types import utcnow
@@ -44,16 +42,7 @@ log = logging.getLogger("bridge.worker")
 # What may end an attempt before its call went, and is no fault of the step's (see _run_step): the
 # wait for the gate lost, the database out of reach or of connections. Not every database error:
 # a statement the database refuses is a fault to see, with its traceback, in handle().
-_LOST_BEFORE_SENDING: tuple[type[BaseException], ...] = (
-    GateWaitLost,
-    OperationalError,
-    InterfaceError,
-    PoolTimeout,
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-)
+_LOST_BEFORE_SENDING: tuple[type[BaseException], ...] = (GateWaitLost, *DATABASE_OUT_OF_REACH)
 
 
 @dataclass

@@ -42,11 +42,9 @@ class JobFilter:
         return dict(vars(self))
 
     def as_match_kwargs(self) -> dict[str, Any]:
-        """The arguments of :func:`bridge.store.admin_queries.failed_job_ids`: which jobs, how many,
-        and past which (the cursor a previous retry of failed jobs gave)."""
+        """The arguments of :func:`bridge.store.admin_queries.failed_job_ids` (failed only: no status)."""
         kwargs = self.as_kwargs()
-        del kwargs["status"], kwargs["cursor"]
-        kwargs["after"] = decode_cursor(self.cursor) if self.cursor else None
+        del kwargs["status"]
         return kwargs
 
 

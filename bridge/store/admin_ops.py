@@ -173,7 +173,7 @@ async def retry_failed_jobs(engine: AsyncEngine, box: SecretBox, **filters: Any)
     Each is retried as :func:`retry_job` does, in a transaction of its own. One it refuses (a later
     job of its service is running, or it is no longer failed) is reported under ``skipped`` with
     the reason, and the rest go on. ``more`` says whether more failed jobs matched than were tried,
-    and ``next_cursor`` where the next call goes on (``after``: past the jobs this one tried, so
+    and ``next_cursor`` where the next call goes on (``cursor``: past the jobs this one tried, so
     that jobs skipped, or failed again at once, do not hold the rest back).
     """
     jobs, more = await failed_job_ids(engine, **filters)

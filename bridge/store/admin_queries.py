@@ -136,15 +136,16 @@ async def failed_job_ids(
     created_from: datetime | None = None,
     created_to: datetime | None = None,
     limit: int = DEFAULT_LIMIT,
-    after: int | None = None,
+    cursor: str | None = None,
 ) -> tuple[list[tuple[int, str]], bool]:
-    """The failed jobs that match (row id and public id), oldest first, past row id ``after``, at
-    most ``limit`` (capped at 200); and whether more match. The filters are those of :func:`list_jobs`."""
+    """The failed jobs that match (row id and public id), oldest first, past ``cursor`` (where a
+    previous call stopped), at most ``limit`` (capped at 200); and whether more match. The filters
+    are those of :func:`list_jobs`."""
     limit = _checked_limit(limit)
     query = select(t.jobs.c.id, t.jobs.c.public_id).where(t.jobs.c.status == JobStatus.FAILED)
     query = _matching(query, service_id, domain, search, created_from, created_to)
-    if after is not None:
-        query = query.where(t.jobs.c.id > after)
+    if cursor:
+        query = query.where(t.jobs.c.id > decode_cursor(cursor))
     async with engine.connect() as conn:
         rows = [(row.id, row.public_id) for row in await conn.execute(query.order_by(t.jobs.c.id).limit(limit + 1))]
     return rows[:limit], len(rows) > limit

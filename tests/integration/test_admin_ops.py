@@ -19,7 +19,6 @@ from bridge.domain.events import parse_event
 from bridge.store import admin_ops, leases
 from bridge.store import tables as t
 from bridge.store.admin_errors import Conflict, InvalidInput, NotFound
-from bridge.store.admin_queries import decode_cursor
 from bridge.store.callback_rows import CallbackPolicy
 from bridge.store.crypto import SecretBox
 from bridge.store.database import create_engine
@@ -293,8 +292,7 @@ async def test_retry_failed_at_most_limit_says_whether_more_match_and_goes_on_pa
     # The first failed again at once (bad credentials, say): started over from the oldest, every
     # call would take it again and never reach the rest.
     await make_failed(engine, ids[0])
-    after = decode_cursor(first["next_cursor"])
-    second = await admin_ops.retry_failed_jobs(engine, BOX, limit=2, after=after)
+    second = await admin_ops.retry_failed_jobs(engine, BOX, limit=2, cursor=first["next_cursor"])
     assert second == {"retried": ids[2:], "skipped": [], "more": False, "next_cursor": None}
     again = {"retried": [ids[0]], "skipped": [], "more": False, "next_cursor": None}
     assert await admin_ops.retry_failed_jobs(engine, BOX) == again  # a new round starts at the oldest

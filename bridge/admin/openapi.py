@@ -222,6 +222,16 @@ def _webhook() -> dict[str, Any]:
     }
 
 
+def _query_parameter(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema or {"type": "string"},
+        "description": description,
+    }
+
+
 def _admin_paths() -> dict[str, Any]:
     job_or_404 = {"404": _error("no such job")}
     text_query = [
@@ -233,28 +243,15 @@ def _admin_paths() -> dict[str, Any]:
         ("to", "created before (ISO 8601)"),
         ("cursor", "next_cursor of the previous page"),
     ]
-    parameters = [
-        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": desc}
-        for name, desc in text_query
-    ]
+    parameters = [_query_parameter(name, desc) for name, desc in text_query]
     parameters.append(
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}
     )
-    failed_only = {
-        "name": "status",
-        "in": "query",
-        "required": False,
-        "schema": {"enum": ["failed"]},
-        "description": "failed, or left out: only failed jobs are retried",
-    }
-    going_on = {
-        "name": "cursor",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "string"},
-        "description": "next_cursor of the previous call: go on past the jobs it tried",
-    }
-    retry_parameters = [failed_only, *(p for p in parameters if p["name"] not in ("status", "cursor")), going_on]
+    retry_parameters = [
+        _query_parameter("status", "failed, or left out: only failed jobs are retried", {"enum": ["failed"]}),
+        *(p for p in parameters if p["name"] not in ("status", "cursor")),
+        _query_parameter("cursor", "next_cursor of the previous call: go on past the jobs it tried"),
+    ]
     account = {
         "type": "object",
         "properties": {
@@ -296,7 +293,7 @@ def _admin_paths() -> dict[str, Any]:
                 {
                     "202": _json(_ref("Job"), "queued again"),
                     **job_or_404,
-                    "409": _error("the job is not failed"),
+                    "409": _error("the job is not failed, or a later job of its service is running or leased"),
                     "422": _error("bad body (the username must be the job's account)"),
                 },
                 requestBody=_optional_body(account),

@@ -47,6 +47,19 @@ async def failed_job_of_its_own(bridge: Bridge, n: int, service_id: str) -> str:
     )
 
 
+async def add_domain_being_sent(bridge: Bridge, service_id: str) -> str:
+    """A new order of ``service_id`` whose add_domain the panel is working on (for a second): its job id."""
+    bridge.sim.set_latency(1.0, "add_domain")
+    busy = order(bridge, service_id=service_id, domain="busy.example.com", ssl=False, databases=[], cron_jobs=[])
+    running = str((await bridge.send(busy))[1]["job_id"])
+
+    async def sending() -> bool:
+        return bool((await bridge.job(running))["steps"][1]["status"] == "running")
+
+    await wait_until(sending)
+    return running
+
+
 def run_state(job: dict[str, Any]) -> tuple[Any, ...]:
     """What a retry changes in a job (its callbacks are delivered meanwhile, so not those)."""
     return job["status"], job["updated_at"], job["steps"], job["attempts"]

@@ -7,7 +7,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from admin_helpers import AUTH, admin_bridge, failed_at_database, failed_job_of_its_own, order, run_state, wait_until
+from admin_helpers import (
+    AUTH,
+    add_domain_being_sent,
+    admin_bridge,
+    failed_at_database,
+    failed_job_of_its_own,
+    order,
+    run_state,
+    wait_until,
+)
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import ADMIN_TOKEN
 from engine_harness import ACCOUNT, Bridge
@@ -163,14 +172,7 @@ async def test_retry_failed_skips_a_job_whose_service_has_one_running(sqlite_url
     async with admin_bridge(sqlite_url) as bridge:
         waiting = await failed_job_of_its_own(bridge, 1, service_id="77")
         elsewhere = await failed_job_of_its_own(bridge, 2, service_id="78")
-        bridge.sim.set_latency(1.0, "add_domain")
-        busy = order(bridge, service_id="77", domain="busy.example.com", ssl=False, databases=[], cron_jobs=[])
-        running = (await bridge.send(busy))[1]["job_id"]
-
-        async def sending() -> bool:
-            return (await bridge.job(running))["steps"][1]["status"] == "running"
-
-        await wait_until(sending)
+        running = await add_domain_being_sent(bridge, service_id="77")
         status, body, _ = await call(bridge, "POST", RETRY_FAILED)
         assert status == 202 and body["retried"] == [elsewhere] and body["more"] is False
         reason = f"job {running} of service 77 is running; retry this one after it has finished"

@@ -8,7 +8,14 @@ import json
 import sys
 
 import pytest
-from admin_helpers import admin_bridge, failed_at_database, failed_job_of_its_own, order, wait_until
+from admin_helpers import (
+    add_domain_being_sent,
+    admin_bridge,
+    failed_at_database,
+    failed_job_of_its_own,
+    order,
+    wait_until,
+)
 from conftest import ADMIN_TOKEN, CALLBACK_SECRET, FERNET_KEY
 from engine_harness import ACCOUNT, Bridge
 from orders import ACCOUNT_PASSWORD, DB_PASSWORD
@@ -153,14 +160,7 @@ async def test_retry_all_failed_through_the_api(sqlite_url: str, monkeypatch: py
         monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", ADMIN_TOKEN)
         waiting = await failed_job_of_its_own(bridge, 1, service_id="71")
         elsewhere = await failed_job_of_its_own(bridge, 2, service_id="72")
-        bridge.sim.set_latency(1.0, "add_domain")
-        busy = order(bridge, service_id="71", domain="busy.example.com", ssl=False, databases=[], cron_jobs=[])
-        running = (await bridge.send(busy))[1]["job_id"]
-
-        async def sending() -> bool:
-            return (await bridge.job(running))["steps"][1]["status"] == "running"
-
-        await wait_until(sending)
+        running = await add_domain_being_sent(bridge, service_id="71")
         code, out, err = await jobs("retry", "--all-failed", "--url", url)
         assert (code, err) == (0, "")  # a job skipped is no failure of the command
         assert out.splitlines() == [

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import aio_pika
@@ -497,6 +498,24 @@ async def test_a_consumer_stopped_mid_message_returns_it_with_the_jobs_it_did_no
     assert sorted(redelivered) == ["first", "second", "third"]
 
 
+@dataclass
+class HoldingSlowJobs:
+    """A handler that holds the jobs named slow… until ``release``, and records every job it
+    handled; ``all_handled`` once it has handled ``expected`` of them."""
+
+    expected: int
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    all_handled: asyncio.Event = field(default_factory=asyncio.Event)
+    handled: list[str] = field(default_factory=list)
+
+    async def __call__(self, job_id: str) -> None:
+        if job_id.startswith("slow"):
+            await self.release.wait()
+        self.handled.append(job_id)
+        if len(self.handled) == self.expected:
+            self.all_handled.set()
+
+
 async def test_jobs_of_a_message_that_wait_too_long_for_a_place_are_handed_back_and_the_message_acked(
     make_rabbit_queue: MakeRabbitQueue, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -504,17 +523,7 @@ async def test_jobs_of_a_message_that_wait_too_long_for_a_place_are_handed_back_
     # place would stay unacknowledged for as long as all of them take (past RabbitMQ's consumer
     # timeout, on a slow panel): those still waiting go back to the queue, for any worker.
     q = await make_rabbit_queue(ids_per_message=16, hand_back_after_s=0.3)
-    first_may_end = asyncio.Event()
-    handled: list[str] = []
-    all_handled = asyncio.Event()
-
-    async def handler(job_id: str) -> None:
-        if job_id == "slow":
-            await first_may_end.wait()
-        handled.append(job_id)
-        if len(handled) == 3:
-            all_handled.set()
-
+    handler = HoldingSlowJobs(expected=3)
     await q.publish_many(["slow", "second", "third"])
     with caplog.at_level(logging.INFO, logger="bridge.broker.rabbitmq"):
         consumer = await q.consume(handler, prefetch=1)
@@ -522,11 +531,11 @@ async def test_jobs_of_a_message_that_wait_too_long_for_a_place_are_handed_back_
             await asyncio.sleep(0.6)  # the two behind "slow" waited past hand_back_after_s
             assert await ready_count(q, q.names.work) == 1  # ... and are in a message of their own
         finally:
-            first_may_end.set()  # a failed check does not leave the handler running past the test
-        await asyncio.wait_for(all_handled.wait(), 5)
+            handler.release.set()  # a failed check does not leave the handler running past the test
+        await asyncio.wait_for(handler.all_handled.wait(), 5)
         await asyncio.sleep(0.2)
         await consumer.stop()
-    assert sorted(handled) == ["second", "slow", "third"]  # each once
+    assert sorted(handler.handled) == ["second", "slow", "third"]  # each once
     assert await ready_count(q, q.names.work) == 0
     assert "2 job(s) waited 0 s for a place in this worker: published again" in caplog.text
 
@@ -643,14 +652,7 @@ async def test_a_message_that_waits_too_long_for_a_place_is_handed_back_and_acke
     # The broker counts messages, the places count jobs: one message's jobs may take every place
     # while the broker delivers the next message, which would wait unacknowledged for all of them.
     q = await make_rabbit_queue(ids_per_message=16, hand_back_after_s=0.3)
-    slow_may_end = asyncio.Event()
-    handled: list[str] = []
-
-    async def handler(job_id: str) -> None:
-        if job_id.startswith("slow"):
-            await slow_may_end.wait()
-        handled.append(job_id)
-
+    handler = HoldingSlowJobs(expected=3)
     await q.publish_many(["slow-1", "slow-2"])  # one message, both places
     with caplog.at_level(logging.INFO, logger="bridge.broker.rabbitmq"):
         consumer = await q.consume(handler, prefetch=2)
@@ -659,14 +661,11 @@ async def test_a_message_that_waits_too_long_for_a_place_is_handed_back_and_acke
             await q.publish("late")  # delivered (one message unacked of two), but no place is free
             await asyncio.sleep(0.6)
             assert "1 job(s) waited 0 s for a place in this worker: published again" in caplog.text
-            assert handled == []
+            assert handler.handled == []
         finally:
-            slow_may_end.set()
-        for _ in range(50):
-            if len(handled) == 3:
-                break
-            await asyncio.sleep(0.1)
+            handler.release.set()
+        await asyncio.wait_for(handler.all_handled.wait(), 5)
         await asyncio.sleep(0.2)
         await consumer.stop()
-    assert sorted(handled) == ["late", "slow-1", "slow-2"]  # each once
+    assert sorted(handler.handled) == ["late", "slow-1", "slow-2"]  # each once
     assert await ready_count(q, q.names.work) == 0

@@ -545,12 +545,13 @@ async def test_a_wait_on_a_connection_lost_without_a_word_ends(pg_url: str) -> N
                 await engine.dispose()
 
 
-def queue_for_a_turn(gate: PanelGate, quiet_s: float = 0) -> asyncio.Task[None]:
-    """A step queued for panel-1's gate that must never get its turn (the gate stops first)."""
+def queue_for_a_turn(gate: PanelGate, quiet_s: float = 0, turn_by: float | None = None) -> asyncio.Task[None]:
+    """A step queued for panel-1's gate that must never get its turn (the gate stops first, or
+    ``turn_by`` comes)."""
 
     async def waiter() -> None:
-        async with gate.mutation("panel-1", quiet_s=quiet_s):
-            pytest.fail("a turn after the gate stopped")
+        async with gate.mutation("panel-1", quiet_s=quiet_s, turn_by=turn_by):
+            pytest.fail("a turn that should have been given up")
 
     return asyncio.create_task(waiter())
 
@@ -633,25 +634,9 @@ def turn_within(seconds: float) -> float:
 
 async def test_a_turn_not_come_in_time_is_given_up_and_the_holder_and_the_next_go_on() -> None:
     gate = PanelGate(None)
-    holder_inside, holder_may_end = asyncio.Event(), asyncio.Event()
-
-    async def holder() -> str:
-        async with gate.mutation("panel-1", quiet_s=0):
-            holder_inside.set()
-            await holder_may_end.wait()
-        return "answered"
-
-    async def late() -> None:
-        async with gate.mutation("panel-1", quiet_s=0, turn_by=turn_within(0.2)):
-            pytest.fail("a turn after the time it was given up")
-
-    holding = asyncio.create_task(holder())
-    await holder_inside.wait()
-    waiting = asyncio.create_task(late())
-    with pytest.raises(TurnTooLate):
-        await asyncio.wait_for(waiting, 2)  # the holder still holds the gate
-    holder_may_end.set()
-    assert await holding == "answered"
+    async with gate.mutation("panel-1", quiet_s=0):  # the holder, to the end of its call
+        with pytest.raises(TurnTooLate):
+            await asyncio.wait_for(queue_for_a_turn(gate, turn_by=turn_within(0.2)), 2)
     # The gate is free: the turn given up left nothing holding it.
     async with asyncio.timeout(2), gate.mutation("panel-1", quiet_s=0, turn_by=turn_within(1)):
         pass
@@ -662,8 +647,7 @@ async def test_a_turn_not_come_by_the_end_of_a_quiet_period_is_given_up() -> Non
     async with gate.mutation("panel-1", quiet_s=0):
         await gate.keep_quiet("panel-1", 3600, None)  # no answer: the panel may be busy for an hour
     with pytest.raises(TurnTooLate):
-        async with asyncio.timeout(2), gate.mutation("panel-1", quiet_s=0, turn_by=turn_within(0.2)):
-            pytest.fail("a turn in the quiet period")
+        await asyncio.wait_for(queue_for_a_turn(gate, turn_by=turn_within(0.2)), 2)
     # Only a turn that has to be waited for is given up: on a free panel it comes whatever the time.
     async with asyncio.timeout(2), gate.mutation("panel-2", quiet_s=0, turn_by=turn_within(-1)):
         pass
@@ -675,8 +659,7 @@ async def test_a_turn_waited_for_from_another_process_is_given_up_in_time_and_le
     here, elsewhere = PanelGate(engines[0]), PanelGate(engines[1])
     async with elsewhere.mutation("panel-1", quiet_s=0):
         with pytest.raises(TurnTooLate):  # waiting for the advisory lock on the server
-            async with asyncio.timeout(5), here.mutation("panel-1", quiet_s=0, turn_by=turn_within(0.3)):
-                pytest.fail("a turn while another process holds the gate")
+            await asyncio.wait_for(queue_for_a_turn(here, turn_by=turn_within(0.3)), 5)
     async with asyncio.timeout(2), PanelGate(engines[1]).mutation("panel-1", quiet_s=0):
         pass
     # ... and the gate that gave a turn up takes the next one as usual.

@@ -14,7 +14,7 @@ from orders import ACCOUNT_PASSWORD, service_create
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from bridge.bootstrap import Runtime, open_runtime
+from bridge.bootstrap import Runtime, gate_pool_size, open_runtime
 from bridge.domain.events import OrderEvent
 from bridge.panel.simulator import PanelSimulator
 from bridge.settings import Settings
@@ -305,3 +305,14 @@ async def test_the_panel_gate_has_connections_of_its_own(runtime: Runtime) -> No
         async with asyncio.timeout(5), runtime.panel_gate().mutation("default", quiet_s=0) as locked:
             assert locked is not None and not locked.is_closed()
     assert len(held) == 20
+
+
+@pytest.mark.parametrize(("panels", "prefetch", "pool"), [(1, 16, 3), (16, 16, 17), (50, 16, 17), (2, 32, 5)])
+def test_the_gate_pool_is_sized_as_the_readme_says(panels: int, prefetch: int, pool: int) -> None:
+    # One connection per gate held or waited for (two gates per panel), no more than the jobs a
+    # process runs at once, one for checks; as many again under load (README: Database connections).
+    settings = Settings(
+        panels=[{"name": f"p{n}", "url": "https://panel.example.com:2083"} for n in range(panels)],  # type: ignore[misc]
+        worker_prefetch=prefetch,
+    )
+    assert gate_pool_size(settings) == pool

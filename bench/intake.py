@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+import timeit
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,7 +60,10 @@ from common import (
     take_wake_ups,
     wait_for_port,
 )
-from loadgen import Result, bare_requests, bridge_requests, run_load
+from loadgen import Result, bare_requests, bridge_requests, order_event, run_load, run_tag
+
+from bridge.domain.events import parse_event
+from bridge.web import json_body
 
 TARGETS = {"ratio bridge/pg": (0.7, ">="), "ratio bridge/pgmq": (1.2, ">="), "p99 bridge / p99 pg": (2.0, "<=")}
 
@@ -269,6 +274,7 @@ async def main(args: argparse.Namespace) -> None:
                     rounds.append(results)
                 per_request = statistics.median(signing) * 1e6
                 print(f"signing cost (done before the clock starts): {per_request:.0f} µs per request")
+                print(f"parsing and checking one order as the webhook does (in this process): {checking_us():.0f} µs")
                 summarise(rounds)
                 for line in await check_bridge_store(bridge_dsn, prefix, accepted):
                     print(line)
@@ -276,6 +282,14 @@ async def main(args: argparse.Namespace) -> None:
             await delete_queues(prefix)
             if "pgmq" in procs:
                 await purge_bare_queue()
+
+
+def checking_us(repeat: int = 5, number: int = 2000) -> float:
+    """What the webhook spends on one of the benchmark's orders between its signature and its store:
+    JSON and the domain's checks (best of ``repeat``, so other load counts least)."""
+    body = json.dumps(order_event(1, run_tag())).encode()
+    best = min(timeit.repeat(lambda: parse_event(json_body.loads(body)), repeat=repeat, number=number))
+    return best / number * 1e6
 
 
 def dbname(dsn: str) -> str:

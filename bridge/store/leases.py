@@ -13,7 +13,7 @@ import asyncpg
 from sqlalchemy import ColumnElement, case, exists, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bridge.domain.jobs import UNFINISHED_JOB_STATUSES
+from bridge.domain.jobs import UNFINISHED_JOB_STATUSES, JobStatus
 from bridge.store import tables as t
 from bridge.store.driver import driver_connection
 from bridge.store.types import utcnow
@@ -87,18 +87,31 @@ async def acquire(engine: AsyncEngine, public_id: str, owner: str, lease_s: floa
 # above. The read is a statement of its own: a lease that waited for another worker's
 # last write to the job must see the steps that write committed, which the snapshot of
 # the leasing statement would not.
+#
+# The earlier jobs that are unfinished, or failed (an admin's retry makes those unfinished
+# again), are locked FOR SHARE and their status read as the lock returns it, the last
+# committed one: the statement's snapshot alone would let a retry committed meanwhile and
+# this lease both pass, each its own check, and two jobs of a service run at once. The
+# retry locks the job it reopens and then looks for a later one leased (admin_ops). OFFSET 0
+# keeps the status test above the lock: pushed below it, a row the snapshot saw failed
+# would be skipped unlocked. (SQLite runs one writer at a time: no such race there.)
 _LEASE = """
     UPDATE jobs SET lease_owner = $2, lease_until = $4
     WHERE public_id = $1
       AND next_run_at IS NOT NULL AND next_run_at <= $3
       AND (lease_until IS NULL OR lease_until < $3)
       AND NOT EXISTS (
-          SELECT 1 FROM jobs AS earlier
-          WHERE earlier.service_id = jobs.service_id AND earlier.id < jobs.id
-            AND earlier.status = ANY($5::text[])
+          SELECT 1 FROM (
+              SELECT earlier.status FROM jobs AS earlier
+              WHERE earlier.service_id = jobs.service_id AND earlier.id < jobs.id
+                AND earlier.status = ANY($6::text[])
+              OFFSET 0 FOR SHARE
+          ) AS locked
+          WHERE locked.status = ANY($5::text[])
       )
     RETURNING *
 """
+_REOPENABLE = [*UNFINISHED_JOB_STATUSES, JobStatus.FAILED]  # the earlier jobs the lease locks
 _STEPS_AND_COMPENSATIONS = """
     SELECT
         (SELECT json_agg(s ORDER BY s.position) FROM steps AS s WHERE s.job_id = $1) AS step_rows,
@@ -112,7 +125,7 @@ async def _acquire_on_postgresql(
     engine: AsyncEngine, public_id: str, owner: str, now: datetime, until: datetime
 ) -> Lease | None:
     async with driver_connection(engine) as driver:
-        job = await driver.fetchrow(_LEASE, public_id, owner, now, until, list(UNFINISHED_JOB_STATUSES))
+        job = await driver.fetchrow(_LEASE, public_id, owner, now, until, list(UNFINISHED_JOB_STATUSES), _REOPENABLE)
         if job is None:
             return None
         try:

@@ -3,15 +3,16 @@ every failed job that matches), cancel, resolve and resend change, and what they
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from conftest import FERNET_KEY
 from orders import ACCOUNT_PASSWORD, service_create
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.callbacks.origins import normalise_origin
@@ -415,3 +416,47 @@ async def test_a_job_is_not_retried_while_a_later_job_of_its_service_holds_a_lea
     with pytest.raises(Conflict, match=f"job {later} of service 77 is running"):
         await admin_ops.retry_job(engine, BOX, failed)
     assert (await job_row(engine, failed)).status == "failed"
+
+
+async def test_a_lease_in_the_midst_of_a_retry_of_an_earlier_job_waits_for_it_then_gives_way(pg_url: str) -> None:
+    # PostgreSQL only: SQLite runs one writer at a time, so the two cannot overlap there. The
+    # retry has checked that no later job is leased and reopened the failed one, but not yet
+    # committed: a lease of the later job must not pass on the snapshot's "failed".
+    engine = create_engine(pg_url)
+    try:
+        failed = await new_job(engine, service_id="79")
+        later = await new_job(engine, service_id="79")
+        await make_failed(engine, failed)
+        async with engine.connect() as holder:
+            # Holds the retry at its last write (the wake-up), after its checks and its update.
+            hold = await holder.begin()
+            await holder.execute(text("LOCK TABLE outbox IN SHARE MODE"))
+            retry = asyncio.create_task(admin_ops.retry_job(engine, BOX, failed))
+            await until(lambda: backends_waiting_for_a_lock(engine, 1), or_done=retry)
+            lease = asyncio.create_task(leases.acquire(engine, later, "worker-1", 30))
+            await until(lambda: backends_waiting_for_a_lock(engine, 2), or_done=lease)
+            await hold.rollback()
+        assert (await retry)["status"] == "accepted"
+        assert (await lease).outcome is leases.LeaseOutcome.BLOCKED
+        assert (await job_row(engine, later)).lease_owner is None
+    finally:
+        await engine.dispose()
+
+
+async def backends_waiting_for_a_lock(engine: AsyncEngine, count: int) -> bool:
+    async with engine.connect() as conn:
+        waiting = await conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+        return int(waiting.scalar_one()) >= count
+
+
+async def until(condition: Callable[[], Awaitable[bool]], *, or_done: asyncio.Task[Any]) -> None:
+    """Until ``condition`` holds or the task has finished (then it did not wait at all)."""
+    for _ in range(500):
+        if or_done.done() or await condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("neither waiting nor done after 10 s")

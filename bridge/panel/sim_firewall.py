@@ -53,8 +53,15 @@ class LoginFirewall:
         while recent and recent[0] <= now - self.window_s:
             recent.popleft()
         if len(recent) >= self.max_failures:
-            self._banned_until[ip] = now + self.ban_s
+            self.ban(ip)
             recent.clear()
+
+    def ban(self, ip: str) -> None:
+        self._banned_until[ip] = self.clock() + self.ban_s
+
+    def lift(self, ip: str) -> None:
+        """An admin unblocks the address before its ban runs out."""
+        self._banned_until.pop(ip, None)
 
     def banned(self) -> dict[str, float]:
         now = self.clock()

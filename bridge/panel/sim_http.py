@@ -71,9 +71,11 @@ def _drop(request: web.Request) -> web.Response:
 async def dispatch(sim: PanelSimulator, request: web.Request) -> web.StreamResponse:
     state = sim.state
     ip = request.remote or "unknown"
+    found = route(request.path)
+    if found is not None and sim.bans_next(found[0]):
+        state.firewall.ban(ip)
     if state.firewall.is_banned(ip):
         return html_page(403, "403 Forbidden")
-    found = route(request.path)
     if found is None:
         if not request.path.endswith("/") and route(request.path + "/") is not None:
             # Django's APPEND_SLASH: a redirect, and the POST body is gone.

@@ -47,7 +47,12 @@ Faults are queued per call name and used once each, after authentication:
 ``html500`` answers an HTML 500 and does nothing; ``reset`` drops the connection
 and does nothing; ``late:N`` does the work, then answers only after N seconds;
 ``reset_after`` does the work, then drops the connection; ``error:TEXT`` answers
-the failure TEXT (under the call's usual key) and does nothing.
+the failure TEXT (under the call's usual key) and does nothing. ``ban`` is
+different: the caller's address is banned just as the call arrives (as when
+someone else's failed logins from the same address trip the firewall), so the
+firewall answers it, before authentication, and every call after it for the
+ban's 10 minutes, unless ``state.firewall.lift(address)`` ends it sooner (an
+admin unblocking it).
 """
 
 from __future__ import annotations
@@ -81,12 +86,12 @@ __all__ = [
 
 logger = logging.getLogger("bridge.panel.simulator")
 
-FAULTS = ("html500", "reset", "late:N", "reset_after", "error:TEXT")
+FAULTS = ("html500", "reset", "late:N", "reset_after", "error:TEXT", "ban")
 
 
 def _check_fault(fault: str) -> str:
     kind, _, arg = fault.partition(":")
-    if kind in ("html500", "reset", "reset_after") and not arg:
+    if kind in ("html500", "reset", "reset_after", "ban") and not arg:
         return fault
     if kind == "late" and arg:
         float(arg)  # a ValueError names the bad number
@@ -143,6 +148,14 @@ class PanelSimulator:
     def next_fault(self, call: str) -> str:
         queue = self.faults.get(call)
         return queue.popleft() if queue else ""
+
+    def bans_next(self, call: str) -> bool:
+        """Whether the next fault of ``call`` is ``ban``; taken if it is."""
+        queue = self.faults.get(call)
+        if queue and queue[0] == "ban":
+            queue.popleft()
+            return True
+        return False
 
     def fail_ssl(self, domain: str, attempts: int) -> None:
         """The next ``attempts`` issuances for ``domain`` fall back to a self-signed certificate."""

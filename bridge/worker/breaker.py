@@ -91,9 +91,10 @@ class PanelBreaker:
         known = self._accepted.get((panel, creds.username))
         return known is not None and known[0] == _digest(creds) and time.monotonic() - known[1] < ACCEPTED_FOR_S
 
-    async def record(self, panel: str, reason: FailureReason, now: datetime | None = None) -> None:
+    async def record(self, panel: str, reason: FailureReason, now: datetime | None = None) -> datetime | None:
+        """Count a failure; when the breaker opens on it, until when."""
         if reason not in TRIPPING_REASONS:
-            return
+            return None
         now = now or utcnow()
         async with self._engine.begin() as conn:
             row = (
@@ -119,15 +120,17 @@ class PanelBreaker:
                 "window_started_at": now if fresh else row.window_started_at,
                 "last_reason": reason.value,
             }
+            open_until = None
             if reason is FailureReason.FIREWALL or failures >= self._threshold:
-                values["open_until"] = now + self._cooldown
+                values["open_until"] = open_until = now + self._cooldown
                 log.warning(
                     "circuit breaker open for panel %s until %s (%s, %d failure(s) in the window)",
                     panel,
-                    values["open_until"],
+                    open_until,
                     reason.value,
                     failures,
                 )
             await conn.execute(update(t.panel_breakers).where(t.panel_breakers.c.panel == panel).values(**values))
-        if "open_until" in values:
-            self.saw(panel, values["open_until"])  # type: ignore[arg-type]
+        if open_until is not None:
+            self.saw(panel, open_until)
+        return open_until

@@ -34,9 +34,13 @@ class WorkerStopping(Exception):
 
 
 class BreakerOpen(Exception):
-    def __init__(self, until: datetime) -> None:
+    """The panel is not to be called until ``until``: nothing the call would have done was done."""
+
+    def __init__(self, until: datetime, *, firewall: bool = False) -> None:
         super().__init__(f"circuit breaker open until {until.isoformat()}")
         self.until = until
+        # The call went, and the panel's firewall turned it away (an HTML 403) before the panel saw it.
+        self.firewall = firewall
 
 
 @dataclass
@@ -233,7 +237,11 @@ class PanelAccess:
         if isinstance(result.outcome, PermanentFailure):
             if result.outcome.reason is FailureReason.INVALID_CREDENTIALS:
                 self.breaker.refused(self.panel, self.creds)
-            await self.breaker.record(self.panel, result.outcome.reason)
+            open_until = await self.breaker.record(self.panel, result.outcome.reason)
+            if result.outcome.reason is FailureReason.FIREWALL and open_until is not None:
+                # A ban lifts by itself (someone else's failed logins from this address, say): the
+                # job waits for the breaker, as one that never reached the firewall does.
+                raise BreakerOpen(open_until, firewall=True)
         elif result.record.http_status == 200:
             self.proven = True
             self.breaker.accepted(self.panel, self.creds)

@@ -248,7 +248,10 @@ class JobRunner:
             return False, None
         except BreakerOpen as exc:
             # Jobs wait for the breaker, they do not fail on it.
-            outcome = StepOutcome("retry", f"Not sent: the panel's {exc}.", "breaker_open", in_flight=unsure)
+            message = f"Not sent: the panel's {exc}."
+            if exc.firewall:
+                message = f"Turned away by the panel's firewall (HTTP 403 page: this address is banned); the {exc}."
+            outcome = StepOutcome("retry", message, "breaker_open", in_flight=unsure)
             not_before = exc.until
         except WorkerStopping:
             outcome = StepOutcome("retry", "Not sent: the worker is stopping.", "abandoned", in_flight=unsure)

@@ -316,3 +316,33 @@ def test_the_gate_pool_is_sized_as_the_readme_says(panels: int, prefetch: int, p
         worker_prefetch=prefetch,
     )
     assert gate_pool_size(settings) == pool
+
+
+@pytest.mark.parametrize("call", ["account_info", "add_domain"])
+async def test_a_job_turned_away_by_the_panels_firewall_waits_for_the_ban_to_lift(
+    runtime: Runtime, sim: PanelSimulator, call: str
+) -> None:
+    # Someone else's failed logins from the bridge's address get it banned, just before a read
+    # (check_account) or a mutating call (add_domain) of a job: the job waits, it does not fail.
+    sim.inject_fault(call, "ban")
+    event = OrderEvent.model_validate(service_create())
+    job_id = (await store_event(runtime.engine, runtime.box, "msg_banned", event)).job_id
+    await runtime.runner().handle(job_id)
+
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    step = next(s for s in job["steps"] if s["kind"] == ("check_account" if call == "account_info" else call))
+    assert job["status"] != "failed" and step["status"] == "waiting_retry"
+    assert step["attempts"] == 0  # turned away before the panel saw it: no retry spent
+    (turned_away,) = [a for a in job["attempts"] if a["step"] == step["kind"]]
+    assert turned_away["outcome"] == "breaker_open" and "firewall" in turned_away["message"]
+    async with runtime.engine.connect() as conn:
+        breaker = (await conn.execute(select(t.panel_breakers))).one()
+    assert breaker.last_reason == "firewall" and breaker.open_until is not None  # (10 min, scaled down here)
+
+    sim.state.firewall.lift("127.0.0.1")  # an admin unblocks the address; the breaker's wait is over
+    await set_breaker(runtime, open_for=None)
+    await make_due(runtime, job_id)
+    await runtime.runner().handle(job_id)
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    assert job["status"] == "succeeded"
+    assert [d.domain for d in sim.account("john").domains] == ["example.com"]

@@ -120,9 +120,18 @@ class OrderData(BaseModel):
         for i, db in enumerate(self.databases):
             validation.database_name(db.name, account, field=f"databases.{i}.name")
             validation.database_user(db.user, account, field=f"databases.{i}.user")
-        names = [db.name for db in self.databases]
-        if len(set(names)) != len(names):
-            raise ValueError("databases: each database name may appear only once")
+        named: dict[str, int] = {}
+        users: dict[str, int] = {}
+        for i, db in enumerate(self.databases):
+            if (first := named.setdefault(db.name, i)) != i:
+                raise ValueError(f"databases.{i}.name: {db.name!r} is already the name of databases.{first}")
+            if (first := users.setdefault(db.user, i)) != i:
+                # The panel makes each user with its database, and makes the database before it
+                # finds the user taken: a second one would be left without its user.
+                raise ValueError(
+                    f"databases.{i}.user: {db.user!r} is already the user of databases.{first}; "
+                    "each database needs a user of its own"
+                )
         lines = [cron.line for cron in self.cron_jobs]
         if len(set(lines)) != len(lines):
             raise ValueError("cron_jobs: each cron job may appear only once")

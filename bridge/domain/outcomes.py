@@ -41,6 +41,9 @@ class Succeeded:
 @dataclass(frozen=True)
 class AlreadyExists:
     message: str
+    # The call did the first part of its work before it found the clash (db_make makes the
+    # database, then finds its user taken): that part is on the panel now.
+    first_part_done: bool = False
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,11 @@ def _exists(text: str) -> PanelOutcome:
     return AlreadyExists(f"The panel says this already exists {_quoted(text)}.")
 
 
+def _user_exists(text: str) -> PanelOutcome:
+    # Only db_make answers this, after it has made the database (PANEL_API.md: not atomic).
+    return AlreadyExists(f"The panel says this already exists {_quoted(text)}.", first_part_done=True)
+
+
 def _limit(text: str) -> PanelOutcome:
     return PermanentFailure(
         f"The hosting account has reached a limit of its package {_quoted(text)}. Raise the "
@@ -172,6 +177,7 @@ MESSAGE_RULES: tuple[MessageRule, ...] = (
     MessageRule("username and password required", _no_credentials),
     MessageRule("username is required", _no_credentials),
     MessageRule("authentication required", _no_credentials),
+    MessageRule("user already exists", _user_exists),
     MessageRule("already exists", _exists),
     MessageRule("limit exceeded", _limit),
     MessageRule("failed to issue ssl", _ssl_fallback),

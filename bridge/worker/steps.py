@@ -223,9 +223,25 @@ async def create_database(step: Step, panel: PanelAccess) -> StepOutcome:
     if isinstance(sent.outcome, AlreadyExists):
         if step.in_flight and (found := await _database_read_back(db_full, user_full, undo, panel)) is not None:
             return found  # the earlier attempt landed after the read-back (or half of it did)
+        if sent.outcome.first_part_done:
+            return _user_taken(db_full, user_full, panel.account)
         return _conflict(f"The database {db_full} or user {user_full} already exists and was not made by this order.")
     in_flight = not (isinstance(sent.outcome, PermanentFailure) and sent.outcome.reason is FailureReason.INVALID_INPUT)
     return _from_failure(sent.outcome, in_flight=in_flight)
+
+
+def _user_taken(db_full: str, user_full: str, account: str) -> StepOutcome:
+    """db_make made the database, then found a user of that name it had not made: a conflict,
+    and the database this order made is recorded, to be dropped before the step runs again."""
+    return StepOutcome(
+        "failed",
+        f"The database user {user_full} already exists on the panel and was not made by this order; "
+        f"the panel made the database {db_full} before it found that out. Remove that user if nothing "
+        "needs it, drop the database and mark its compensation record done, then retry.",
+        "conflict",
+        compensation=f"drop database {db_full} from account {account} (made before the panel refused its user)",
+        reason=FailureReason.CONFLICT,
+    )
 
 
 def cron_line(params: dict[str, Any]) -> str:

@@ -205,6 +205,25 @@ INVALID_CASES: dict[str, tuple[Any, str]] = {
         service_create(databases=[{"name": "w" * 60, "user": "wpuser", "password": DB_PASSWORD}]),
         "data.databases.0.name",
     ),
+    "db name given twice": (
+        service_create(
+            databases=[
+                {"name": "wp", "user": "wpuser", "password": DB_PASSWORD},
+                {"name": "wp", "user": "shopuser", "password": DB_PASSWORD},
+            ]
+        ),
+        "data.databases.1.name",
+    ),
+    # db_make makes the database before it finds the user taken: the second would be an orphan.
+    "db user shared by two databases": (
+        service_create(
+            databases=[
+                {"name": "wp", "user": "wpuser", "password": DB_PASSWORD},
+                {"name": "shop", "user": "wpuser", "password": DB_PASSWORD},
+            ]
+        ),
+        "data.databases.1.user",
+    ),
 }
 
 

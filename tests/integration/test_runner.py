@@ -346,3 +346,29 @@ async def test_a_job_turned_away_by_the_panels_firewall_waits_for_the_ban_to_lif
     job = await admin_ops.get_job(runtime.engine, job_id)
     assert job["status"] == "succeeded"
     assert [d.domain for d in sim.account("john").domains] == ["example.com"]
+
+
+async def test_a_database_user_already_on_the_account_fails_the_step_with_the_database_made_recorded(
+    runtime: Runtime, sim: PanelSimulator
+) -> None:
+    # db_make makes the database, then finds its user taken (made by hand, say): the job fails as
+    # a conflict, and the database the panel made for it is recorded, to be dropped.
+    sim.account("john").db_users.append("john_wpuser")
+    event = OrderEvent.model_validate(service_create(ssl=False, cron_jobs=[]))
+    job_id = (await store_event(runtime.engine, runtime.box, "msg_user_taken", event)).job_id
+    await runtime.runner().handle(job_id)
+
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    assert job["status"] == "failed" and "john_wpuser already exists" in job["error"]
+    assert sim.account("john").databases == ["john_wp"]
+    (drop,) = [c for c in job["compensations"] if c["step"] == "create_database"]
+    assert drop["status"] == "pending" and drop["action"].startswith("drop database john_wp from account john")
+
+    # The admin removes the user and drops the database, marks the record done, and retries.
+    sim.account("john").db_users.remove("john_wpuser")
+    sim.account("john").databases.remove("john_wp")
+    await admin_ops.resolve_compensation(runtime.engine, drop["id"], "done")
+    await admin_ops.retry_job(runtime.engine, runtime.box, job_id)
+    await runtime.runner().handle(job_id)
+    assert (await admin_ops.get_job(runtime.engine, job_id))["status"] == "succeeded"
+    assert (sim.account("john").databases, sim.account("john").db_users) == (["john_wp"], ["john_wpuser"])

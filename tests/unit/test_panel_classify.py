@@ -348,3 +348,11 @@ def test_secrets_quoted_back_by_the_panel_never_reach_the_message() -> None:
     assert isinstance(outcome, PermanentFailure)
     assert "Hunter2-Hunter2" not in outcome.message
     assert MASK in outcome.message
+
+
+def test_a_database_user_taken_says_db_make_had_already_made_the_database() -> None:
+    # PANEL_API.md: db_make makes the database before it looks at the user fields.
+    user_taken = classify_answer("db_make", 200, j({"success": False, "error": "User already exists."}))
+    db_taken = classify_answer("db_make", 200, j({"success": False, "error": "Database 'alice_wp' already exists."}))
+    assert isinstance(user_taken, AlreadyExists) and user_taken.first_part_done
+    assert isinstance(db_taken, AlreadyExists) and not db_taken.first_part_done

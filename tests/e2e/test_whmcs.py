@@ -393,6 +393,39 @@ async def test_a_new_attempt_only_after_the_previous_job_succeeded(sqlite_url: s
         assert len(await jobs_of(bridge)) == 2
 
 
+async def test_a_failed_order_changed_in_whmcs_is_a_new_job_and_retry_takes_only_the_latest(
+    sqlite_url: str, whmcs: Whmcs
+) -> None:
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        # The domain turns out to be another customer's on the panel: a conflict, the job fails.
+        bridge.sim.inject_fault("add_domain", "error:The domain 'example.com' already exists.")
+        params = service_params(bridge, whmcs, configoption3="", configoption4="", configoption5="")
+        assert await whmcs.module("CreateAccount", params) == "success"
+        [failed] = await jobs_of(bridge)
+        await bridge.wait_for(failed, "failed")
+        first_key = whmcs.service_record()["attempt_key"]
+        # Sent unchanged it is the same order (the module points at Retry), and so it is with
+        # only a new password: the password is not part of what the order asks of the panel.
+        for same in (params, {**params, "password": ACCOUNT[1] + "-new"}):
+            assert "Retry provisioning" in await whmcs.module("CreateAccount", same)
+        assert await jobs_of(bridge) == [failed]
+
+        # The admin gives the service another domain: a new order, a job of its own.
+        changed = {**params, "domain": "example.net"}
+        assert await whmcs.module("CreateAccount", changed) == "success"
+        assert whmcs.service_record()["attempt_key"] != first_key
+        [new] = [job for job in await jobs_of(bridge) if job != failed]
+        await bridge.wait_for(new, "succeeded")
+        assert [d.domain for d in bridge.sim.account(ACCOUNT[0]).domains] == ["example.net"]
+
+        # Retry takes the service's latest job only: the failed order it replaced stays as it is.
+        answer = await whmcs.module("RetryProvisioning", changed)
+        assert answer == f"There is no failed provisioning job for this service: its latest job, {new}, is succeeded."
+        async with bridge.runtime.engine.connect() as conn:
+            status = (await conn.execute(select(t.jobs.c.status).where(t.jobs.c.public_id == failed))).scalar()
+        assert status == "failed"
+
+
 async def test_two_create_clicks_at_once_after_a_success_record_the_new_jobs_own_status(
     sqlite_url: str, whmcs: Whmcs
 ) -> None:
@@ -471,9 +504,9 @@ async def test_failures_open_one_ticket_then_add_notes_and_retry_resumes_without
         assert counters["cronjob_add"] == 1
         assert len(await jobs_of(bridge)) == 1
 
-        assert (
-            await whmcs.module("RetryProvisioning", params) == "There is no failed provisioning job for this service."
-        )
+        nothing = await whmcs.module("RetryProvisioning", params)
+        assert nothing.startswith("There is no failed provisioning job for this service")
+        assert nothing.endswith(f"its latest job, {job_id}, is succeeded.")
         tab = await whmcs.module("AdminServicesTabFields", params)
         assert f'/admin/jobs/{job_id}"' in tab["Provisioning job"] and "succeeded" in tab["Provisioning job"]
         assert "create_database" in tab["Steps"]

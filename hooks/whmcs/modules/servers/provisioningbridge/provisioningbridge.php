@@ -91,7 +91,11 @@ function provisioningbridge_CreateAccount(array $params)
         $previous = $store->get(ServiceState::key($serviceId)) ?? [];
         $previousStatus = provisioningbridge_jobStatus($client, $previous);
         $finishedKey = in_array($previousStatus, ServiceState::FINISHED_FOR_GOOD, true) ? $previous['attempt_key'] : null;
-        $record = ServiceState::nextAttempt($store, $serviceId, $databases, $finishedKey);
+        // A failed order changed since (another domain, say, where the first was taken) is a new
+        // order; sent unchanged it is the same one, which only the Retry button resumes.
+        $failedKey = $previousStatus === 'failed' ? $previous['attempt_key'] : null;
+        $digest = Order::digest($params, $databases, $cronJobs);
+        $record = ServiceState::nextAttempt($store, $serviceId, $databases, $finishedKey, $failedKey, $digest);
         if ($record['attempt_key'] !== ($previous['attempt_key'] ?? null)) {
             // A new attempt (this click's or a simultaneous one's): the status read is the old job's.
             $previousStatus = null;
@@ -191,7 +195,8 @@ function provisioningbridge_RetryProvisioning(array $params)
 {
     try {
         $client = new BridgeClient(Settings::fromParams($params), [(string) ($params['password'] ?? '')]);
-        $query = http_build_query(['service_id' => (string) $params['serviceid'], 'status' => 'failed', 'limit' => 1]);
+        // The latest job only: an older failed one was left behind by a changed order.
+        $query = http_build_query(['service_id' => (string) $params['serviceid'], 'limit' => 1]);
         $list = $client->admin('RetryProvisioning', 'GET', '/admin/api/jobs?' . $query);
         if (!$list->ok()) {
             return 'Could not look up the service\'s jobs: ' . $list->errorText();
@@ -199,6 +204,10 @@ function provisioningbridge_RetryProvisioning(array $params)
         $job = $list->json['jobs'][0] ?? null;
         if (!$job) {
             return 'There is no failed provisioning job for this service.';
+        }
+        if (($job['status'] ?? '') !== 'failed') {
+            return 'There is no failed provisioning job for this service: its latest job, ' . $job['job_id']
+                . ', is ' . ($job['status'] ?? 'unknown') . '.';
         }
         $body = null;
         if ((string) ($params['username'] ?? '') !== '' && (string) ($params['password'] ?? '') !== '') {

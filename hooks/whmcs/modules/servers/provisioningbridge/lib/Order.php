@@ -84,6 +84,21 @@ final class Order
         return ['type' => 'service.create', 'data' => $data];
     }
 
+    /**
+     * What the order asks of the panel, as a digest: the event without its passwords (which
+     * the Retry button sends afresh) or the callback address. A failed job's order sent again
+     * with a different digest was changed, to get past what failed.
+     */
+    public static function digest(array $params, array $databases, array $cronJobs): string
+    {
+        $event = self::serviceCreate($params, $databases, array_fill_keys(array_column($databases, 'name'), ''), $cronJobs, '');
+        unset($event['data']['account']['password']);
+        foreach (array_keys($event['data']['databases']) as $i) {
+            unset($event['data']['databases'][$i]['password']);
+        }
+        return hash('sha256', json_encode($event));
+    }
+
     private static function option(array $params, int $n, string $default): string
     {
         $value = trim((string) ($params['configoption' . $n] ?? ''));

@@ -9,6 +9,7 @@
  *                 so a database the panel already has keeps the password shown to the
  *                 customer. Encrypted with WHMCS's encrypt() when available.
  *   job_id, job_status  the bridge's job for the current attempt, as last reported.
+ *   order_digest  Order::digest of the order the current attempt sent.
  */
 
 namespace ProvisioningBridge;
@@ -30,17 +31,32 @@ final class ServiceState
 
     /**
      * The record for this CreateAccount: the same attempt key as before unless the
-     * previous job (with key $finishedKey) is known to be succeeded or cancelled, and a
+     * previous job (with key $finishedKey) is known to be succeeded or cancelled, or it
+     * (with key $failedKey) failed and the order ($orderDigest) has changed since; and a
      * password for every database in $databases.
      */
-    public static function nextAttempt(Store $store, string $serviceId, array $databases, ?string $finishedKey): array
-    {
-        return $store->update(self::key($serviceId), function (?array $record) use ($databases, $finishedKey) {
+    public static function nextAttempt(
+        Store $store,
+        string $serviceId,
+        array $databases,
+        ?string $finishedKey,
+        ?string $failedKey = null,
+        string $orderDigest = ''
+    ): array {
+        return $store->update(self::key($serviceId), function (?array $record) use ($databases, $finishedKey, $failedKey, $orderDigest) {
             $record = $record ?? [];
+            $key = $record['attempt_key'] ?? null;
             // Compare keys under the lock: two simultaneous clicks start over only once.
-            if (empty($record['attempt_key']) || ($finishedKey !== null && $record['attempt_key'] === $finishedKey)) {
+            $changedAfterFailure = $failedKey !== null && $key === $failedKey
+                && isset($record['order_digest']) && $record['order_digest'] !== $orderDigest;
+            if (empty($key) || ($finishedKey !== null && $key === $finishedKey) || $changedAfterFailure) {
                 $record['attempt_key'] = bin2hex(random_bytes(6));
                 unset($record['job_id'], $record['job_status']);
+                $record['order_digest'] = $orderDigest;
+            } elseif (!isset($record['order_digest'])) {
+                // Kept by an earlier version of the module: what it sent is not known, so the
+                // order as it is now stands for it.
+                $record['order_digest'] = $orderDigest;
             }
             $passwords = self::passwords($record);
             foreach ($databases as $database) {

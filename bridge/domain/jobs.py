@@ -95,6 +95,8 @@ def plan(event: OrderEvent) -> list[PlannedStep]:
                 "domains_needed": 1 if wants_domain else 0,
                 "databases_needed": len(databases),
                 "domain": data.domain if event.type == "ssl.issue" else None,
+                # For a closer count when the account looks full (see the check_account step).
+                "domain_to_add": data.domain if wants_domain else None,
             },
         )
     )

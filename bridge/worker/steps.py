@@ -86,6 +86,12 @@ async def check_account(step: Step, panel: PanelAccess) -> StepOutcome:
         needed = int(step.params.get(needed_key) or 0)
         limit = limits.get(kind, {}).get("limit")
         used = int(limits.get(kind, {}).get("used") or 0)
+        adding = step.params.get("domain_to_add") if kind == "domain" else None
+        if adding and limit is not None and used + needed > limit:
+            counted = await _domains_counted_against_the_limit(adding, panel)
+            if isinstance(counted, StepOutcome):
+                return counted
+            used, needed = counted
         if needed and limit is not None and used + needed > limit:
             what = "domains" if kind == "domain" else "databases (the panel counts database users)"
             return StepOutcome(
@@ -108,6 +114,29 @@ async def check_account(step: Step, panel: PanelAccess) -> StepOutcome:
                 reason=FailureReason.NOT_FOUND,
             )
     return StepOutcome("succeeded", "account and limits confirmed", "succeeded", result={"limits": limits})
+
+
+async def _domains_counted_against_the_limit(domain: str, panel: PanelAccess) -> tuple[int, int] | StepOutcome:
+    """(domains used, domains needed) as the panel's add_domain counts them against domain_limit.
+
+    The account's ``domain_used`` counts subdomains too, but add_domain holds a subdomain (a
+    name of more than two labels whose last two are a domain of the account) to the package's
+    subdomain limit instead, and counts only domains against domain_limit. Read only when the
+    account looks full, so the usual order costs no extra call.
+    """
+    listed = await panel.read(lambda c, creds: c.domain_list(creds))
+    if not isinstance(listed.outcome, Succeeded):
+        return _from_failure(listed.outcome, in_flight=False)
+    names = {str(entry.get("domain", "")).lower() for entry in listed.outcome.data.get("domains", [])}
+
+    def is_subdomain(name: str) -> bool:
+        labels = name.split(".")
+        return len(labels) > 2 and ".".join(labels[-2:]) in names
+
+    used = sum(1 for name in names if not is_subdomain(name))
+    # One already there takes no new place (add_domain then says whose it is).
+    needed = 0 if domain in names or is_subdomain(domain) else 1
+    return used, needed
 
 
 def _find_domain(outcome: Succeeded, domain: str) -> dict[str, Any] | None:

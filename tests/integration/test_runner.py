@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -372,3 +373,44 @@ async def test_a_database_user_already_on_the_account_fails_the_step_with_the_da
     await runtime.runner().handle(job_id)
     assert (await admin_ops.get_job(runtime.engine, job_id))["status"] == "succeeded"
     assert (sim.account("john").databases, sim.account("john").db_users) == (["john_wp"], ["john_wpuser"])
+
+
+def domain_add(domain: str) -> OrderEvent:
+    data = service_create(domain=domain)["data"]
+    fields = ("service_id", "panel", "account", "domain", "php_version")
+    return OrderEvent.model_validate({"type": "domain.add", "data": {k: data[k] for k in fields}})
+
+
+async def run_to_the_end(runtime: Runtime, event: OrderEvent, webhook_id: str) -> dict[str, Any]:
+    job_id = (await store_event(runtime.engine, runtime.box, webhook_id, event)).job_id
+    await runtime.runner().handle(job_id)
+    return await admin_ops.get_job(runtime.engine, job_id)
+
+
+async def test_an_order_beyond_the_accounts_domain_limit_fails_before_anything_is_sent(
+    runtime: Runtime, sim: PanelSimulator
+) -> None:
+    sim.account("john").domain_limit = 1
+    assert (await run_to_the_end(runtime, domain_add("example.com"), "msg_first"))["status"] == "succeeded"
+
+    job = await run_to_the_end(runtime, domain_add("example.org"), "msg_second")
+    assert job["status"] == "failed"
+    assert "has used 1 of its 1 domains (domain_limit)" in job["error"] and "needs 1 more" in job["error"]
+    assert sim.snapshot()["counters"]["add_domain"] == 1  # only the first order's
+    assert [d.domain for d in sim.account("john").domains] == ["example.com"]
+
+
+async def test_subdomains_are_not_held_to_the_domain_limit_as_the_panel_counts_it(
+    runtime: Runtime, sim: PanelSimulator
+) -> None:
+    # The panel's domain_used counts subdomains too, but its add_domain holds a subdomain to the
+    # subdomain limit and counts only domains against domain_limit.
+    sim.account("john").domain_limit = 2
+    for n, domain in enumerate(["example.com", "blog.example.com", "shop.example.com"]):
+        assert (await run_to_the_end(runtime, domain_add(domain), f"msg_{n}"))["status"] == "succeeded"
+    # domain_used is 3 now, of 2; one domain is used, so one more fits ...
+    assert (await run_to_the_end(runtime, domain_add("example.org"), "msg_org"))["status"] == "succeeded"
+    # ... and then no more.
+    job = await run_to_the_end(runtime, domain_add("example.net"), "msg_net")
+    assert job["status"] == "failed" and "has used 2 of its 2 domains" in job["error"]
+    assert [d.kind for d in sim.account("john").domains] == ["domain", "subdomain", "subdomain", "domain"]

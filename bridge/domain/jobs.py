@@ -63,6 +63,21 @@ class StepKind(StrEnum):
         return self is not StepKind.CHECK_ACCOUNT
 
 
+# What names the one thing a step makes on the panel: the same thing, whichever job asks for it.
+_EFFECT_FIELDS: dict[StepKind, tuple[str, ...]] = {
+    StepKind.ADD_DOMAIN: ("domain",),
+    StepKind.CREATE_DATABASE: ("name", "user"),
+    StepKind.ADD_CRON_JOB: ("minute", "hour", "day", "month", "weekday", "command"),
+}
+
+
+def effect_key(kind: StepKind, params: dict[str, Any]) -> tuple[str, ...] | None:
+    """What the step makes on the panel, as a key two steps share when they make the same thing;
+    None for steps that make nothing a later job could meet ("already exists")."""
+    fields = _EFFECT_FIELDS.get(kind)
+    return None if fields is None else tuple(str(params.get(name, "")) for name in fields)
+
+
 def redone_with(undone: frozenset[StepKind]) -> frozenset[StepKind]:
     """The step kinds a retry runs again when an admin undid steps of ``undone``'s kinds: those
     and the steps whose effect went with theirs (a domain's certificate goes with the domain)."""
@@ -97,6 +112,7 @@ def plan(event: OrderEvent) -> list[PlannedStep]:
                 "domain": data.domain if event.type == "ssl.issue" else None,
                 # For a closer count when the account looks full (see the check_account step).
                 "domain_to_add": data.domain if wants_domain else None,
+                "database_users": [db.user for db in databases],
             },
         )
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from bridge.store import leases
 from bridge.store.errors import DATABASE_OUT_OF_REACH
 from bridge.store.job_change import JobChange, LeaseLost
 from bridge.store.job_records import JobRecord, JobRecords, StepRecord
+from bridge.store.service_effects import made_by_another_job
 from bridge.store.types import utcnow
 from bridge.worker.breaker import PanelBreaker
 from bridge.worker.panel_access import BreakerOpen, PanelAccess, WorkerStopping
@@ -241,7 +243,17 @@ class JobRunner:
         )
         extra = {"job_id": job.public_id, "event_id": job.webhook_id, "step": step.kind.value}
         try:
-            outcome = await EXECUTORS[step.kind](Step(step.kind, step.params, unsure, job.type), access)
+            made_by = functools.partial(
+                made_by_another_job,
+                self._engine,
+                job_pk=job.pk,
+                service_id=job.service_id,
+                account=job.account_username,
+                kind=step.kind,
+                params=step.params,
+            )
+            todo = Step(step.kind, step.params, unsure, job.type, made_by_another_job=made_by)
+            outcome = await EXECUTORS[step.kind](todo, access)
         except LeaseLost:
             log.warning("lease lost before sending; another worker has the job", extra=extra)
             await self._records.abandon_attempt(attempt_id, "lease lost before sending; nothing was sent")

@@ -4,16 +4,17 @@ The panel has no idempotency keys, so a mutating step that may have taken effect
 (``in_flight``: a timeout, a lost connection, a worker killed after sending, or an
 answer that can hide a half-done change) reads the panel back before sending again.
 "Already exists" is success only when the read-back shows this job's own earlier
-attempt; otherwise it is a conflict for a human. The panel works a call through even
-after its client gave up, so an earlier attempt can land after the read-back found
-nothing: a step that was in flight reads back once more before it calls "already
-exists" a conflict.
+attempt, or what another job of the same service made and nobody undid (a service
+provisioned again); otherwise it is a conflict for a human. The panel works a call
+through even after its client gave up, so an earlier attempt can land after the
+read-back found nothing: a step that was in flight reads back once more before it
+calls "already exists" a conflict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from bridge.domain.jobs import StepKind
@@ -72,6 +73,26 @@ class Step:
     in_flight: bool
     job_type: str = "service.create"
     extra: dict[str, Any] = field(default_factory=dict)
+    # Which other job of the service made what this step makes, if one did (asked only when
+    # the panel says it is there already).
+    made_by_another_job: Callable[[], Awaitable[str | None]] | None = None
+
+
+async def _made_for_the_service(
+    step: Step, what: str, read_back: Callable[[], Awaitable[StepOutcome | None]]
+) -> StepOutcome | None:
+    """Success when another job of the service made ``what`` and the panel shows it on this
+    account; None when no job of the service made it, or it is not on this account (then it
+    is someone else's, whatever the records say). No undo is recorded: the job that made it
+    has it."""
+    if step.made_by_another_job is None or (maker := await step.made_by_another_job()) is None:
+        return None
+    found = await read_back()
+    if found is None or found.verdict != "succeeded":
+        return found  # not here, only half here, or the panel could not say
+    return replace(
+        found, message=f"{what} is on the account already, made by job {maker} of this service", compensation=None
+    )
 
 
 async def check_account(step: Step, panel: PanelAccess) -> StepOutcome:
@@ -86,12 +107,13 @@ async def check_account(step: Step, panel: PanelAccess) -> StepOutcome:
         needed = int(step.params.get(needed_key) or 0)
         limit = limits.get(kind, {}).get("limit")
         used = int(limits.get(kind, {}).get("used") or 0)
-        adding = step.params.get("domain_to_add") if kind == "domain" else None
-        if adding and limit is not None and used + needed > limit:
-            counted = await _domains_counted_against_the_limit(adding, panel)
+        if needed and limit is not None and used + needed > limit:
+            # Looks full: count as the panel will (one more read, only then).
+            counted = await _counted_as_the_panel_does(kind, step.params, panel)
             if isinstance(counted, StepOutcome):
                 return counted
-            used, needed = counted
+            if counted is not None:
+                used, needed = counted
         if needed and limit is not None and used + needed > limit:
             what = "domains" if kind == "domain" else "databases (the panel counts database users)"
             return StepOutcome(
@@ -114,6 +136,27 @@ async def check_account(step: Step, panel: PanelAccess) -> StepOutcome:
                 reason=FailureReason.NOT_FOUND,
             )
     return StepOutcome("succeeded", "account and limits confirmed", "succeeded", result={"limits": limits})
+
+
+async def _counted_as_the_panel_does(
+    kind: str, params: dict[str, Any], panel: PanelAccess
+) -> tuple[int, int] | StepOutcome | None:
+    """(used, needed) for ``kind`` ("domain" or "db") counted closer than the account's figures
+    allow, a failure if the panel could not say, or None for no closer count (a job planned
+    before these checks)."""
+    if kind == "domain":
+        adding = params.get("domain_to_add")
+        return None if not adding else await _domains_counted_against_the_limit(adding, panel)
+    users = params.get("database_users")
+    if users is None:
+        return None
+    listed = await panel.read(lambda c, creds: c.database_userlist(creds))
+    if not isinstance(listed.outcome, Succeeded):
+        return _from_failure(listed.outcome, in_flight=False)
+    there = set(listed.outcome.data.get("users", []))
+    # A user already there takes no new place (a service provisioned again: create_database
+    # then says whose it is).
+    return len(there), sum(1 for user in users if f"{panel.account}_{user}" not in there)
 
 
 async def _domains_counted_against_the_limit(domain: str, panel: PanelAccess) -> tuple[int, int] | StepOutcome:
@@ -185,6 +228,8 @@ async def add_domain(step: Step, panel: PanelAccess) -> StepOutcome:
     if isinstance(outcome, AlreadyExists):
         if step.in_flight and (found := await _domain_read_back(domain, panel)) is not None:
             return found  # the earlier attempt landed after the read-back
+        if (mine := await _made_for_the_service(step, domain, lambda: _domain_read_back(domain, panel))) is not None:
+            return mine
         return _conflict(f"The domain {domain} already exists on the panel and was not added by this order.")
     # The panel edits web-server configuration before it saves the domain: any failure may be half-done.
     return _from_failure(outcome, in_flight=True)
@@ -249,9 +294,19 @@ async def create_database(step: Step, panel: PanelAccess) -> StepOutcome:
             result={"database": db_full, "user": user_full},
             compensation=undo,
         )
-    if isinstance(sent.outcome, AlreadyExists):
-        if step.in_flight and (found := await _database_read_back(db_full, user_full, undo, panel)) is not None:
+
+    def read_back() -> Awaitable[StepOutcome | None]:
+        return _database_read_back(db_full, user_full, undo, panel)
+
+    # The panel checks its database limit before it looks for the database: a full account
+    # says "limit exceeded" for a database it already has.
+    limited = isinstance(sent.outcome, PermanentFailure) and sent.outcome.reason is FailureReason.LIMIT_EXCEEDED
+    if isinstance(sent.outcome, AlreadyExists) or limited:
+        if step.in_flight and (found := await read_back()) is not None:
             return found  # the earlier attempt landed after the read-back (or half of it did)
+        if (mine := await _made_for_the_service(step, f"{db_full} and {user_full}", read_back)) is not None:
+            return mine
+    if isinstance(sent.outcome, AlreadyExists):
         if sent.outcome.first_part_done:
             return _user_taken(db_full, user_full, panel.account)
         return _conflict(f"The database {db_full} or user {user_full} already exists and was not made by this order.")
@@ -306,6 +361,10 @@ async def add_cron_job(step: Step, panel: PanelAccess) -> StepOutcome:
     if isinstance(sent.outcome, AlreadyExists):
         if step.in_flight and (found := await _cron_read_back(line, undo, panel)) is not None:
             return found  # the earlier attempt landed after the read-back
+        if (
+            mine := await _made_for_the_service(step, "the cron job", lambda: _cron_read_back(line, undo, panel))
+        ) is not None:
+            return mine
         return _conflict(
             f"The panel says a cron job like '{line}' already exists (it compares by substring) "
             "and this order did not add it."

@@ -387,10 +387,14 @@ async def test_a_new_attempt_only_after_the_previous_job_succeeded(sqlite_url: s
         [job_id] = await jobs_of(bridge)
         await bridge.wait_for(job_id, "succeeded")
         await whmcs.wait_api("UpdateClientProduct", 1)
-        # Provisioning the service again (say after a terminate) is a new event, and a new job.
+        # Provisioning the service again (say after a terminate) is a new event, and a new job,
+        # which finds the domain the first one added and takes it as the service's own.
         assert await whmcs.module("CreateAccount", params) == "success"
         assert whmcs.service_record()["attempt_key"] != first_key
-        assert len(await jobs_of(bridge)) == 2
+        [second] = [job for job in await jobs_of(bridge) if job != job_id]
+        await bridge.wait_for(second, "succeeded")
+        await whmcs.wait_api("UpdateClientProduct", 2)
+        assert [d.domain for d in bridge.sim.account(ACCOUNT[0]).domains] == ["example.com"]
 
 
 async def test_a_failed_order_changed_in_whmcs_is_a_new_job_and_retry_takes_only_the_latest(

@@ -414,3 +414,40 @@ async def test_subdomains_are_not_held_to_the_domain_limit_as_the_panel_counts_i
     job = await run_to_the_end(runtime, domain_add("example.net"), "msg_net")
     assert job["status"] == "failed" and "has used 2 of its 2 domains" in job["error"]
     assert [d.kind for d in sim.account("john").domains] == ["domain", "subdomain", "subdomain", "domain"]
+
+
+async def test_a_service_provisioned_again_takes_what_its_earlier_job_made_as_its_own(
+    runtime: Runtime, sim: PanelSimulator
+) -> None:
+    # A re-create after a success (the billing platform sends no deprovisioning): everything is
+    # on the panel already, made by the service's first job. The account's package is full with
+    # it, and the panel checks its database limit before it looks for the database.
+    sim.account("john").domain_limit = 1
+    sim.account("john").db_limit = 1
+    first = await run_to_the_end(runtime, OrderEvent.model_validate(service_create()), "msg_first_create")
+    assert first["status"] == "succeeded"
+
+    again = await run_to_the_end(runtime, OrderEvent.model_validate(service_create()), "msg_create_again")
+    assert again["status"] == "succeeded", again["error"]
+    made_before = [a for a in again["attempts"] if a["step"] in ("add_domain", "create_database", "add_cron_job")]
+    assert [a["outcome"] for a in made_before] == ["reconciled"] * 3
+    assert all(f"made by job {first['job_id']} of this service" in a["message"] for a in made_before)
+    assert again["compensations"] == []  # the first job's records say what would undo it
+    account = sim.account("john")
+    assert ([d.domain for d in account.domains], account.databases, account.db_users) == (
+        ["example.com"],
+        ["john_wp"],
+        ["john_wpuser"],
+    )
+    assert account.cron_lines is not None and len(account.cron_lines) == 1
+
+
+async def test_what_the_service_made_but_an_admin_undid_is_not_taken_as_its_own(
+    runtime: Runtime, sim: PanelSimulator
+) -> None:
+    first = await run_to_the_end(runtime, domain_add("example.com"), "msg_first_add")
+    (undo,) = first["compensations"]
+    # Resolved "done" (undone), though the domain is there: someone else's now, for all the bridge knows.
+    await admin_ops.resolve_compensation(runtime.engine, undo["id"], "done")
+    again = await run_to_the_end(runtime, domain_add("example.com"), "msg_add_again")
+    assert again["status"] == "failed" and "was not added by this order" in again["error"]

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -550,12 +551,39 @@ async def memory(args: argparse.Namespace) -> None:
                 await wait_for_port(sim_port, sim, timeout=120)
                 worker = start(bridge_cmd("worker"), config.env())
                 samples = await sample_worker(worker, dsn, args)
+                trimmed = trim_heap(worker.pid) if args.trim else None
                 stop(worker)
         finally:
             if worker is not None:
                 stop(worker)
             await delete_queues(prefix)
     report_memory(samples)
+    if trimmed is not None:
+        before, after = trimmed
+        print(
+            f"  malloc_trim(0) in the worker at the end: RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB "
+            f"({(after - before) / 1024:+.1f}): what the allocator held free, not live data"
+        )
+
+
+def trim_heap(pid: int) -> tuple[int, int] | None:
+    """RSS (KiB) before and after glibc's malloc_trim(0) in ``pid``, called through gdb; None without gdb.
+
+    Tells memory the allocator keeps after it was freed apart from memory still in use:
+    what the trim gives back to the system was free.
+    """
+    if shutil.which("gdb") is None:
+        print("  --trim: gdb not found, no trim")
+        return None
+    before = rss_kib(pid)
+    subprocess.run(
+        ["gdb", "-p", str(pid), "-batch", "-ex", "call (int) malloc_trim(0)"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+    return before, rss_kib(pid)
 
 
 async def sample_worker(
@@ -626,6 +654,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-jobs", type=int, default=100_000)
     parser.add_argument("--minutes", type=float, default=4.0, help="memory: stop sampling after this long")
     parser.add_argument("--jobs", type=int, default=30_000, help="memory: stop sampling after this many jobs")
+    parser.add_argument(
+        "--trim", action="store_true", help="memory: at the end, call malloc_trim(0) in the worker (gdb) and report RSS"
+    )
     return parser.parse_args()
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bridge.broker.base import JobQueue
 from bridge.broker.memory import InProcessQueue
 from bridge.callbacks.sender import CallbackSender
+from bridge.heap_trim import HeapTrimmer, glibc_malloc_trim
 from bridge.metrics import Metrics
 from bridge.panel.client import PanelClient
 from bridge.relay import OutboxRelay
@@ -299,7 +300,7 @@ class Service(Protocol):
 
 def background_services(runtime: Runtime, roles: set[Role]) -> list[Service]:
     settings = runtime.settings
-    services: list[Service] = []
+    services: list[Service] = [HeapTrimmer(glibc_malloc_trim())]
     if Role.BACKGROUND in roles:
         services.append(
             Scheduler(

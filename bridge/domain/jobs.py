@@ -63,19 +63,37 @@ class StepKind(StrEnum):
         return self is not StepKind.CHECK_ACCOUNT
 
 
-# What names the one thing a step makes on the panel: the same thing, whichever job asks for it.
-_EFFECT_FIELDS: dict[StepKind, tuple[str, ...]] = {
-    StepKind.ADD_DOMAIN: ("domain",),
-    StepKind.CREATE_DATABASE: ("name", "user"),
-    StepKind.ADD_CRON_JOB: ("minute", "hour", "day", "month", "weekday", "command"),
+# What a step makes on the panel: the fields that name the thing (another job meeting the
+# same name meets the same thing), and the fields of the order it must match to be the same.
+_CRON_FIELDS = ("minute", "hour", "day", "month", "weekday", "command")
+_EFFECT_FIELDS: dict[StepKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    StepKind.ADD_DOMAIN: (("domain",), ("domain", "php_version", "path")),
+    StepKind.CREATE_DATABASE: (("name",), ("name", "user", "password")),
+    StepKind.ADD_CRON_JOB: (_CRON_FIELDS, _CRON_FIELDS),
 }
 
 
 def effect_key(kind: StepKind, params: dict[str, Any]) -> tuple[str, ...] | None:
-    """What the step makes on the panel, as a key two steps share when they make the same thing;
-    None for steps that make nothing a later job could meet ("already exists")."""
+    """The name of what the step makes on the panel, shared by two steps that meet the same
+    thing; None for steps that make nothing a later job could meet ("already exists")."""
     fields = _EFFECT_FIELDS.get(kind)
-    return None if fields is None else tuple(str(params.get(name, "")) for name in fields)
+    return None if fields is None else tuple(str(params.get(name, "")) for name in fields[0])
+
+
+def fields_that_differ(kind: StepKind, mine: dict[str, Any], theirs: dict[str, Any]) -> tuple[str, ...]:
+    """The names (never the values: a password is among them) of the fields two steps making
+    the same thing ask for differently."""
+    return tuple(name for name in _EFFECT_FIELDS[kind][1] if mine.get(name) != theirs.get(name))
+
+
+@dataclass(frozen=True)
+class EarlierEffect:
+    """What another job of the same service made, which a step meets on the panel."""
+
+    job_id: str
+    step_id: int
+    # Fields of this step's order that differ from what that job made (empty: the same thing).
+    differs: tuple[str, ...] = ()
 
 
 def redone_with(undone: frozenset[StepKind]) -> frozenset[StepKind]:

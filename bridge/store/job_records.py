@@ -11,7 +11,14 @@ from typing import Any
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bridge.domain.jobs import OPEN_STEP_STATUSES, UNFINISHED_JOB_STATUSES, JobStatus, StepKind, StepStatus
+from bridge.domain.jobs import (
+    OPEN_STEP_STATUSES,
+    UNFINISHED_JOB_STATUSES,
+    EarlierEffect,
+    JobStatus,
+    StepKind,
+    StepStatus,
+)
 from bridge.domain.saga import Finish, StepState
 from bridge.panel.client import PanelCallRecord
 from bridge.store import tables as t
@@ -20,6 +27,7 @@ from bridge.store.crypto import SecretBox
 from bridge.store.job_change import WAKE_COLUMNS, JobChange, NextNumber, next_of_service
 from bridge.store.job_view import callback_body, deferred_kinds
 from bridge.store.leases import Lease
+from bridge.store.service_effects import made_by_another_job
 from bridge.store.types import utcnow
 
 # Attempt outcomes that never reached the panel: held back by an open breaker, closed unsent
@@ -261,6 +269,19 @@ class JobRecords:
         step.in_flight = in_flight
         await self._apply(change, job)
 
+    async def made_by_another_job(self, job: JobRecord, step: StepRecord) -> EarlierEffect | None:
+        """Which other job of the service made what ``step`` makes, if one did (see service_effects)."""
+        return await made_by_another_job(
+            self._engine,
+            self._box,
+            job_pk=job.pk,
+            service_id=job.service_id,
+            panel=job.panel,
+            account=job.account_username,
+            kind=step.kind,
+            params=step.params,
+        )
+
     def record_outcome(
         self,
         job: JobRecord,
@@ -275,6 +296,7 @@ class JobRecords:
         compensation: str | None,
         next_attempt_at: datetime | None,
         calls: list[PanelCallRecord],
+        taken_over_from_step: int | None = None,
     ) -> JobChange:
         """The step's outcome, held back (not committed): the runner commits it together with the
         start of the next step, or on its own (:meth:`commit`). The job in memory shows it already."""
@@ -331,6 +353,14 @@ class JobRecords:
             recorded = CompensationRecord(0, step.kind.value, compensation, "pending")
             job.compensations.append(recorded)
             change.on_commit(lambda changed: setattr(recorded, "id", changed["compensation_id"]))
+        if taken_over_from_step is not None:
+            # The undo moves to this job, which now depends on the thing: the job that made it
+            # no longer lists it as something to undo.
+            change.update(
+                t.compensations,
+                {"step_id": taken_over_from_step, "status": "pending"},
+                {"status": "not_needed", "resolved_at": now},
+            )
         step.status, step.in_flight, step.next_attempt_at = status, in_flight, next_attempt_at
         step.error, step.result = error, result
         change.on_commit(lambda changed: setattr(job, "cancel_requested", bool(changed["cancel_requested"])))

@@ -32,7 +32,6 @@ from bridge.store import leases
 from bridge.store.errors import DATABASE_OUT_OF_REACH
 from bridge.store.job_change import JobChange, LeaseLost
 from bridge.store.job_records import JobRecord, JobRecords, StepRecord
-from bridge.store.service_effects import made_by_another_job
 from bridge.store.types import utcnow
 from bridge.worker.breaker import PanelBreaker
 from bridge.worker.panel_access import BreakerOpen, PanelAccess, WorkerStopping
@@ -243,15 +242,7 @@ class JobRunner:
         )
         extra = {"job_id": job.public_id, "event_id": job.webhook_id, "step": step.kind.value}
         try:
-            made_by = functools.partial(
-                made_by_another_job,
-                self._engine,
-                job_pk=job.pk,
-                service_id=job.service_id,
-                account=job.account_username,
-                kind=step.kind,
-                params=step.params,
-            )
+            made_by = functools.partial(self._records.made_by_another_job, job, step)
             todo = Step(step.kind, step.params, unsure, job.type, made_by_another_job=made_by)
             outcome = await EXECUTORS[step.kind](todo, access)
         except LeaseLost:
@@ -348,6 +339,7 @@ class JobRunner:
             compensation=outcome.compensation,
             next_attempt_at=next_at,
             calls=access.calls,
+            taken_over_from_step=outcome.taken_over_from_step if status is StepStatus.SUCCEEDED else None,
         )
 
     async def _retry_at(self, step: StepRecord) -> datetime | None:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from bridge.domain.jobs import StepKind
+from bridge.domain.jobs import EarlierEffect, StepKind
 from bridge.domain.outcomes import (
     AlreadyExists,
     FailureReason,
@@ -43,6 +43,8 @@ class StepOutcome:
     # True when the panel may hold an effect of this step that the bridge has not confirmed.
     in_flight: bool = False
     reason: FailureReason | None = None
+    # The step of another job of the service that made what this one found: its undo moves here.
+    taken_over_from_step: int | None = None
 
 
 def _reconciled(what: str, result: dict[str, Any], undo: str) -> StepOutcome:
@@ -75,24 +77,48 @@ class Step:
     extra: dict[str, Any] = field(default_factory=dict)
     # Which other job of the service made what this step makes, if one did (asked only when
     # the panel says it is there already).
-    made_by_another_job: Callable[[], Awaitable[str | None]] | None = None
+    made_by_another_job: Callable[[], Awaitable[EarlierEffect | None]] | None = None
+
+
+def _taken_over(earlier: EarlierEffect, what: str, found: StepOutcome) -> StepOutcome:
+    """``found`` (the read-back shows it on this account) as what another job of the service made."""
+    if earlier.differs:
+        return _conflict(
+            f"{what} is on the account already, made by job {earlier.job_id} of this service with another "
+            f"{', '.join(earlier.differs)} than this order asks for."
+        )
+    return replace(
+        found,
+        message=f"{what} is on the account already, made by job {earlier.job_id} of this service: taken over",
+        taken_over_from_step=earlier.step_id,
+    )
+
+
+async def _whose(step: Step, what: str, found: StepOutcome) -> StepOutcome:
+    """What a read-back after an attempt with no clear answer found: this job's own (that attempt
+    landed), unless another job of the service made it (the attempt then could not have)."""
+    if found.verdict != "succeeded" or step.made_by_another_job is None:
+        return found
+    earlier = await step.made_by_another_job()
+    return found if earlier is None else _taken_over(earlier, what, found)
 
 
 async def _made_for_the_service(
     step: Step, what: str, read_back: Callable[[], Awaitable[StepOutcome | None]]
 ) -> StepOutcome | None:
-    """Success when another job of the service made ``what`` and the panel shows it on this
-    account; None when no job of the service made it, or it is not on this account (then it
-    is someone else's, whatever the records say). No undo is recorded: the job that made it
-    has it."""
-    if step.made_by_another_job is None or (maker := await step.made_by_another_job()) is None:
+    """After "already exists" for what this job did not make: taken over when another job of the
+    service made it and the panel shows it on this account; None when no job of the service
+    made it, or it is not on this account (someone else's, whatever the records say)."""
+    if step.made_by_another_job is None or (earlier := await step.made_by_another_job()) is None:
         return None
     found = await read_back()
-    if found is None or found.verdict != "succeeded":
-        return found  # not here, only half here, or the panel could not say
-    return replace(
-        found, message=f"{what} is on the account already, made by job {maker} of this service", compensation=None
-    )
+    if found is None:
+        return None
+    if found.verdict != "succeeded":
+        # Only half there, or the panel could not say: this attempt, answered "already
+        # exists", left nothing behind, so the step is as unsure as it was.
+        return replace(found, in_flight=step.in_flight)
+    return _taken_over(earlier, what, found)
 
 
 async def check_account(step: Step, panel: PanelAccess) -> StepOutcome:
@@ -210,7 +236,7 @@ async def _domain_read_back(domain: str, panel: PanelAccess) -> StepOutcome | No
 async def add_domain(step: Step, panel: PanelAccess) -> StepOutcome:
     domain = step.params["domain"]
     if step.in_flight and (found := await _domain_read_back(domain, panel)) is not None:
-        return found
+        return await _whose(step, f"the domain {domain}", found)
     sent = await panel.mutate(
         "add_domain",
         lambda c, creds: c.add_domain(creds, domain, step.params["php_version"], step.params["path"]),
@@ -227,8 +253,10 @@ async def add_domain(step: Step, panel: PanelAccess) -> StepOutcome:
         )
     if isinstance(outcome, AlreadyExists):
         if step.in_flight and (found := await _domain_read_back(domain, panel)) is not None:
-            return found  # the earlier attempt landed after the read-back
-        if (mine := await _made_for_the_service(step, domain, lambda: _domain_read_back(domain, panel))) is not None:
+            return await _whose(step, f"the domain {domain}", found)  # the earlier attempt landed after the read-back
+        if (
+            mine := await _made_for_the_service(step, f"the domain {domain}", lambda: _domain_read_back(domain, panel))
+        ) is not None:
             return mine
         return _conflict(f"The domain {domain} already exists on the panel and was not added by this order.")
     # The panel edits web-server configuration before it saves the domain: any failure may be half-done.
@@ -284,7 +312,7 @@ async def create_database(step: Step, panel: PanelAccess) -> StepOutcome:
     db_full, user_full = f"{panel.account}_{name}", f"{panel.account}_{user}"
     undo = f"drop database {db_full} and database user {user_full} from account {panel.account}"
     if step.in_flight and (found := await _database_read_back(db_full, user_full, undo, panel)) is not None:
-        return found
+        return await _whose(step, f"the database {db_full}", found)
     sent = await panel.mutate("db_make", lambda c, creds: c.db_make(creds, name, user, password))
     if isinstance(sent.outcome, Succeeded):
         return StepOutcome(
@@ -301,14 +329,16 @@ async def create_database(step: Step, panel: PanelAccess) -> StepOutcome:
     # The panel checks its database limit before it looks for the database: a full account
     # says "limit exceeded" for a database it already has.
     limited = isinstance(sent.outcome, PermanentFailure) and sent.outcome.reason is FailureReason.LIMIT_EXCEEDED
-    if isinstance(sent.outcome, AlreadyExists) or limited:
+    taken = sent.outcome if isinstance(sent.outcome, AlreadyExists) else None
+    if taken is not None or limited:
         if step.in_flight and (found := await read_back()) is not None:
-            return found  # the earlier attempt landed after the read-back (or half of it did)
-        if (mine := await _made_for_the_service(step, f"{db_full} and {user_full}", read_back)) is not None:
+            # The earlier attempt landed after the read-back (or half of it did).
+            return await _whose(step, f"the database {db_full}", found)
+        if taken is not None and taken.first_part_done:
+            return _user_taken(db_full, user_full, panel.account)  # the database is this attempt's
+        if (mine := await _made_for_the_service(step, f"the database {db_full}", read_back)) is not None:
             return mine
-    if isinstance(sent.outcome, AlreadyExists):
-        if sent.outcome.first_part_done:
-            return _user_taken(db_full, user_full, panel.account)
+    if taken is not None:
         return _conflict(f"The database {db_full} or user {user_full} already exists and was not made by this order.")
     in_flight = not (isinstance(sent.outcome, PermanentFailure) and sent.outcome.reason is FailureReason.INVALID_INPUT)
     return _from_failure(sent.outcome, in_flight=in_flight)
@@ -351,7 +381,7 @@ async def add_cron_job(step: Step, panel: PanelAccess) -> StepOutcome:
     line = cron_line(p)
     undo = f"delete cron job '{line}' from account {panel.account}"
     if step.in_flight and (found := await _cron_read_back(line, undo, panel)) is not None:
-        return found
+        return await _whose(step, "the cron job", found)
     sent = await panel.mutate(
         "cronjob_add",
         lambda c, creds: c.cronjob_add(creds, p["minute"], p["hour"], p["day"], p["month"], p["weekday"], p["command"]),
@@ -360,7 +390,7 @@ async def add_cron_job(step: Step, panel: PanelAccess) -> StepOutcome:
         return StepOutcome("succeeded", sent.outcome.message, "succeeded", result={"line": line}, compensation=undo)
     if isinstance(sent.outcome, AlreadyExists):
         if step.in_flight and (found := await _cron_read_back(line, undo, panel)) is not None:
-            return found  # the earlier attempt landed after the read-back
+            return await _whose(step, "the cron job", found)  # the earlier attempt landed after the read-back
         if (
             mine := await _made_for_the_service(step, "the cron job", lambda: _cron_read_back(line, undo, panel))
         ) is not None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from conftest import FERNET_KEY, WEBHOOK_SECRET
-from orders import ACCOUNT_PASSWORD, service_create
+from orders import ACCOUNT_PASSWORD, DB_PASSWORD, service_create
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -431,8 +431,9 @@ async def test_a_service_provisioned_again_takes_what_its_earlier_job_made_as_it
     assert again["status"] == "succeeded", again["error"]
     made_before = [a for a in again["attempts"] if a["step"] in ("add_domain", "create_database", "add_cron_job")]
     assert [a["outcome"] for a in made_before] == ["reconciled"] * 3
-    assert all(f"made by job {first['job_id']} of this service" in a["message"] for a in made_before)
-    assert again["compensations"] == []  # the first job's records say what would undo it
+    assert all(f"made by job {first['job_id']} of this service: taken over" in a["message"] for a in made_before)
+    # What would undo them is the new job's too (settled, as every succeeded job's records are).
+    assert [c["action"] for c in again["compensations"]] == [c["action"] for c in first["compensations"]]
     account = sim.account("john")
     assert ([d.domain for d in account.domains], account.databases, account.db_users) == (
         ["example.com"],
@@ -451,3 +452,63 @@ async def test_what_the_service_made_but_an_admin_undid_is_not_taken_as_its_own(
     await admin_ops.resolve_compensation(runtime.engine, undo["id"], "done")
     again = await run_to_the_end(runtime, domain_add("example.com"), "msg_add_again")
     assert again["status"] == "failed" and "was not added by this order" in again["error"]
+
+
+@pytest.mark.parametrize(
+    ("changed", "field"),
+    [
+        ({"php_version": "8.1"}, "php_version"),
+        ({"databases": [{"name": "wp", "user": "wpuser", "password": "Another-Db-Pass-1"}]}, "password"),
+    ],
+)
+async def test_what_the_service_made_differently_is_a_conflict_naming_the_difference(
+    runtime: Runtime, changed: dict[str, Any], field: str
+) -> None:
+    first = await run_to_the_end(runtime, OrderEvent.model_validate(service_create(ssl=False)), "msg_made")
+    assert first["status"] == "succeeded"
+    order = service_create(ssl=False)
+    order["data"].update(changed)
+    again = await run_to_the_end(runtime, OrderEvent.model_validate(order), "msg_made_differently")
+    assert again["status"] == "failed"
+    assert (
+        f"made by job {first['job_id']} of this service with another {field} than this order asks for"
+        in (again["error"])
+    )
+    assert "Another-Db-Pass-1" not in str(again)  # the difference is named, never shown
+
+
+async def test_a_read_back_that_fails_while_taking_over_leaves_the_step_as_unsure_as_it_was(
+    runtime: Runtime, sim: PanelSimulator
+) -> None:
+    assert (await run_to_the_end(runtime, domain_add("example.com"), "msg_made_it"))["status"] == "succeeded"
+    sim.inject_fault("domain_list", "html500")
+    event = domain_add("example.com")
+    job_id = (await store_event(runtime.engine, runtime.box, "msg_again", event)).job_id
+    await runtime.runner().handle(job_id)
+    job = await admin_ops.get_job(runtime.engine, job_id)
+    add = next(s for s in job["steps"] if s["kind"] == "add_domain")
+    # "Already exists" answered this attempt: nothing it sent can have landed.
+    assert add["status"] == "waiting_retry" and not add["in_flight"]
+
+
+async def test_what_a_failed_job_made_is_taken_over_with_its_undo_by_the_order_that_replaced_it(
+    runtime: Runtime, sim: PanelSimulator
+) -> None:
+    # The first order fails at its database; the billing platform sends it changed (another
+    # database), and the new job fails later in turn: what would undo the domain is its now.
+    sim.inject_fault("db_make", "error:Access denied for user 'john'@'localhost'")
+    first = await run_to_the_end(runtime, OrderEvent.model_validate(service_create(ssl=False)), "msg_failed_first")
+    assert first["status"] == "failed"
+    assert [(c["step"], c["status"]) for c in first["compensations"]] == [("add_domain", "pending")]
+
+    sim.inject_fault("cronjob_add", "error:No crontab for you")
+    changed = service_create(ssl=False, databases=[{"name": "shop", "user": "shopuser", "password": DB_PASSWORD}])
+    again = await run_to_the_end(runtime, OrderEvent.model_validate(changed), "msg_changed_order")
+    assert again["status"] == "failed" and again["error"].startswith("add_cron_job")
+    assert [(c["step"], c["status"]) for c in again["compensations"]] == [
+        ("add_domain", "pending"),
+        ("create_database", "pending"),
+    ]
+    first = await admin_ops.get_job(runtime.engine, first["job_id"])
+    assert [(c["step"], c["status"]) for c in first["compensations"]] == [("add_domain", "not_needed")]
+    assert [d.domain for d in sim.account("john").domains] == ["example.com"]

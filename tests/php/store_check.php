@@ -25,6 +25,14 @@ $afterJob = $store->get(ServiceState::key('7'));
 $startOver = ServiceState::nextAttempt($store, '7', $dbs, $first['attempt_key']);
 $staleStartOver = ServiceState::nextAttempt($store, '7', $dbs, $first['attempt_key']);
 
+// After a failure: the same order keeps its attempt, a changed one starts over, and so does
+// one whose record (kept by an earlier version of the module) has no digest to compare.
+$failed = ServiceState::nextAttempt($store, '8', $dbs, null, null, 'digest-a');
+$sameAfterFailure = ServiceState::nextAttempt($store, '8', $dbs, null, $failed['attempt_key'], 'digest-a');
+$changedAfterFailure = ServiceState::nextAttempt($store, '8', $dbs, null, $failed['attempt_key'], 'digest-b');
+$store->put(ServiceState::key('9'), ['attempt_key' => 'oldkey'], 3600);
+$noDigestAfterFailure = ServiceState::nextAttempt($store, '9', $dbs, null, 'oldkey', 'digest-a');
+
 $claims = [$store->addIfAbsent('seen:a', ['timestamp' => '1'], 60), $store->addIfAbsent('seen:a', ['timestamp' => '2'], 60)];
 $store->put('seen:expired', ['x' => 1], -1);
 $store->delete('seen:a');
@@ -38,6 +46,10 @@ echo json_encode([
     'new_key_after_success' => $startOver['attempt_key'] !== $first['attempt_key'],
     'second_click_keeps_new_key' => $staleStartOver['attempt_key'] === $startOver['attempt_key'],
     'passwords_survive_new_attempt' => ServiceState::passwords($startOver) === ServiceState::passwords($repeat),
+    'same_order_after_failure_same_key' => $sameAfterFailure['attempt_key'] === $failed['attempt_key'],
+    'changed_order_after_failure_new_key' => $changedAfterFailure['attempt_key'] !== $failed['attempt_key']
+        && $changedAfterFailure['order_digest'] === 'digest-b',
+    'no_digest_after_failure_new_key' => $noDigestAfterFailure['attempt_key'] !== 'oldkey',
     'claims' => $claims,
     'expired_is_gone' => $store->get('seen:expired') === null,
     'deleted_is_gone' => $store->get('seen:a') === null,

@@ -47,15 +47,16 @@ final class ServiceState
             $record = $record ?? [];
             $key = $record['attempt_key'] ?? null;
             // Compare keys under the lock: two simultaneous clicks start over only once.
+            // A record an earlier version of the module kept has no digest: what it sent is not
+            // known, so after a failure the order counts as changed. (At worst a new job for the
+            // same order, which takes over what the failed one made.)
             $changedAfterFailure = $failedKey !== null && $key === $failedKey
-                && isset($record['order_digest']) && $record['order_digest'] !== $orderDigest;
+                && ($record['order_digest'] ?? null) !== $orderDigest;
             if (empty($key) || ($finishedKey !== null && $key === $finishedKey) || $changedAfterFailure) {
                 $record['attempt_key'] = bin2hex(random_bytes(6));
                 unset($record['job_id'], $record['job_status']);
                 $record['order_digest'] = $orderDigest;
             } elseif (!isset($record['order_digest'])) {
-                // Kept by an earlier version of the module: what it sent is not known, so the
-                // order as it is now stands for it.
                 $record['order_digest'] = $orderDigest;
             }
             $passwords = self::passwords($record);

@@ -300,7 +300,7 @@ class Service(Protocol):
 
 def background_services(runtime: Runtime, roles: set[Role]) -> list[Service]:
     settings = runtime.settings
-    services: list[Service] = [HeapTrimmer(glibc_malloc_trim())]
+    services: list[Service] = []
     if Role.BACKGROUND in roles:
         services.append(
             Scheduler(
@@ -321,6 +321,7 @@ def background_services(runtime: Runtime, roles: set[Role]) -> list[Service]:
                 grace_s=settings.shutdown_grace_s,
             )
         )
+    services.append(HeapTrimmer(glibc_malloc_trim()))  # in every process
     return services
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bridge.bootstrap import Role, background_services, build_app, open_runtime
 from bridge.broker.memory import InProcessQueue
 from bridge.domain.events import OrderEvent
+from bridge.heap_trim import HeapTrimmer
 from bridge.settings import Settings
 from bridge.store import tables as t
 from bridge.store.crypto import SecretBox
@@ -122,3 +123,10 @@ async def test_a_job_that_has_only_just_come_due_is_left_to_its_delayed_wake_up(
                 .values(enqueued_at=utcnow() - timedelta(hours=1), next_run_at=utcnow() - due_since)
             )
         assert await scheduler.tick() == expected, due_since
+
+
+@pytest.mark.parametrize("roles", [{Role.HTTP}, {Role.WORKER}, {Role.BACKGROUND}, set(Role)])
+async def test_every_process_gives_the_heaps_freed_pages_back(sqlite_url: str, roles: set[Role]) -> None:
+    async with open_runtime(embedded(sqlite_url)) as runtime:
+        services = background_services(runtime, roles)
+    assert sum(isinstance(service, HeapTrimmer) for service in services) == 1

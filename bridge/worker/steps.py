@@ -80,13 +80,14 @@ class Step:
     made_by_another_job: Callable[[], Awaitable[EarlierEffect | None]] | None = None
 
 
-def _taken_over(earlier: EarlierEffect, what: str, found: StepOutcome) -> StepOutcome:
+def _taken_over(step: Step, earlier: EarlierEffect, what: str, found: StepOutcome) -> StepOutcome:
     """``found`` (the read-back shows it on this account) as what another job of the service made."""
     if earlier.differs:
-        return _conflict(
+        conflict = _conflict(
             f"{what} is on the account already, made by job {earlier.job_id} of this service with another "
             f"{', '.join(earlier.differs)} than this order asks for."
         )
+        return replace(conflict, in_flight=step.in_flight)
     return replace(
         found,
         message=f"{what} is on the account already, made by job {earlier.job_id} of this service: taken over",
@@ -100,7 +101,7 @@ async def _whose(step: Step, what: str, found: StepOutcome) -> StepOutcome:
     if found.verdict != "succeeded" or step.made_by_another_job is None:
         return found
     earlier = await step.made_by_another_job()
-    return found if earlier is None else _taken_over(earlier, what, found)
+    return found if earlier is None else _taken_over(step, earlier, what, found)
 
 
 async def _made_for_the_service(
@@ -114,11 +115,14 @@ async def _made_for_the_service(
     found = await read_back()
     if found is None:
         return None
-    if found.verdict != "succeeded":
-        # Only half there, or the panel could not say: this attempt, answered "already
-        # exists", left nothing behind, so the step is as unsure as it was.
-        return replace(found, in_flight=step.in_flight)
-    return _taken_over(earlier, what, found)
+    # This attempt, answered "already exists", left nothing behind: the step is as unsure as it was.
+    if found.verdict == "retry":
+        return replace(found, in_flight=step.in_flight)  # the panel could not say
+    if found.verdict == "failed" and not earlier.differs:
+        return replace(found, in_flight=step.in_flight)  # only half of it is there
+    # Made differently (say another database user, so the read-back for this order's finds only
+    # half): the difference is what to name.
+    return _taken_over(step, earlier, what, found)
 
 
 async def check_account(step: Step, panel: PanelAccess) -> StepOutcome:
@@ -259,8 +263,19 @@ async def add_domain(step: Step, panel: PanelAccess) -> StepOutcome:
         ) is not None:
             return mine
         return _conflict(f"The domain {domain} already exists on the panel and was not added by this order.")
-    # The panel edits web-server configuration before it saves the domain: any failure may be half-done.
+    if _refused_before_any_change(outcome):
+        return _from_failure(outcome, in_flight=step.in_flight)
+    # The panel edits web-server configuration before it saves the domain: any other failure may be half-done.
     return _from_failure(outcome, in_flight=True)
+
+
+def _refused_before_any_change(outcome: PanelOutcome) -> bool:
+    """The panel checks its input and the package's limits before add_domain and db_make change
+    anything: such a refusal leaves the step exactly as unsure as it was."""
+    return isinstance(outcome, PermanentFailure) and outcome.reason in (
+        FailureReason.INVALID_INPUT,
+        FailureReason.LIMIT_EXCEEDED,
+    )
 
 
 def _conflict(message: str) -> StepOutcome:
@@ -340,8 +355,9 @@ async def create_database(step: Step, panel: PanelAccess) -> StepOutcome:
             return mine
     if taken is not None:
         return _conflict(f"The database {db_full} or user {user_full} already exists and was not made by this order.")
-    in_flight = not (isinstance(sent.outcome, PermanentFailure) and sent.outcome.reason is FailureReason.INVALID_INPUT)
-    return _from_failure(sent.outcome, in_flight=in_flight)
+    if _refused_before_any_change(sent.outcome):
+        return _from_failure(sent.outcome, in_flight=step.in_flight)
+    return _from_failure(sent.outcome, in_flight=True)
 
 
 def _user_taken(db_full: str, user_full: str, account: str) -> StepOutcome:

@@ -459,6 +459,8 @@ async def test_what_the_service_made_but_an_admin_undid_is_not_taken_as_its_own(
     [
         ({"php_version": "8.1"}, "php_version"),
         ({"databases": [{"name": "wp", "user": "wpuser", "password": "Another-Db-Pass-1"}]}, "password"),
+        # The read-back for this order's user finds only half: the difference is still what is named.
+        ({"databases": [{"name": "wp", "user": "otheruser", "password": DB_PASSWORD}]}, "user"),
     ],
 )
 async def test_what_the_service_made_differently_is_a_conflict_naming_the_difference(
@@ -512,3 +514,32 @@ async def test_what_a_failed_job_made_is_taken_over_with_its_undo_by_the_order_t
     first = await admin_ops.get_job(runtime.engine, first["job_id"])
     assert [(c["step"], c["status"]) for c in first["compensations"]] == [("add_domain", "not_needed")]
     assert [d.domain for d in sim.account("john").domains] == ["example.com"]
+
+
+async def test_what_was_taken_over_and_then_undone_is_nobodys_whatever_older_records_say(
+    runtime: Runtime, sim: PanelSimulator
+) -> None:
+    made = await run_to_the_end(runtime, domain_add("example.com"), "msg_made")
+    taken = await run_to_the_end(runtime, domain_add("example.com"), "msg_taken")
+    assert taken["status"] == "succeeded" and f"made by job {made['job_id']}" in taken["attempts"][-1]["message"]
+    # The admin undid it through the record they see, the newer job's; it is back on the panel,
+    # put there by someone else, for all the bridge knows. The first job's record still says
+    # "not_needed" (settled when that job succeeded), which must not speak for it.
+    (undo,) = taken["compensations"]
+    await admin_ops.resolve_compensation(runtime.engine, undo["id"], "done")
+    again = await run_to_the_end(runtime, domain_add("example.com"), "msg_after_undo")
+    assert again["status"] == "failed" and "was not added by this order" in again["error"]
+
+
+async def test_a_limit_the_panel_refuses_with_leaves_the_step_as_unsure_as_it_was(
+    runtime: Runtime, sim: PanelSimulator
+) -> None:
+    # The subdomain limit, which the account information does not show: the panel refuses before
+    # it changes anything, so nothing is left to read back.
+    sim.account("john").subdomain_limit = 1
+    for n, domain in enumerate(["example.com", "blog.example.com"]):
+        assert (await run_to_the_end(runtime, domain_add(domain), f"msg_{n}"))["status"] == "succeeded"
+    job = await run_to_the_end(runtime, domain_add("shop.example.com"), "msg_one_too_many")
+    add = next(s for s in job["steps"] if s["kind"] == "add_domain")
+    assert job["status"] == "failed" and "Subdomain add limit exceeded" in job["error"]
+    assert not add["in_flight"]

@@ -430,6 +430,31 @@ async def test_a_failed_order_changed_in_whmcs_is_a_new_job_and_retry_takes_only
         assert status == "failed"
 
 
+async def test_an_order_changed_after_it_failed_half_way_takes_over_what_the_first_job_made(
+    sqlite_url: str, whmcs: Whmcs
+) -> None:
+    async with live_bridge(sqlite_url, whmcs) as bridge:
+        # The domain goes on, then the panel refuses the database (its name, say).
+        bridge.sim.inject_fault("db_make", "error:Access denied for user 'john'@'localhost'")
+        params = service_params(bridge, whmcs, configoption3="", configoption4="wp wpuser", configoption5="")
+        assert await whmcs.module("CreateAccount", params) == "success"
+        [failed] = await jobs_of(bridge)
+        await bridge.wait_for(failed, "failed")
+
+        # The admin changes the database in WHMCS and creates again: a new job, which finds the
+        # domain the first one added and takes it over, with what would undo it.
+        changed = {**params, "configoption4": "shop shopuser"}
+        assert await whmcs.module("CreateAccount", changed) == "success"
+        [new] = [job for job in await jobs_of(bridge) if job != failed]
+        done = await bridge.wait_for(new, "succeeded")
+        add = next(a for a in done["attempts"] if a["step"] == "add_domain")
+        assert add["outcome"] == "reconciled" and f"made by job {failed}" in add["message"]
+        account = bridge.sim.account(ACCOUNT[0])
+        assert ([d.domain for d in account.domains], account.databases) == (["example.com"], ["john_shop"])
+        first = await bridge.job(failed)
+        assert [(c["step"], c["status"]) for c in first["compensations"]] == [("add_domain", "not_needed")]
+
+
 async def test_two_create_clicks_at_once_after_a_success_record_the_new_jobs_own_status(
     sqlite_url: str, whmcs: Whmcs
 ) -> None:

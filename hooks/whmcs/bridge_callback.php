@@ -229,6 +229,7 @@ function pbcb_handle(array $config, Store $store, string $type, array $data, cal
         return;
     }
     pbcb_remember_status($store, $serviceId, $data);
+    $current = pbcb_about_the_current_order($store, $serviceId, $data);
     $service = pbcb_service($config, $serviceId);
     if ($service === null) {
         // Deleted in WHMCS: a 5xx would only have the bridge send it again for a day.
@@ -240,6 +241,11 @@ function pbcb_handle(array $config, Store $store, string $type, array $data, cal
     }
     $summary = 'Provisioning Bridge: ' . $type . ' for service #' . $serviceId . pbcb_domain($service)
         . ' (job ' . ($data['job_id'] ?? '?') . ', status ' . ($data['status'] ?? '?') . ')';
+    if (!$current) {
+        // An order the service has since replaced (sent again, changed), retried in the bridge:
+        // logged, but no ticket and no welcome e-mail for it.
+        $summary .= '; an earlier order of this service, replaced since: no ticket, no e-mail';
+    }
     if ($type === 'job.succeeded') {
         // Callbacks are retried for a day: one may arrive after an admin suspended, terminated
         // or cancelled the service, which a late success must not undo (nor e-mail about).
@@ -255,20 +261,24 @@ function pbcb_handle(array $config, Store $store, string $type, array $data, cal
         if (!empty($data['deferred'])) {
             $summary .= '; still retrying: ' . implode(', ', (array) $data['deferred']);
         }
-        $once('ticket', function () use ($config, $store, $serviceId, $data) {
-            pbcb_note_success($config, $store, $serviceId, $data);
-        });
-        if ($activate && $config['welcome_email'] !== '') {
+        if ($current) {
+            $once('ticket', function () use ($config, $store, $serviceId, $data) {
+                pbcb_note_success($config, $store, $serviceId, $data);
+            });
+        }
+        if ($activate && $current && $config['welcome_email'] !== '') {
             $once('welcome', function () use ($config, $serviceId) {
                 pbcb_api($config, 'SendEmail', ['messagename' => $config['welcome_email'], 'id' => (int) $serviceId]);
             });
         }
     } elseif ($type === 'job.failed') {
         $summary .= ': ' . ($data['error'] ?? 'no error given');
-        $once('ticket', function () use ($config, $store, $serviceId, $service, $data) {
-            pbcb_ticket($config, $store, $serviceId, $service, $data, pbcb_failure_text($config, $serviceId, $data));
-        });
-    } elseif ($type === 'job.updated' && ($gaveUp = pbcb_failed_step($data)) !== null) {
+        if ($current) {
+            $once('ticket', function () use ($config, $store, $serviceId, $service, $data) {
+                pbcb_ticket($config, $store, $serviceId, $service, $data, pbcb_failure_text($config, $serviceId, $data));
+            });
+        }
+    } elseif ($type === 'job.updated' && $current && ($gaveUp = pbcb_failed_step($data)) !== null) {
         // A deferred step (the certificate) gave up after the service went live: staff must
         // hear of it, not only the activity log.
         $summary .= ': ' . $gaveUp['kind'] . ' gave up: ' . ($gaveUp['error'] ?? 'no error given');
@@ -279,6 +289,19 @@ function pbcb_handle(array $config, Store $store, string $type, array $data, cal
     $once('log', function () use ($config, $summary, $service) {
         pbcb_api($config, 'LogActivity', ['description' => $summary] + (isset($service['clientid']) ? ['userid' => (int) $service['clientid']] : []));
     });
+}
+
+/**
+ * Whether the callback is about the order the module sent last for the service (or the module
+ * keeps no record to tell): an earlier one is an order since replaced, retried in the bridge.
+ */
+function pbcb_about_the_current_order(Store $store, string $serviceId, array $data): bool
+{
+    $record = $store->get(ServiceState::key($serviceId));
+    if (!$record || empty($record['attempt_key']) || !isset($data['event_id'])) {
+        return true;
+    }
+    return $data['event_id'] === ServiceState::webhookId($serviceId, $record['attempt_key']);
 }
 
 /** Lets the module know how the current attempt ended (it starts over only after success or cancel). */

@@ -637,6 +637,25 @@ async def test_forged_or_replayed_callbacks_are_refused_and_change_nothing(whmcs
     assert (await post_callback(whmcs, other, headers=headers))[0] == 200
 
 
+async def test_callbacks_about_an_order_the_service_replaced_are_logged_without_ticket_or_e_mail(
+    whmcs: Whmcs,
+) -> None:
+    # The module sent the order again, changed (attempt "k2"); an admin retried the replaced
+    # order (attempt "k1") in the bridge, and it reports in.
+    state = {f"service:{SERVICE_ID}": {"value": {"attempt_key": "k2"}, "expires_at": None}}
+    (whmcs.state_dir / "state.json").write_text(json.dumps(state))
+    earlier, current = (f"whmcs-{SERVICE_ID}-{key}" for key in ("k1", "k2"))
+    failure = {"status": "failed", "error": "add_domain: conflict", "steps": []}
+    assert (await post_callback(whmcs, callback("job.failed", event_id=earlier, **failure)))[0] == 200
+    assert (await post_callback(whmcs, callback("job.succeeded", event_id=earlier)))[0] == 200
+    assert whmcs.api_calls("OpenTicket") == [] and whmcs.api_calls("SendEmail") == []
+    logged = [c["values"]["description"] for c in whmcs.api_calls("LogActivity")]
+    assert len(logged) == 2 and all("an earlier order of this service, replaced since" in line for line in logged)
+    # The current order's failure opens a ticket as ever.
+    assert (await post_callback(whmcs, callback("job.failed", event_id=current, **failure)))[0] == 200
+    assert len(whmcs.api_calls("OpenTicket")) == 1
+
+
 async def test_ticket_memory_per_service_and_a_failed_effect_is_redone_on_redelivery(whmcs: Whmcs) -> None:
     failure = {
         "status": "failed",

@@ -131,8 +131,8 @@ def _schemas() -> dict[str, Any]:
                             "required": ["job_id", "error"],
                             "properties": {"job_id": {"type": "string"}, "error": {"type": "string"}},
                         },
-                        "description": "failed jobs not retried, and why (a later job of the service is running, "
-                        "or the job is no longer failed)",
+                        "description": "failed jobs not retried, and why (a later order replaces it, a later job "
+                        "of the service is running, or the job is no longer failed)",
                     },
                     "more": {
                         "type": "boolean",

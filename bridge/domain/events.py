@@ -92,6 +92,9 @@ class OrderData(BaseModel):
     databases: list[Database] = Field(default_factory=list, max_length=50)
     cron_jobs: list[CronJob] = Field(default_factory=list, max_length=50)
     callback_url: Annotated[str, Field(max_length=2048)] | None = None
+    # The webhook-id of an earlier order of the service that this one replaces (the billing
+    # platform sent it again, changed, after it failed): "retry all failed" leaves that one be.
+    replaces: Annotated[str, Field(min_length=1, max_length=255)] | None = None
 
     @field_validator("domain")
     @classmethod
@@ -107,6 +110,13 @@ class OrderData(BaseModel):
     @classmethod
     def _path(cls, value: str) -> str:
         return validation.document_path(value, field="path")
+
+    @field_validator("replaces")
+    @classmethod
+    def _replaces(cls, value: str | None) -> str | None:
+        if value is not None and not (value.isascii() and value.isprintable() and " " not in value):
+            raise ValueError("replaces: must be the webhook-id of an earlier order (printable ASCII, no spaces)")
+        return value
 
     @field_validator("callback_url")
     @classmethod

@@ -171,10 +171,11 @@ async def retry_failed_jobs(engine: AsyncEngine, box: SecretBox, **filters: Any)
     included), oldest first, so that a service's earlier job goes first.
 
     Each is retried as :func:`retry_job` does, in a transaction of its own. One it refuses (a later
-    job of its service is running, or it is no longer failed) is reported under ``skipped`` with
-    the reason, and the rest go on. ``more`` says whether more failed jobs matched than were tried,
-    and ``next_cursor`` where the next call goes on (``cursor``: past the jobs this one tried, so
-    that jobs skipped, or failed again at once, do not hold the rest back).
+    job replaces it, a later job of its service is running, or it is no longer failed) is
+    reported under ``skipped`` with the reason, and the rest go on. ``more`` says whether more
+    failed jobs matched than were tried, and ``next_cursor`` where the next call goes on
+    (``cursor``: past the jobs this one tried, so that jobs skipped, or failed again at once,
+    do not hold the rest back).
     """
     jobs, more = await failed_job_ids(engine, **filters)
     retried: list[str] = []
@@ -182,6 +183,7 @@ async def retry_failed_jobs(engine: AsyncEngine, box: SecretBox, **filters: Any)
     for _, job_id in jobs:
         try:
             async with engine.begin() as conn:
+                await _not_replaced(conn, job_id)
                 await _retry(conn, box, job_id, None)
         except Conflict as exc:
             skipped.append({"job_id": job_id, "error": str(exc)})
@@ -189,6 +191,31 @@ async def retry_failed_jobs(engine: AsyncEngine, box: SecretBox, **filters: Any)
             retried.append(job_id)
     next_cursor = encode_cursor(jobs[-1][0]) if more and jobs else None
     return {"retried": retried, "skipped": skipped, "more": more, "next_cursor": next_cursor}
+
+
+async def _not_replaced(conn: AsyncConnection, job_public_id: str) -> None:
+    """Refuse (``Conflict``) a job a later order of its service says it replaces (``replaces``:
+    the billing platform sent it again, changed): retried in bulk it would run an order nobody
+    wants any more. One at a time, an admin who means it still can."""
+    job, later = t.jobs.alias("job"), t.jobs.alias("later")
+    replaced_by = (
+        await conn.execute(
+            select(later.c.public_id)
+            .select_from(
+                job.join(later, later.c.service_id == job.c.service_id).join(
+                    t.events, t.events.c.id == later.c.event_id
+                )
+            )
+            .where(
+                job.c.public_id == job_public_id,
+                later.c.id > job.c.id,
+                t.events.c.payload["data"]["replaces"].as_string() == job.c.webhook_id,
+            )
+            .limit(1)
+        )
+    ).scalar()
+    if replaced_by is not None:
+        raise Conflict(f"job {replaced_by} replaces it (its order was sent again, changed)")
 
 
 async def _steps_to_redo(conn: AsyncConnection, job_pk: int) -> list[int]:

@@ -32,6 +32,7 @@ from engine_harness import ACCOUNT, Bridge, running_bridge
 from sqlalchemy import select
 
 from bridge.bootstrap import Role
+from bridge.store import admin_ops
 from bridge.store import tables as t
 from bridge.webhooks.signature import sign
 
@@ -428,6 +429,11 @@ async def test_a_failed_order_changed_in_whmcs_is_a_new_job_and_retry_takes_only
         async with bridge.runtime.engine.connect() as conn:
             status = (await conn.execute(select(t.jobs.c.status).where(t.jobs.c.public_id == failed))).scalar()
         assert status == "failed"
+        # The new order named the one it replaces, so "retry all failed" leaves that one be.
+        runtime = bridge.runtime
+        outcome = await admin_ops.retry_failed_jobs(runtime.engine, runtime.box, service_id=str(SERVICE_ID))
+        assert outcome["retried"] == [] and [s["job_id"] for s in outcome["skipped"]] == [failed]
+        assert f"job {new} replaces it" in outcome["skipped"][0]["error"]
 
 
 async def test_an_order_changed_after_it_failed_half_way_takes_over_what_the_first_job_made(
@@ -801,6 +807,8 @@ def test_attempt_keys_passwords_and_claims_in_both_stores(store: str, tmp_path: 
         "same_order_after_failure_same_key": True,
         "changed_order_after_failure_new_key": True,
         "no_digest_after_failure_new_key": True,
+        "changed_order_names_what_it_replaces": True,
+        "same_order_replaces_nothing": True,
         "claims": [True, False],
         "expired_is_gone": True,
         "deleted_is_gone": True,

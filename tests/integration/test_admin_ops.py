@@ -460,3 +460,22 @@ async def until(condition: Callable[[], Awaitable[bool]], *, or_done: asyncio.Ta
             return
         await asyncio.sleep(0.02)
     raise AssertionError("neither waiting nor done after 10 s")
+
+
+async def test_retry_failed_leaves_a_job_a_later_order_replaces(engine: AsyncEngine) -> None:
+    # The billing platform sent the failed order again, changed, naming the one it replaces.
+    replaced_event = parse_event(service_create(service_id="90", domain="taken.example.com"))
+    replaced_id = (await store_event(engine, BOX, "whmcs-90-k1", replaced_event)).job_id
+    await make_failed(engine, replaced_id)
+    order = service_create(service_id="90", domain="mine.example.com")
+    order["data"]["replaces"] = "whmcs-90-k1"
+    replacing = (await store_event(engine, BOX, "whmcs-90-k2", parse_event(order))).job_id
+    await make_failed(engine, replacing)  # failed too, for its own reasons
+
+    outcome = await admin_ops.retry_failed_jobs(engine, BOX, service_id="90")
+    why = f"job {replacing} replaces it (its order was sent again, changed)"
+    assert outcome["retried"] == [replacing]
+    assert outcome["skipped"] == [{"job_id": replaced_id, "error": why}]
+    assert (await job_row(engine, replaced_id)).status == "failed"
+    # One at a time, an admin who means it still can.
+    assert (await admin_ops.retry_job(engine, BOX, replaced_id))["status"] == "accepted"

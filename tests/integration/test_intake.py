@@ -214,6 +214,10 @@ INVALID_CASES: dict[str, tuple[Any, str]] = {
         ),
         "data.databases.1.name",
     ),
+    "replaces not a webhook-id": (
+        {"type": "service.create", "data": {**service_create()["data"], "replaces": "whmcs 42 k1"}},
+        "data.replaces",
+    ),
     # db_make makes the database before it finds the user taken: the second would be an orphan.
     "db user shared by two databases": (
         service_create(

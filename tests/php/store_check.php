@@ -50,6 +50,9 @@ echo json_encode([
     'changed_order_after_failure_new_key' => $changedAfterFailure['attempt_key'] !== $failed['attempt_key']
         && $changedAfterFailure['order_digest'] === 'digest-b',
     'no_digest_after_failure_new_key' => $noDigestAfterFailure['attempt_key'] !== 'oldkey',
+    'changed_order_names_what_it_replaces' => ($changedAfterFailure['replaces'] ?? null)
+        === ServiceState::webhookId('8', $failed['attempt_key']),
+    'same_order_replaces_nothing' => !isset($sameAfterFailure['replaces']),
     'claims' => $claims,
     'expired_is_gone' => $store->get('seen:expired') === null,
     'deleted_is_gone' => $store->get('seen:a') === null,

@@ -103,7 +103,7 @@ function provisioningbridge_CreateAccount(array $params)
 
         $passwords = ServiceState::passwords($record);
         $client = new BridgeClient($settings, array_merge([(string) ($params['password'] ?? '')], array_values($passwords)));
-        $event = Order::serviceCreate($params, $databases, $passwords, $cronJobs, $settings->callbackUrl);
+        $event = Order::serviceCreate($params, $databases, $passwords, $cronJobs, $settings->callbackUrl, $record['replaces'] ?? null);
         $webhookId = ServiceState::webhookId($serviceId, $record['attempt_key']);
         $response = $client->sendEvent('CreateAccount', $webhookId, $event);
         return provisioningbridge_createResult($store, $serviceId, $record, $response, $previousStatus);

@@ -63,8 +63,14 @@ final class Order
     /**
      * The event. $passwords maps database name => password; every database needs one.
      */
-    public static function serviceCreate(array $params, array $databases, array $passwords, array $cronJobs, string $callbackUrl): array
-    {
+    public static function serviceCreate(
+        array $params,
+        array $databases,
+        array $passwords,
+        array $cronJobs,
+        string $callbackUrl,
+        ?string $replaces = null
+    ): array {
         foreach ($databases as $i => $database) {
             $databases[$i]['password'] = $passwords[$database['name']];
         }
@@ -80,6 +86,9 @@ final class Order
         ];
         if ($callbackUrl !== '') {
             $data['callback_url'] = $callbackUrl;
+        }
+        if ($replaces !== null) {
+            $data['replaces'] = $replaces;
         }
         return ['type' => 'service.create', 'data' => $data];
     }

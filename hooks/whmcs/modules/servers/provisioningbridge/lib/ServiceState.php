@@ -10,6 +10,8 @@
  *                 customer. Encrypted with WHMCS's encrypt() when available.
  *   job_id, job_status  the bridge's job for the current attempt, as last reported.
  *   order_digest  Order::digest of the order the current attempt sent.
+ *   replaces      the webhook-id of the failed attempt the current one replaces (its order
+ *                 changed since), sent with the order so the bridge leaves that one be.
  */
 
 namespace ProvisioningBridge;
@@ -43,7 +45,7 @@ final class ServiceState
         ?string $failedKey = null,
         string $orderDigest = ''
     ): array {
-        return $store->update(self::key($serviceId), function (?array $record) use ($databases, $finishedKey, $failedKey, $orderDigest) {
+        return $store->update(self::key($serviceId), function (?array $record) use ($serviceId, $databases, $finishedKey, $failedKey, $orderDigest) {
             $record = $record ?? [];
             $key = $record['attempt_key'] ?? null;
             // Compare keys under the lock: two simultaneous clicks start over only once.
@@ -54,8 +56,11 @@ final class ServiceState
                 && ($record['order_digest'] ?? null) !== $orderDigest;
             if (empty($key) || ($finishedKey !== null && $key === $finishedKey) || $changedAfterFailure) {
                 $record['attempt_key'] = bin2hex(random_bytes(6));
-                unset($record['job_id'], $record['job_status']);
+                unset($record['job_id'], $record['job_status'], $record['replaces']);
                 $record['order_digest'] = $orderDigest;
+                if ($changedAfterFailure) {
+                    $record['replaces'] = self::webhookId($serviceId, (string) $key);
+                }
             } elseif (!isset($record['order_digest'])) {
                 $record['order_digest'] = $orderDigest;
             }

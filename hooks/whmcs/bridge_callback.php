@@ -19,6 +19,10 @@
  *                   a ticket too, as for job.failed
  *   job.started, anything else   activity log entry
  *
+ * A callback about an order the service replaced (sent again, changed, after it failed,
+ * and stored by the bridge) that an admin retried in the bridge is logged, activates as
+ * above, but opens no ticket, adds no note and sends no welcome e-mail.
+ *
  * Handled webhook-ids are remembered (48 hours by default, longer than the bridge's
  * retry schedule). The bridge signs each delivery afresh, so the same id with a new
  * timestamp is its redelivery: answered 200 without doing anything again once handled,
@@ -244,7 +248,7 @@ function pbcb_handle(array $config, Store $store, string $type, array $data, cal
     if (!$current) {
         // An order the service has since replaced (sent again, changed), retried in the bridge:
         // logged, but no ticket and no welcome e-mail for it.
-        $summary .= '; an earlier order of this service, replaced since: no ticket, no e-mail';
+        $summary .= '; an order of this service replaced since: no ticket, no e-mail';
     }
     if ($type === 'job.succeeded') {
         // Callbacks are retried for a day: one may arrive after an admin suspended, terminated
@@ -278,13 +282,15 @@ function pbcb_handle(array $config, Store $store, string $type, array $data, cal
                 pbcb_ticket($config, $store, $serviceId, $service, $data, pbcb_failure_text($config, $serviceId, $data));
             });
         }
-    } elseif ($type === 'job.updated' && $current && ($gaveUp = pbcb_failed_step($data)) !== null) {
+    } elseif ($type === 'job.updated' && ($gaveUp = pbcb_failed_step($data)) !== null) {
         // A deferred step (the certificate) gave up after the service went live: staff must
         // hear of it, not only the activity log.
         $summary .= ': ' . $gaveUp['kind'] . ' gave up: ' . ($gaveUp['error'] ?? 'no error given');
-        $once('ticket', function () use ($config, $store, $serviceId, $service, $data, $gaveUp) {
-            pbcb_ticket($config, $store, $serviceId, $service, $data, pbcb_gave_up_text($config, $serviceId, $data, $gaveUp));
-        });
+        if ($current) {
+            $once('ticket', function () use ($config, $store, $serviceId, $service, $data, $gaveUp) {
+                pbcb_ticket($config, $store, $serviceId, $service, $data, pbcb_gave_up_text($config, $serviceId, $data, $gaveUp));
+            });
+        }
     }
     $once('log', function () use ($config, $summary, $service) {
         pbcb_api($config, 'LogActivity', ['description' => $summary] + (isset($service['clientid']) ? ['userid' => (int) $service['clientid']] : []));
@@ -292,16 +298,17 @@ function pbcb_handle(array $config, Store $store, string $type, array $data, cal
 }
 
 /**
- * Whether the callback is about the order the module sent last for the service (or the module
- * keeps no record to tell): an earlier one is an order since replaced, retried in the bridge.
+ * False for a callback about an order the service replaced: one the module started over from
+ * (ServiceState 'replaced'), once the bridge stored the order that replaced it (the current
+ * attempt has a job). Until then the replaced order is still the one in the bridge.
  */
 function pbcb_about_the_current_order(Store $store, string $serviceId, array $data): bool
 {
     $record = $store->get(ServiceState::key($serviceId));
-    if (!$record || empty($record['attempt_key']) || !isset($data['event_id'])) {
+    if (!$record || empty($record['job_id']) || !isset($data['event_id'])) {
         return true;
     }
-    return $data['event_id'] === ServiceState::webhookId($serviceId, $record['attempt_key']);
+    return !in_array($data['event_id'], (array) ($record['replaced'] ?? []), true);
 }
 
 /** Lets the module know how the current attempt ended (it starts over only after success or cancel). */

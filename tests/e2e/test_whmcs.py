@@ -646,20 +646,32 @@ async def test_forged_or_replayed_callbacks_are_refused_and_change_nothing(whmcs
 async def test_callbacks_about_an_order_the_service_replaced_are_logged_without_ticket_or_e_mail(
     whmcs: Whmcs,
 ) -> None:
-    # The module sent the order again, changed (attempt "k2"); an admin retried the replaced
-    # order (attempt "k1") in the bridge, and it reports in.
-    state = {f"service:{SERVICE_ID}": {"value": {"attempt_key": "k2"}, "expires_at": None}}
-    (whmcs.state_dir / "state.json").write_text(json.dumps(state))
+    # The module started over from attempt "k1" (its order changed after it failed) and the
+    # bridge stored the new order ("k2", job_k2); an admin retried k1's job in the bridge.
     earlier, current = (f"whmcs-{SERVICE_ID}-{key}" for key in ("k1", "k2"))
+    record = {"attempt_key": "k2", "job_id": "job_k2", "replaced": [earlier]}
+    (whmcs.state_dir / "state.json").write_text(json.dumps({f"service:{SERVICE_ID}": {"value": record}}))
     failure = {"status": "failed", "error": "add_domain: conflict", "steps": []}
-    assert (await post_callback(whmcs, callback("job.failed", event_id=earlier, **failure)))[0] == 200
-    assert (await post_callback(whmcs, callback("job.succeeded", event_id=earlier)))[0] == 200
-    assert whmcs.api_calls("OpenTicket") == [] and whmcs.api_calls("SendEmail") == []
-    logged = [c["values"]["description"] for c in whmcs.api_calls("LogActivity")]
-    assert len(logged) == 2 and all("an earlier order of this service, replaced since" in line for line in logged)
-    # The current order's failure opens a ticket as ever.
     assert (await post_callback(whmcs, callback("job.failed", event_id=current, **failure)))[0] == 200
+    assert len(whmcs.api_calls("OpenTicket")) == 1  # the current order's failure, as ever
+
+    gave_up = {"status": "succeeded", "steps": [{"kind": "issue_ssl", "status": "failed", "error": "DNS"}]}
+    for event_type, data in (("job.failed", failure), ("job.succeeded", {}), ("job.updated", gave_up)):
+        assert (await post_callback(whmcs, callback(event_type, event_id=earlier, **data)))[0] == 200
     assert len(whmcs.api_calls("OpenTicket")) == 1
+    assert whmcs.api_calls("AddTicketNote") == [] and whmcs.api_calls("SendEmail") == []
+    assert len(whmcs.api_calls("UpdateClientProduct")) == 1  # a success still activates
+    logged = [c["values"]["description"] for c in whmcs.api_calls("LogActivity")][1:]
+    assert len(logged) == 3 and all("an order of this service replaced since" in line for line in logged)
+    assert "issue_ssl gave up: DNS" in logged[2]
+
+    # Until the bridge has stored the new order (its job known), the old one is still current.
+    path = whmcs.state_dir / "state.json"
+    state = json.loads(path.read_text())
+    del state[f"service:{SERVICE_ID}"]["value"]["job_id"]
+    path.write_text(json.dumps(state))
+    assert (await post_callback(whmcs, callback("job.failed", event_id=earlier, **failure)))[0] == 200
+    assert len(whmcs.api_calls("AddTicketNote")) == 1  # on the service's open ticket
 
 
 async def test_ticket_memory_per_service_and_a_failed_effect_is_redone_on_redelivery(whmcs: Whmcs) -> None:
@@ -808,7 +820,9 @@ def test_attempt_keys_passwords_and_claims_in_both_stores(store: str, tmp_path: 
         "changed_order_after_failure_new_key": True,
         "no_digest_after_failure_new_key": True,
         "changed_order_names_what_it_replaces": True,
-        "same_order_replaces_nothing": True,
+        "clicked_again_still_names_it": True,
+        "a_new_order_after_success_replaces_nothing": True,
+        "replaced_ids_are_remembered": True,
         "claims": [True, False],
         "expired_is_gone": True,
         "deleted_is_gone": True,

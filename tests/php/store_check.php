@@ -30,6 +30,8 @@ $staleStartOver = ServiceState::nextAttempt($store, '7', $dbs, $first['attempt_k
 $failed = ServiceState::nextAttempt($store, '8', $dbs, null, null, 'digest-a');
 $sameAfterFailure = ServiceState::nextAttempt($store, '8', $dbs, null, $failed['attempt_key'], 'digest-a');
 $changedAfterFailure = ServiceState::nextAttempt($store, '8', $dbs, null, $failed['attempt_key'], 'digest-b');
+$clickedAgain = ServiceState::nextAttempt($store, '8', $dbs, null, null, 'digest-b');
+$afterSuccess = ServiceState::nextAttempt($store, '8', $dbs, $changedAfterFailure['attempt_key'], null, 'digest-b');
 $store->put(ServiceState::key('9'), ['attempt_key' => 'oldkey'], 3600);
 $noDigestAfterFailure = ServiceState::nextAttempt($store, '9', $dbs, null, 'oldkey', 'digest-a');
 
@@ -52,7 +54,10 @@ echo json_encode([
     'no_digest_after_failure_new_key' => $noDigestAfterFailure['attempt_key'] !== 'oldkey',
     'changed_order_names_what_it_replaces' => ($changedAfterFailure['replaces'] ?? null)
         === ServiceState::webhookId('8', $failed['attempt_key']),
-    'same_order_replaces_nothing' => !isset($sameAfterFailure['replaces']),
+    'clicked_again_still_names_it' => ($clickedAgain['replaces'] ?? null) === $changedAfterFailure['replaces'],
+    'a_new_order_after_success_replaces_nothing' => !isset($afterSuccess['replaces'])
+        && $afterSuccess['attempt_key'] !== $changedAfterFailure['attempt_key'],
+    'replaced_ids_are_remembered' => ($afterSuccess['replaced'] ?? null) === [$changedAfterFailure['replaces']],
     'claims' => $claims,
     'expired_is_gone' => $store->get('seen:expired') === null,
     'deleted_is_gone' => $store->get('seen:a') === null,

@@ -12,6 +12,8 @@
  *   order_digest  Order::digest of the order the current attempt sent.
  *   replaces      the webhook-id of the failed attempt the current one replaces (its order
  *                 changed since), sent with the order so the bridge leaves that one be.
+ *   replaced      every webhook-id the service started over from that way (the last 20):
+ *                 the callback receiver opens no tickets for those.
  */
 
 namespace ProvisioningBridge;
@@ -60,6 +62,8 @@ final class ServiceState
                 $record['order_digest'] = $orderDigest;
                 if ($changedAfterFailure) {
                     $record['replaces'] = self::webhookId($serviceId, (string) $key);
+                    $replaced = array_merge((array) ($record['replaced'] ?? []), [$record['replaces']]);
+                    $record['replaced'] = array_slice($replaced, -20);
                 }
             } elseif (!isset($record['order_digest'])) {
                 $record['order_digest'] = $orderDigest;

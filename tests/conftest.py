@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -131,6 +132,14 @@ def db_url(request: pytest.FixtureRequest) -> str:
     """Each test using it runs once on SQLite and once on PostgreSQL."""
     name = "sqlite_url" if request.param == "sqlite" else "pg_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """The bridge's engine on ``db_url`` (so on SQLite and on PostgreSQL in turn)."""
+    engine = create_engine(db_url)
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -29,13 +29,6 @@ from bridge.store.types import utcnow
 BOX = SecretBox([FERNET_KEY])
 CALLBACK_URL = "https://billing.example.com/bridge-callback"
 POLICY = CallbackPolicy([normalise_origin("https://billing.example.com")], secret_configured=True)
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
 
 
 async def new_job(engine: AsyncEngine, **kw: Any) -> str:

@@ -3,27 +3,17 @@ firewall answer open it, and it stays open for the cool-down."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.domain.outcomes import FailureReason
 from bridge.store import tables as t
-from bridge.store.database import create_engine
 from bridge.worker.breaker import PanelBreaker
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 REFUSED = FailureReason.INVALID_CREDENTIALS
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
 
 
 async def open_until(engine: AsyncEngine, panel: str = "p") -> datetime | None:

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import CALLBACK_SECRET, FERNET_KEY
@@ -22,17 +21,9 @@ from bridge.store import admin_ops
 from bridge.store import tables as t
 from bridge.store.callback_rows import CallbackPolicy, insert_callback
 from bridge.store.crypto import SecretBox
-from bridge.store.database import create_engine
 from bridge.store.intake import store_event
 from bridge.store.leases import acquire
 from bridge.store.types import utcnow
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
 
 
 @dataclass

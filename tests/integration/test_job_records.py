@@ -37,13 +37,6 @@ POLICY = CallbackPolicy(allowed_origins=["https://billing.example.com"], secret_
 WRITTEN_BY_STEPS = (t.attempts, t.panel_calls, t.compensations, t.callbacks, t.outbox)
 
 
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
-
-
 async def leased_job(engine: AsyncEngine, records: JobRecords, owner: str) -> JobRecord:
     event = OrderEvent.model_validate(service_create(callback_url=CALLBACK_URL))
     stored = await store_event(engine, SecretBox([FERNET_KEY]), "msg_fence", event)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
@@ -16,7 +16,6 @@ from bridge.broker.memory import InProcessQueue
 from bridge.metrics import Metrics
 from bridge.relay import OutboxRelay
 from bridge.store import tables as t
-from bridge.store.database import create_engine
 from bridge.store.types import utcnow
 
 
@@ -40,13 +39,6 @@ class RecordingQueue(InProcessQueue):
     async def publish_many(self, job_ids: Sequence[str]) -> None:
         self.shared.append(list(job_ids))
         await super().publish_many(job_ids)
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
 
 
 async def add_rows(engine: AsyncEngine, count: int) -> list[str]:

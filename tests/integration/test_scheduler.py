@@ -20,7 +20,6 @@ from bridge.heap_trim import HeapTrimmer
 from bridge.settings import Settings
 from bridge.store import tables as t
 from bridge.store.crypto import SecretBox
-from bridge.store.database import create_engine
 from bridge.store.intake import store_event
 from bridge.store.types import utcnow
 from bridge.worker.scheduler import Scheduler
@@ -33,13 +32,6 @@ def embedded(sqlite_url: str) -> Settings:
         secret_key=[FERNET_KEY],
         panels=[{"name": "default", "url": "http://127.0.0.1:1"}],  # type: ignore[list-item]
     )
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from conftest import FERNET_KEY
 from cryptography.fernet import Fernet
 from orders import DB_PASSWORD, service_create
@@ -17,20 +15,12 @@ from bridge.domain.events import parse_event
 from bridge.domain.jobs import StepKind
 from bridge.store import tables as t
 from bridge.store.crypto import SecretBox
-from bridge.store.database import create_engine
 from bridge.store.intake import store_event
 from bridge.store.service_effects import made_by_another_job
 from bridge.store.types import utcnow
 
 BOX = SecretBox([FERNET_KEY])
 DATABASE = {"name": "wp", "user": "wpuser", "password": DB_PASSWORD}
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
 
 
 async def made_a_database(engine: AsyncEngine, **order: Any) -> int:

@@ -398,16 +398,26 @@ async def test_a_new_attempt_only_after_the_previous_job_succeeded(sqlite_url: s
         assert [d.domain for d in bridge.sim.account(ACCOUNT[0]).domains] == ["example.com"]
 
 
+async def an_order_that_fails(
+    bridge: Bridge, whmcs: Whmcs, call: str, fault: str, **options: Any
+) -> tuple[dict[str, Any], str]:
+    """CreateAccount (no SSL, no cron jobs) with the panel answering ``call`` with ``fault``:
+    its $params and its failed job."""
+    bridge.sim.inject_fault(call, fault)
+    params = service_params(bridge, whmcs, configoption3="", configoption5="", **options)
+    assert await whmcs.module("CreateAccount", params) == "success"
+    [failed] = await jobs_of(bridge)
+    await bridge.wait_for(failed, "failed")
+    return params, failed
+
+
 async def test_a_failed_order_changed_in_whmcs_is_a_new_job_and_retry_takes_only_the_latest(
     sqlite_url: str, whmcs: Whmcs
 ) -> None:
     async with live_bridge(sqlite_url, whmcs) as bridge:
         # The domain turns out to be another customer's on the panel: a conflict, the job fails.
-        bridge.sim.inject_fault("add_domain", "error:The domain 'example.com' already exists.")
-        params = service_params(bridge, whmcs, configoption3="", configoption4="", configoption5="")
-        assert await whmcs.module("CreateAccount", params) == "success"
-        [failed] = await jobs_of(bridge)
-        await bridge.wait_for(failed, "failed")
+        conflict = "error:The domain 'example.com' already exists."
+        params, failed = await an_order_that_fails(bridge, whmcs, "add_domain", conflict, configoption4="")
         first_key = whmcs.service_record()["attempt_key"]
         # Sent unchanged it is the same order (the module points at Retry), and so it is with
         # only a new password: the password is not part of what the order asks of the panel.
@@ -441,11 +451,8 @@ async def test_an_order_changed_after_it_failed_half_way_takes_over_what_the_fir
 ) -> None:
     async with live_bridge(sqlite_url, whmcs) as bridge:
         # The domain goes on, then the panel refuses the database (its name, say).
-        bridge.sim.inject_fault("db_make", "error:Access denied for user 'john'@'localhost'")
-        params = service_params(bridge, whmcs, configoption3="", configoption4="wp wpuser", configoption5="")
-        assert await whmcs.module("CreateAccount", params) == "success"
-        [failed] = await jobs_of(bridge)
-        await bridge.wait_for(failed, "failed")
+        denied = "error:Access denied for user 'john'@'localhost'"
+        params, failed = await an_order_that_fails(bridge, whmcs, "db_make", denied, configoption4="wp wpuser")
 
         # The admin changes the database in WHMCS and creates again: a new job, which finds the
         # domain the first one added and takes it over, with what would undo it.

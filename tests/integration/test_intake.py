@@ -174,6 +174,12 @@ async def test_either_of_two_rotating_secrets_verifies(db_url: str) -> None:
             assert status == 202
 
 
+def with_second_database(name: str, user: str) -> dict[str, Any]:
+    """An order with two databases: wp (user wpuser), then ``name`` (user ``user``)."""
+    first, second = ({"name": n, "user": u, "password": DB_PASSWORD} for n, u in (("wp", "wpuser"), (name, user)))
+    return service_create(databases=[first, second])
+
+
 INVALID_CASES: dict[str, tuple[Any, str]] = {
     "unknown type": ({"type": "service.delete", "data": service_create()["data"]}, "type"),
     "bad domain": (service_create(domain="exa mple.com"), "data.domain"),
@@ -205,29 +211,13 @@ INVALID_CASES: dict[str, tuple[Any, str]] = {
         service_create(databases=[{"name": "w" * 60, "user": "wpuser", "password": DB_PASSWORD}]),
         "data.databases.0.name",
     ),
-    "db name given twice": (
-        service_create(
-            databases=[
-                {"name": "wp", "user": "wpuser", "password": DB_PASSWORD},
-                {"name": "wp", "user": "shopuser", "password": DB_PASSWORD},
-            ]
-        ),
-        "data.databases.1.name",
-    ),
+    "db name given twice": (with_second_database("wp", "shopuser"), "data.databases.1.name"),
     "replaces not a webhook-id": (
         {"type": "service.create", "data": {**service_create()["data"], "replaces": "whmcs 42 k1"}},
         "data.replaces",
     ),
     # db_make makes the database before it finds the user taken: the second would be an orphan.
-    "db user shared by two databases": (
-        service_create(
-            databases=[
-                {"name": "wp", "user": "wpuser", "password": DB_PASSWORD},
-                {"name": "shop", "user": "wpuser", "password": DB_PASSWORD},
-            ]
-        ),
-        "data.databases.1.user",
-    ),
+    "db user shared by two databases": (with_second_database("shop", "wpuser"), "data.databases.1.user"),
 }
 
 

@@ -3,8 +3,9 @@
 A worker's RSS crept up with the jobs it ran (+0.24 MiB per 1,000 over 20 minutes) while
 its live data stayed level: glibc keeps freed pages inside its heaps, where the end-of-heap
 trim cannot reach them. ``malloc_trim(0)`` gives every whole free page back (measured: the
-20-minute run's 110.7 MiB went to 100.6, below where it started). It takes well under a
-millisecond. Elsewhere than glibc there is no such call, and nothing is done.
+20-minute run's 110.7 MiB went to 100.6, below where it started). One call took 0.16 ms
+on an 80 MiB heap freed in pieces (timed once, by hand). Elsewhere than glibc there is no
+such call, and nothing is done.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ How an answer is read, in order:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -89,13 +90,8 @@ def _no_credentials(text: str) -> PanelOutcome:
     )
 
 
-def _exists(text: str) -> PanelOutcome:
-    return AlreadyExists(f"The panel says this already exists {_quoted(text)}.")
-
-
-def _user_exists(text: str) -> PanelOutcome:
-    # Only db_make answers this, after it has made the database (PANEL_API.md: not atomic).
-    return AlreadyExists(f"The panel says this already exists {_quoted(text)}.", first_part_done=True)
+def _exists(text: str, *, first_part_done: bool = False) -> PanelOutcome:
+    return AlreadyExists(f"The panel says this already exists {_quoted(text)}.", first_part_done=first_part_done)
 
 
 def _limit(text: str) -> PanelOutcome:
@@ -177,7 +173,8 @@ MESSAGE_RULES: tuple[MessageRule, ...] = (
     MessageRule("username and password required", _no_credentials),
     MessageRule("username is required", _no_credentials),
     MessageRule("authentication required", _no_credentials),
-    MessageRule("user already exists", _user_exists),
+    # Only db_make answers this, after it has made the database (PANEL_API.md: not atomic).
+    MessageRule("user already exists", functools.partial(_exists, first_part_done=True)),
     MessageRule("already exists", _exists),
     MessageRule("limit exceeded", _limit),
     MessageRule("failed to issue ssl", _ssl_fallback),

@@ -59,7 +59,7 @@ async def made_by_another_job(
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     # The naming fields are never encrypted: compared as stored, only the newest match decrypted.
-    newest = next((row for row in rows if effect_key(kind, dict(row.params)) == wanted), None)
+    newest = next((row for row in rows if effect_key(kind, row.params) == wanted), None)
     if newest is None or newest.record == "done":
         return None
     try:
